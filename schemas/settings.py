@@ -1,0 +1,85 @@
+"""One settings object for every part of phrasestream, read from the environment.
+
+Every variable has the prefix ``PHRASESTREAM_`` and a default that works on a laptop:
+with nothing set, the project starts and uses its own Kafka broker and PostgreSQL under
+``.local/``. Set ``PHRASESTREAM_KAFKA_BOOTSTRAP`` or ``PHRASESTREAM_PG_DSN`` to use servers of
+your own instead; then nothing is started for that service.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Read the configuration from ``PHRASESTREAM_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="PHRASESTREAM_", extra="ignore", frozen=True)
+
+    home: Path = Field(default=Path(".local"), description="runtime state: broker, database, models, logs")
+
+    # Kafka
+    kafka_bootstrap: str = Field(default="", description="external broker(s); empty: start the local one")
+    kafka_port: int = Field(default=19092, description="port of the local broker")
+    kafka_controller_port: int = Field(default=19093, description="KRaft controller port of the local broker")
+    kafka_version: str = Field(default="4.1.1", description="Apache Kafka release fetched from Maven Central")
+    topic_in: str = "phrases.in"
+    topic_out: str = "predictions.out"
+    topic_dlq: str = "phrases.dlq"
+    topic_labeled: str = "phrases.labeled"
+    partitions_in: int = Field(default=4, ge=1)
+    partitions_out: int = Field(default=4, ge=1)
+    app_id: str = Field(default="phrasestream", description="Faust app id: consumer group and internal topic prefix")
+
+    # PostgreSQL
+    pg_dsn: SecretStr = Field(default=SecretStr(""), description="external server DSN; empty: start the embedded one")
+    pg_port: int = Field(default=15432, description="port of the embedded PostgreSQL")
+    pg_schema: str = Field(default="public", description="schema that holds the inference table")
+
+    # Models
+    models_dir: Path | None = Field(default=None, description="heads and embedder export; default <home>/models")
+    embed_batch_max: int = Field(default=64, ge=1, description="largest embedding batch")
+    embed_batch_within_ms: int = Field(default=50, ge=1, description="longest wait to fill a batch, ms")
+    top_k: int = Field(default=3, ge=1)
+    cache_max_entries: int = Field(default=100_000, ge=0, description="embedding cache size; 0 disables it")
+
+    # Input limits
+    max_text_chars: int = Field(default=1000, ge=1, description="longer text goes to the DLQ")
+    max_message_bytes: int = Field(default=64_000, ge=1, description="larger messages go to the DLQ")
+
+    # Sink
+    sink_group: str = Field(default="phrasestream-sink", description="consumer group of the PostgreSQL sink")
+    sink_batch_max: int = Field(default=500, ge=1)
+    sink_retry_seconds: float = Field(default=60.0, gt=0, description="retry one batch this long before re-reading it")
+
+    log_level: str = "INFO"
+
+    @property
+    def local_kafka(self) -> bool:
+        """Say whether phrasestream starts its own broker."""
+        return not self.kafka_bootstrap
+
+    @property
+    def bootstrap(self) -> str:
+        """Return the bootstrap servers to use, local or external."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def local_pg(self) -> bool:
+        """Say whether phrasestream starts its own PostgreSQL."""
+        return not self.pg_dsn.get_secret_value()
+
+    @property
+    def dsn(self) -> str:
+        """Return the DSN to use (a secret: never log it)."""
+        return self.pg_dsn.get_secret_value() or (
+            f"postgresql://phrasestream@127.0.0.1:{self.pg_port}/phrasestream"
+        )
+
+    @property
+    def models_root(self) -> Path:
+        """Return the folder that holds heads and the embedder export."""
+        return self.models_dir or self.home / "models"
