@@ -1,0 +1,86 @@
+"""Clean incoming text the same way for serving and for training.
+
+``clean(text)`` is deterministic and pure. It is the one cleaner: the stream worker calls
+it before embedding and retraining calls it before training, so that a phrase and its
+training twin reach the embedder as the same string (and share one cache entry).
+
+Policy, in order:
+
+1. HTML: entities are unescaped (``&amp;`` -> ``&``, ``&#39;`` -> ``'``) and tags removed
+   (``<b>hi</b>`` -> ``hi``; ``<br>`` and block tags become a space).
+2. Unicode: NFKC normalisation (full-width ``ＡＢＣ`` -> ``ABC``, ligatures, ``①`` -> ``1``);
+   accents, CJK and emoji are kept (the embedder's tokenizer handles them).
+3. Invisible characters: control and format characters (zero-width space, BOM, soft
+   hyphen, bidi marks) are dropped.
+4. Typography: curly quotes become straight ones, dashes and minus signs become ``-``,
+   the ellipsis ``…`` becomes ``...``.
+5. Punctuation (``PunctuationPolicy``): ``collapse`` (default) keeps punctuation but squashes
+   a run of the same mark (``???`` -> ``?``, ``!!!`` -> ``!``; ``...`` stays as an ellipsis);
+   ``keep`` leaves it; ``strip`` removes everything but apostrophes inside words.
+6. Case: lower case (``str.lower``), as the uncased encoder would anyway.
+7. Whitespace: every run of Unicode white space (tabs, newlines, NBSP) becomes one space;
+   leading and trailing space is removed.
+
+>>> clean("  How do I <b>reset</b> my PIN???&nbsp;")
+'how do i reset my pin?'
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from enum import Enum
+
+
+class PunctuationPolicy(str, Enum):
+    """Say what ``clean`` does with punctuation."""
+
+    KEEP = "keep"
+    COLLAPSE = "collapse"
+    STRIP = "strip"
+
+
+_BLOCK_TAG = re.compile(r"<\s*/?\s*(br|p|div|li|ul|ol|tr|td|th|h[1-6]|hr)\b[^>]*>", re.IGNORECASE)
+_TAG = re.compile(r"<\s*/?[a-zA-Z!][^<>]{0,500}>")
+_SPACE = re.compile(r"\s+")
+_TYPOGRAPHY = str.maketrans(
+    {
+        "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "`": "'",
+        "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
+        "\u00ab": '"', "\u00bb": '"',
+        "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-",
+        "\u2015": "-", "\u2212": "-",
+    }
+)
+# A run of one repeated punctuation mark; dots are handled apart so that "..." survives.
+_REPEAT = re.compile(r"([!?,;:'\"\-*~#=_+/\\|^])\1+")
+_DOTS = re.compile(r"\.{4,}")
+_STRIP = re.compile(r"(?:(?<!\w)'|'(?!\w)|[^\w\s'])")
+
+
+def _is_invisible(ch: str) -> bool:
+    category = unicodedata.category(ch)
+    if category == "Cc":
+        return not ch.isspace()
+    return category in ("Cf", "Co", "Cs", "Cn")
+
+
+def clean(text: str, policy: PunctuationPolicy = PunctuationPolicy.COLLAPSE) -> str:
+    """Return ``text`` cleaned: HTML, unicode, invisibles, typography, punctuation, case, space.
+
+    The result may be empty (for example for ``"<br>"``); callers decide what that means.
+    """
+    text = _BLOCK_TAG.sub(" ", text)
+    text = _TAG.sub("", text)
+    text = html.unescape(text)
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(ch for ch in text if not _is_invisible(ch))
+    text = text.replace("\u2026", "...").translate(_TYPOGRAPHY)
+    if policy is PunctuationPolicy.COLLAPSE:
+        text = _REPEAT.sub(r"\1", text)
+        text = _DOTS.sub("...", text)
+    elif policy is PunctuationPolicy.STRIP:
+        text = _STRIP.sub(" ", text)
+    text = text.lower()
+    return _SPACE.sub(" ", text).strip()

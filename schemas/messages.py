@@ -1,0 +1,150 @@
+"""The messages on phrasestream's topics, as pydantic v2 models.
+
+Each message carries ``schema_version``; a reader refuses a version it does not know.
+
+- ``phrases.in``: :class:`PhraseIn`, produced by users.
+- ``predictions.out``: :class:`Prediction`, one per (phrase, model).
+- ``phrases.dlq``: :class:`DeadLetter`, every message that could not be served.
+- ``phrases.labeled``: :class:`LabeledPhrase`, labelled examples for retraining.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware (UTC)."""
+    return datetime.now(timezone.utc)
+
+
+def _id_to_str(value: Any) -> Any:
+    # An integer idempotency key is common ("id": 42); keep it as its decimal string.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Name = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")]
+PhraseId = Annotated[StrictStr, BeforeValidator(_id_to_str), Field(min_length=1, max_length=200)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        """Serialise as compact UTF-8 JSON, the wire format of every topic."""
+        return self.model_dump_json(exclude_none=True).encode("utf-8")
+
+
+class PhraseIn(_Message):
+    """A phrase to classify, as produced to ``phrases.in``.
+
+    ``id`` is the client's idempotency key (generated when absent); ``models`` defaults to
+    every active head of the region.
+
+    >>> PhraseIn.model_validate({"id": "42", "text": "how do I reset my PIN?", "region": "global"}).models is None
+    True
+    """
+
+    schema_version: Literal[1] = 1
+    id: PhraseId = Field(default_factory=lambda: uuid.uuid4().hex)
+    text: StrictStr
+    region: Name
+    models: list[Name] | None = Field(default=None, min_length=1, max_length=32)
+    ts: AwareDatetime | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class CleanedPhrase(_Message):
+    """A valid phrase after cleaning, passed from the clean agent to the embed agent."""
+
+    schema_version: Literal[1] = 1
+    id: str
+    region: str
+    models: list[str]
+    clean_text: str
+    received_at: AwareDatetime
+    ts: AwareDatetime | None = None
+
+
+class Prediction(_Message):
+    """One head's answer for one phrase, as published to ``predictions.out``.
+
+    ``top_k`` holds (label, probability) pairs, most likely first; ``latency_ms`` runs from
+    the moment the worker read the phrase to the moment this prediction was made.
+    """
+
+    schema_version: Literal[1] = 1
+    id: str
+    region: str
+    model: str
+    model_version: str
+    label: str
+    probability: float
+    top_k: list[tuple[str, float]]
+    clean_text: str
+    embedder_version: str
+    cache_hit: bool
+    latency_ms: float
+    received_at: AwareDatetime
+    predicted_at: AwareDatetime
+    ts: AwareDatetime | None = None
+
+
+class ErrorKind(str, Enum):
+    """Why a message went to the dead-letter topic."""
+
+    NOT_UTF8 = "not_utf8"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    EMPTY_TEXT = "empty_text"
+    TEXT_TOO_LONG = "text_too_long"
+    EMPTY_AFTER_CLEANING = "empty_after_cleaning"
+    UNKNOWN_REGION = "unknown_region"
+    UNKNOWN_MODEL = "unknown_model"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    INTERNAL = "internal"
+
+
+class DeadLetter(_Message):
+    """A message that could not be served, with its reason and its original bytes."""
+
+    schema_version: Literal[1] = 1
+    error_kind: ErrorKind
+    reason: str
+    original_b64: str
+    source_topic: str
+    source_partition: int | None = None
+    source_offset: int | None = None
+    id: str | None = None
+    failed_at: AwareDatetime = Field(default_factory=utcnow)
+
+    @staticmethod
+    def encode_original(raw: bytes | None) -> str:
+        """Return ``raw`` as base64 text (empty for a message without value)."""
+        return base64.b64encode(raw or b"").decode("ascii")
+
+    def original(self) -> bytes:
+        """Return the original message bytes."""
+        return base64.b64decode(self.original_b64)
+
+
+class LabeledPhrase(_Message):
+    """A labelled example on ``phrases.labeled``, for retraining."""
+
+    schema_version: Literal[1] = 1
+    text: StrictStr = Field(min_length=1)
+    label: StrictStr = Field(min_length=1)
+    region: Name
+    model: Name
+    ts: AwareDatetime = Field(default_factory=utcnow)
