@@ -56,8 +56,8 @@ class PhraseIn(_Message):
     schema_version: Literal[1] = 1
     id: PhraseId = Field(default_factory=lambda: uuid.uuid4().hex)
     text: StrictStr
-    region: Name
-    models: list[Name] | None = Field(default=None, min_length=1, max_length=32)
+    region: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    models: list[Annotated[StrictStr, Field(min_length=1, max_length=64)]] | None = Field(default=None, min_length=1, max_length=32)
     ts: AwareDatetime | None = None
     metadata: dict[str, Any] | None = None
 

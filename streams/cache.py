@@ -1,0 +1,89 @@
+"""The in-process embedding cache: a bounded LRU in front of a Faust table.
+
+A cache backend implements ``get`` and ``put`` on bytes; :class:`LRUCache` adds the bound
+and the hit accounting once, for every backend. The table backend keeps the vectors in a
+Faust table (changelog-backed, so a restarted worker gets its cache back from Kafka); the
+dict backend serves unit tests and one-off scripts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import MutableMapping
+from typing import Protocol
+
+import numpy as np
+
+
+class CacheBackend(Protocol):
+    """Store cache entries; ``LRUCache`` decides what stays."""
+
+    def get(self, key: str) -> bytes | None: ...
+    def put(self, key: str, value: bytes) -> None: ...
+    def delete(self, key: str) -> None: ...
+
+
+class MappingBackend:
+    """Keep entries in a mapping: a dict, or a Faust table (``app.Table``)."""
+
+    def __init__(self, mapping: MutableMapping[str, bytes]) -> None:
+        self._mapping = mapping
+
+    def get(self, key: str) -> bytes | None:
+        return self._mapping.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        self._mapping[key] = value
+
+    def delete(self, key: str) -> None:
+        self._mapping.pop(key, None)
+
+
+def cache_key(embedder_version: str, clean_text: str) -> str:
+    """Return the cache key of ``clean_text`` under one embedder version."""
+    digest = hashlib.sha256(clean_text.encode("utf-8")).hexdigest()[:32]
+    return f"{embedder_version}:{digest}"
+
+
+class LRUCache:
+    """Keep at most ``max_entries`` embeddings (float32 vectors), least recently used out first.
+
+    ``max_entries=0`` disables the cache: every lookup misses and nothing is stored.
+    """
+
+    def __init__(self, backend: CacheBackend, embedder_version: str, dim: int, max_entries: int) -> None:
+        self._backend = backend
+        self._version = embedder_version
+        self._dim = dim
+        self._max = max_entries
+        self._order: OrderedDict[str, None] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, clean_text: str) -> np.ndarray | None:
+        """Return the cached vector of ``clean_text``, or None."""
+        if self._max == 0:
+            self.misses += 1
+            return None
+        key = cache_key(self._version, clean_text)
+        raw = self._backend.get(key)
+        if raw is None or len(raw) != self._dim * 4:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._order[key] = None
+        self._order.move_to_end(key)
+        return np.frombuffer(raw, dtype=np.float32)
+
+    def put(self, clean_text: str, vector: np.ndarray) -> None:
+        """Store the vector of ``clean_text``, evicting the oldest entry beyond the bound."""
+        if self._max == 0:
+            return
+        key = cache_key(self._version, clean_text)
+        self._backend.put(key, np.asarray(vector, dtype=np.float32).tobytes())
+        self._order[key] = None
+        self._order.move_to_end(key)
+        while len(self._order) > self._max:
+            old, _ = self._order.popitem(last=False)
+            self._backend.delete(old)

@@ -1,0 +1,137 @@
+"""The named steps of the stream, as plain functions that need no Kafka.
+
+``embed_with_cache`` looks texts up in the cache, embeds the misses in one batch through
+the shared embedder and stores them; ``classify`` runs every requested head of a region on
+the shared vectors and makes one :class:`Prediction` per (phrase, model). The Faust agents
+in ``streams.app`` are thin loops around these.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from schemas.messages import CleanedPhrase, Prediction, utcnow
+from streams.cache import LRUCache
+
+
+class Embedder(Protocol):
+    """What the stream needs of the embedder (``models.embedder.Embedder``)."""
+
+    version: str
+    dim: int
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class Head(Protocol):
+    """What the stream needs of a classifier head (``models.heads.Head``)."""
+
+    @property
+    def ref(self): ...  # HeadRef: region, model, version
+
+    def predict(self, vectors: np.ndarray, top_k: int): ...
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Vectors for a batch of texts, with which of them came from the cache."""
+
+    vectors: np.ndarray
+    cache_hits: list[bool]
+
+
+def lookup(texts: Sequence[str], cache: LRUCache | None, dim: int) -> tuple[np.ndarray, list[bool]]:
+    """Return a [n, dim] array with cached vectors filled in, and the hit mask."""
+    vectors = np.zeros((len(texts), dim), dtype=np.float32)
+    hits = [False] * len(texts)
+    if cache is not None:
+        for i, text in enumerate(texts):
+            found = cache.get(text)
+            if found is not None:
+                vectors[i] = found
+                hits[i] = True
+    return vectors, hits
+
+
+def embed_misses(texts: Sequence[str], vectors: np.ndarray, hits: Sequence[bool], embedder: Embedder) -> list[int]:
+    """Embed the texts that missed the cache (each distinct text once), in place; return their rows."""
+    missing = [i for i, hit in enumerate(hits) if not hit]
+    if not missing:
+        return []
+    distinct = list(dict.fromkeys(texts[i] for i in missing))
+    computed = embedder.embed_batch(distinct)
+    by_text = dict(zip(distinct, computed))
+    for i in missing:
+        vectors[i] = by_text[texts[i]]
+    return missing
+
+
+def store(texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache: LRUCache | None) -> None:
+    """Put the freshly embedded rows into the cache."""
+    if cache is None:
+        return
+    for i in rows:
+        cache.put(texts[i], vectors[i])
+
+
+def embed_with_cache(texts: Sequence[str], embedder: Embedder, cache: LRUCache | None) -> Embedded:
+    """Return the embeddings of ``texts``: cached where possible, the rest in one batch."""
+    vectors, hits = lookup(texts, cache, embedder.dim)
+    rows = embed_misses(texts, vectors, hits, embedder)
+    store(texts, vectors, rows, cache)
+    return Embedded(vectors, hits)
+
+
+def classify(
+    phrases: Sequence[CleanedPhrase],
+    embedded: Embedded,
+    heads: Mapping[str, Mapping[str, Head]],
+    embedder_version: str,
+    top_k: int,
+) -> tuple[list[Prediction], list[tuple[CleanedPhrase, str]]]:
+    """Run each phrase's heads on its vector; return predictions and (phrase, reason) failures.
+
+    Each head runs once per batch, on the rows of the phrases that asked for it. A phrase
+    whose head is no longer active is returned as a failure, not dropped.
+    """
+    rows_by_head: dict[tuple[str, str], list[int]] = defaultdict(list)
+    failures: list[tuple[CleanedPhrase, str]] = []
+    for i, phrase in enumerate(phrases):
+        region_heads = heads.get(phrase.region, {})
+        gone = [m for m in phrase.models if m not in region_heads]
+        if gone:
+            failures.append((phrase, f"head(s) {gone} of region {phrase.region!r} are no longer active"))
+            continue
+        for model in phrase.models:
+            rows_by_head[(phrase.region, model)].append(i)
+    predictions: list[Prediction] = []
+    for (region, model), rows in rows_by_head.items():
+        head = heads[region][model]
+        answers = head.predict(embedded.vectors[rows], top_k)
+        now = utcnow()
+        for row, answer in zip(rows, answers):
+            phrase = phrases[row]
+            predictions.append(
+                Prediction(
+                    id=phrase.id,
+                    region=region,
+                    model=model,
+                    model_version=head.ref.version,
+                    label=answer.label,
+                    probability=round(float(answer.probability), 6),
+                    top_k=[(label, round(float(p), 6)) for label, p in answer.top_k],
+                    clean_text=phrase.clean_text,
+                    embedder_version=embedder_version,
+                    cache_hit=embedded.cache_hits[row],
+                    latency_ms=round((now - phrase.received_at).total_seconds() * 1000.0, 3),
+                    received_at=phrase.received_at,
+                    predicted_at=now,
+                    ts=phrase.ts,
+                )
+            )
+    return predictions, failures
