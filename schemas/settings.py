@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     topic_labeled: str = "phrases.labeled"
     partitions_in: int = Field(default=4, ge=1)
     partitions_out: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1, description="replication of the topics phrasestream creates")
+    cache_store: str = Field(default="memory://", description="Faust store of the embedding cache table (memory:// or rocksdb://)")
     app_id: str = Field(default="phrasestream", description="Faust app id: consumer group and internal topic prefix")
 
     # PostgreSQL

@@ -1,0 +1,227 @@
+"""Write every prediction to PostgreSQL: its own consumer group on ``predictions.out``.
+
+The sink is a separate process (``phrasestream sink``), so a database outage never stops
+or slows the worker that publishes predictions. It
+
+- reads predictions in batches (``consume(num_messages=...)``),
+- writes each batch in one statement (``execute_values``) with
+  ``ON CONFLICT (id, model, model_version) DO NOTHING``, so a prediction delivered twice
+  is stored once,
+- retries a failing write with exponential backoff (tenacity) for
+  ``PHRASESTREAM_SINK_RETRY_SECONDS``; past that it rewinds to the batch's first offsets
+  and reads it again, so nothing is lost and the consumer stays in its group,
+- commits offsets only after the rows are stored.
+
+A record that is not a valid prediction goes to ``phrases.dlq`` with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import psycopg2
+import psycopg2.extensions
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from psycopg2 import sql
+from psycopg2.extras import Json, execute_values
+from pydantic import ValidationError
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from schemas.messages import DeadLetter, ErrorKind, Prediction
+from schemas.settings import Settings
+
+log = logging.getLogger("phrasestream.sink")
+
+COLUMNS = (
+    "id", "region", "model", "model_version", "label", "probability", "top_k", "clean_text",
+    "embedder_version", "cache_hit", "latency_ms", "received_at", "predicted_at",
+)
+
+
+class Sink(Protocol):
+    """Store a batch of predictions; return how many rows were new."""
+
+    def write(self, batch: Sequence[Prediction]) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def row_of(p: Prediction) -> tuple:
+    """Return the ``inferences`` row of a prediction, in ``COLUMNS`` order."""
+    return (
+        p.id, p.region, p.model, p.model_version, p.label, p.probability,
+        Json([list(pair) for pair in p.top_k]), p.clean_text, p.embedder_version, p.cache_hit,
+        p.latency_ms, p.received_at, p.predicted_at,
+    )
+
+
+class PostgresSink:
+    """Insert predictions into ``<schema>.inferences``, idempotently, reconnecting as needed."""
+
+    def __init__(self, dsn: str, schema: str = "public") -> None:
+        self._dsn = dsn
+        self._schema = schema
+        self._conn: psycopg2.extensions.connection | None = None
+        self._insert = sql.SQL(
+            "INSERT INTO {}.inferences ({}) VALUES %s ON CONFLICT (id, model, model_version) DO NOTHING"
+        ).format(sql.Identifier(schema), sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
+
+    def _connection(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg2.connect(self._dsn, connect_timeout=5, application_name="phrasestream-sink")
+        return self._conn
+
+    def write(self, batch: Sequence[Prediction]) -> int:
+        """Insert the batch in one transaction; return the number of new rows."""
+        if not batch:
+            return 0
+        conn = self._connection()
+        try:
+            with conn, conn.cursor() as cur:
+                # RETURNING counts only the rows actually inserted (conflicts return nothing).
+                rows = execute_values(
+                    cur, self._insert.as_string(conn) + " RETURNING 1", [row_of(p) for p in batch],
+                    page_size=len(batch), fetch=True,
+                )
+                return len(rows)
+        except psycopg2.Error:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+
+
+@dataclass
+class SinkStats:
+    """What the sink has done so far."""
+
+    batches: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    retries: int = 0
+    rewinds: int = 0
+
+
+def consumer_config(settings: Settings) -> dict:
+    """Return the confluent-kafka consumer settings of the sink's group."""
+    return {
+        "bootstrap.servers": settings.bootstrap,
+        "group.id": settings.sink_group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+        "session.timeout.ms": 30_000,
+        "max.poll.interval.ms": 600_000,
+    }
+
+
+class SinkRunner:
+    """Consume ``predictions.out`` and write to a :class:`Sink` until :meth:`stop`."""
+
+    def __init__(self, settings: Settings, sink: Sink, consumer: Consumer | None = None) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.consumer = consumer or Consumer(consumer_config(settings))
+        self._producer = Producer({"bootstrap.servers": settings.bootstrap})
+        self._running = True
+        self.stats = SinkStats()
+
+    def stop(self, *_: object) -> None:
+        self._running = False
+
+    def _parse(self, messages: Sequence[Message]) -> list[Prediction]:
+        batch: list[Prediction] = []
+        for m in messages:
+            try:
+                batch.append(Prediction.model_validate_json(m.value() or b""))
+            except ValidationError as exc:
+                self.stats.invalid += 1
+                letter = DeadLetter(
+                    error_kind=ErrorKind.WRONG_TYPE,
+                    reason=f"not a valid prediction: {exc.errors()[0]['msg']}",
+                    original_b64=DeadLetter.encode_original(m.value()),
+                    source_topic=m.topic(),
+                    source_partition=m.partition(),
+                    source_offset=m.offset(),
+                )
+                self._producer.produce(self.settings.topic_dlq, value=letter.to_bytes())
+        self._producer.flush(10)
+        return batch
+
+    def _write_with_retry(self, batch: Sequence[Prediction]) -> int:
+        def on_retry(state) -> None:  # type: ignore[no-untyped-def]
+            self.stats.retries += 1
+            log.warning("database write failed (%s); retry %d", state.outcome.exception(), state.attempt_number)
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(psycopg2.Error),
+            wait=wait_exponential(multiplier=0.2, max=5.0),
+            stop=stop_after_delay(self.settings.sink_retry_seconds),
+            before_sleep=on_retry,
+            reraise=False,
+        )
+        return retrying(self.sink.write, batch)
+
+    def _rewind(self, messages: Sequence[Message]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for m in messages:
+            key = (m.topic(), m.partition())
+            first[key] = min(first.get(key, m.offset()), m.offset())
+        for (topic, partition), offset in first.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+        self.stats.rewinds += 1
+
+    def step(self, timeout: float = 1.0) -> int:
+        """Read one batch, store it, commit it; return how many messages it held."""
+        messages = self.consumer.consume(num_messages=self.settings.sink_batch_max, timeout=timeout)
+        messages = [m for m in messages if not self._is_error(m)]
+        if not messages:
+            return 0
+        batch = self._parse(messages)
+        try:
+            new = self._write_with_retry(batch)
+        except RetryError:
+            log.error("database still failing after %.0fs; re-reading the batch", self.settings.sink_retry_seconds)
+            self._rewind(messages)
+            return 0
+        self.consumer.commit(asynchronous=False)
+        self.stats.batches += 1
+        self.stats.stored += new
+        self.stats.duplicates += len(batch) - new
+        return len(messages)
+
+    @staticmethod
+    def _is_error(m: Message) -> bool:
+        err = m.error()
+        if err is None:
+            return False
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error: %s", err)
+        return True
+
+    def run(self) -> None:
+        """Consume until SIGINT/SIGTERM, then commit and leave the group."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self.consumer.subscribe([self.settings.topic_out])
+        log.info("sink started: group %s, topic %s", self.settings.sink_group, self.settings.topic_out)
+        try:
+            while self._running:
+                self.step()
+        finally:
+            self.consumer.close()
+            self.sink.close()
+            log.info("sink stopped: %s", json.dumps(self.stats.__dict__))
+
+
+def run_sink(settings: Settings) -> None:
+    """Run the PostgreSQL sink until SIGINT/SIGTERM."""
+    SinkRunner(settings, PostgresSink(settings.dsn, settings.pg_schema)).run()
