@@ -1,0 +1,364 @@
+"""The ``phrasestream`` command: one entry point with subcommands.
+
+    phrasestream up              start (or reuse) Kafka and PostgreSQL, create topics, migrate
+    phrasestream train           build the embedder and train the demo heads if none are active
+    phrasestream worker          run the stream worker (foreground)
+    phrasestream sink            run the PostgreSQL sink (foreground)
+    phrasestream run             all of the above in the background, a demo feed, a live table
+    phrasestream demo --count N  a bounded demo run; last line: one JSON object of figures
+    phrasestream produce         produce phrases (JSON lines on stdin, or --text/--region)
+    phrasestream consume         print predictions (or another topic) as a table or JSON
+    phrasestream status | stop   what runs; stop what the project started
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from schemas.settings import Settings
+
+log = logging.getLogger("phrasestream")
+
+DAEMONS = ("worker", "sink")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# set-up
+
+
+def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
+    from ops.services import up
+
+    up(settings)
+    return 0
+
+
+def active_heads(settings: Settings) -> dict[str, list[str]]:
+    """Map each region to its active head names (from the registry)."""
+    from models.registry import Registry
+
+    active = Registry(settings.models_root / "heads").active()
+    return {region: sorted(models) for region, models in active.items()}
+
+
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    from models.embedder import load_embedder
+    from retrain.demo import train_demo_heads
+
+    embedder = load_embedder(settings)
+    refs = train_demo_heads(settings, embedder, progress=not args.quiet, force=args.force)
+    for ref in refs:
+        print(f"active head: {ref}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# background processes: the worker and the sink, recorded by pid under .local/run
+
+
+def _daemon_files(settings: Settings, name: str) -> tuple[Path, Path]:
+    home = Path(settings.home).expanduser().resolve()
+    (home / "run").mkdir(parents=True, exist_ok=True)
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    return home / "run" / f"{name}.pid", home / "logs" / f"{name}.log"
+
+
+def _daemon_marker(settings: Settings, name: str) -> str:
+    return f"--daemon-id={Path(settings.home).expanduser().resolve()}/{name}"
+
+
+def daemon_running(settings: Settings, name: str) -> int | None:
+    """Return the pid of our running ``worker`` or ``sink``, or None."""
+    from ops.services import _our_process
+
+    pid_file, _ = _daemon_files(settings, name)
+    proc = _our_process(pid_file, "phrasestream", name, _daemon_marker(settings, name))
+    return proc.pid if proc else None
+
+
+def start_daemon(settings: Settings, name: str) -> int:
+    """Start ``phrasestream <name>`` in the background unless it runs; return its pid."""
+    pid = daemon_running(settings, name)
+    if pid is not None:
+        print(f"{name}: already running (pid {pid})")
+        return pid
+    pid_file, log_file = _daemon_files(settings, name)
+    argv = [sys.executable, "-m", "streams.cli", name, _daemon_marker(settings, name)]
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=os.environ.copy())
+    pid_file.write_text(f"{proc.pid}\n")
+    print(f"{name}: started (pid {proc.pid}), log {log_file}")
+    return proc.pid
+
+
+def stop_daemon(settings: Settings, name: str, timeout: float = 30.0) -> bool:
+    """Stop our ``worker`` or ``sink`` by its recorded pid (SIGTERM, then SIGKILL)."""
+    import psutil
+
+    from ops.services import _our_process
+
+    pid_file, _ = _daemon_files(settings, name)
+    proc = _our_process(pid_file, "phrasestream", name, _daemon_marker(settings, name))
+    if proc is None:
+        return False
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    pid_file.unlink(missing_ok=True)
+    print(f"{name}: stopped (pid {proc.pid})")
+    return True
+
+
+def wait_worker_ready(settings: Settings, timeout: float = 300.0) -> None:
+    """Wait until the worker log says its agents run (bounded), or raise with the log tail."""
+    _, log_file = _daemon_files(settings, "worker")
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        text = log_file.read_text(errors="replace") if log_file.exists() else ""
+        if "worker ready" in text.lower() or "[^Worker]: Ready" in text:
+            return
+        if daemon_running(settings, "worker") is None:
+            tail = "\n".join(text.splitlines()[-30:])
+            raise RuntimeError(f"the worker exited; its log ({log_file}) ends with:\n{tail}")
+        time.sleep(1.0)
+    raise RuntimeError(f"the worker was not ready within {timeout:.0f}s; see {log_file}")
+
+
+# ------------------------------------------------------------------------------------------
+# foreground processes
+
+
+def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
+    from streams.app import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def cmd_sink(settings: Settings, _: argparse.Namespace) -> int:
+    from streams.sink import run_sink
+
+    _setup_logging(settings)
+    run_sink(settings)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# produce / consume
+
+
+def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True})
+    if args.text is not None:
+        body = {"text": args.text, "region": args.region}
+        if args.id:
+            body["id"] = args.id
+        lines = [json.dumps(body)]
+    else:
+        lines = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    for line in lines:
+        producer.produce(args.topic or settings.topic_in, value=line.encode("utf-8"))
+        producer.poll(0)
+    left = producer.flush(30)
+    print(f"produced {len(lines) - left} message(s) to {args.topic or settings.topic_in}", file=sys.stderr)
+    return 0 if left == 0 else 1
+
+
+TABLE_HEADER = f"{'id':<22} {'region':<8} {'model':<7} {'label':<26} {'prob':>5} {'ms':>7} {'cache':<5}  text"
+
+
+def format_row(p: dict) -> str:
+    """Return one prediction as a line of the live table."""
+    return (
+        f"{p['id'][:22]:<22} {p['region'][:8]:<8} {p['model'][:7]:<7} {p['label'][:26]:<26} "
+        f"{p['probability']:>5.2f} {p['latency_ms']:>7.1f} {'hit' if p['cache_hit'] else '':<5}  {p['clean_text'][:50]}"
+    )
+
+
+def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
+    from confluent_kafka import Consumer
+
+    topic = args.topic or settings.topic_out
+    consumer = Consumer({
+        "bootstrap.servers": settings.bootstrap,
+        "group.id": args.group or f"phrasestream-consume-{os.getpid()}",
+        "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+        "enable.auto.commit": bool(args.group),
+    })
+    consumer.subscribe([topic])
+    seen = 0
+    start = time.monotonic()
+    if not args.json and topic == settings.topic_out:
+        print(TABLE_HEADER)
+    try:
+        while (args.max is None or seen < args.max) and (args.timeout is None or time.monotonic() - start < args.timeout):
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            seen += 1
+            value = msg.value() or b""
+            if args.json or topic != settings.topic_out:
+                print(value.decode("utf-8", errors="replace"), flush=True)
+            else:
+                print(format_row(json.loads(value)), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# run, demo, status, stop
+
+
+def _prepare(settings: Settings, quiet: bool = False) -> dict[str, list[str]]:
+    """Start the services, build and train if needed, start worker and sink; return the heads."""
+    from models.embedder import load_embedder
+    from ops.services import up
+    from retrain.demo import train_demo_heads
+
+    up(settings)
+    heads = active_heads(settings)
+    if not heads:
+        train_demo_heads(settings, load_embedder(settings), progress=not quiet)
+        heads = active_heads(settings)
+    for name in DAEMONS:
+        start_daemon(settings, name)
+    wait_worker_ready(settings)
+    return heads
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    heads = _prepare(settings, quiet=args.json)
+    figures = run_demo(settings, heads, args.count, timeout_s=args.timeout)
+    if not args.json:
+        for key, value in figures.items():
+            print(f"{key:>26}: {value}")
+    print(json.dumps(figures), flush=True)
+    return 0 if figures["complete"] else 1
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    heads = _prepare(settings)
+    print(f"\nphrasestream is serving regions {heads}.")
+    print(f"Produce to {settings.topic_in} on {settings.bootstrap}; predictions on {settings.topic_out}.")
+    print("A short demo stream follows; press Ctrl-C to stop the worker and the sink.\n")
+    print(TABLE_HEADER)
+    try:
+        figures = run_demo(settings, heads, args.count, on_prediction=lambda p: print(format_row(p), flush=True))
+        print(f"\ndemo: {json.dumps(figures)}\n")
+        print(f"Still serving. Try: phrasestream produce --text 'how do I reset my PIN?' --region global\n")
+        cmd_consume(settings, argparse.Namespace(topic=None, group=None, from_beginning=False,
+                                                 json=False, max=None, timeout=None))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for name in DAEMONS:
+            stop_daemon(settings, name)
+        print("worker and sink stopped; Kafka and PostgreSQL keep running (make stop ends them).")
+    return 0
+
+
+def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
+    from ops.services import status
+
+    status(settings)
+    for name in DAEMONS:
+        pid = daemon_running(settings, name)
+        print(f"{name}: {'running (pid %d)' % pid if pid else 'stopped'}")
+    return 0
+
+
+def cmd_stop(settings: Settings, args: argparse.Namespace) -> int:
+    from ops.services import stop_all
+
+    for name in DAEMONS:
+        stop_daemon(settings, name)
+    if not args.keep_services:
+        stop_all(settings)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phrasestream", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start or reuse Kafka and PostgreSQL").set_defaults(func=cmd_up)
+    p = sub.add_parser("train", help="build the embedder and train the demo heads if needed")
+    p.add_argument("--force", action="store_true", help="train new versions even if heads are active")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+    for name, func in (("worker", cmd_worker), ("sink", cmd_sink)):
+        p = sub.add_parser(name, help=f"run the {name} in the foreground")
+        p.add_argument("--daemon-id", help=argparse.SUPPRESS)
+        p.set_defaults(func=func)
+    p = sub.add_parser("run", help="start everything, feed a short demo stream, show predictions")
+    p.add_argument("--count", type=int, default=40)
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("demo", help="a bounded demo run that prints its figures")
+    p.add_argument("--count", type=int, default=200)
+    p.add_argument("--json", action="store_true", help="print only the JSON figures")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for answers")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("produce", help="produce phrases: JSON lines on stdin, or --text")
+    p.add_argument("--text")
+    p.add_argument("--region", default="global")
+    p.add_argument("--id")
+    p.add_argument("--topic")
+    p.set_defaults(func=cmd_produce)
+    p = sub.add_parser("consume", help="print predictions (or --topic) as they arrive")
+    p.add_argument("--topic")
+    p.add_argument("--group")
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--max", type=int)
+    p.add_argument("--timeout", type=float)
+    p.set_defaults(func=cmd_consume)
+    sub.add_parser("status", help="what runs").set_defaults(func=cmd_status)
+    p = sub.add_parser("stop", help="stop worker, sink, Kafka and PostgreSQL started by the project")
+    p.add_argument("--keep-services", action="store_true", help="stop only the worker and the sink")
+    p.set_defaults(func=cmd_stop)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``phrasestream`` command."""
+    args = build_parser().parse_args(argv)
+    settings = _settings()
+    if args.command not in ("worker",):
+        _setup_logging(settings)
+    return int(args.func(settings, args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
