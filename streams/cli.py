@@ -91,7 +91,7 @@ def daemon_running(settings: Settings, name: str) -> int | None:
     from ops.services import _our_process
 
     pid_file, _ = _daemon_files(settings, name)
-    proc = _our_process(pid_file, "phrasestream", name, _daemon_marker(settings, name))
+    proc = _our_process(pid_file, "streams.cli", name, _daemon_marker(settings, name))
     return proc.pid if proc else None
 
 
@@ -118,7 +118,7 @@ def stop_daemon(settings: Settings, name: str, timeout: float = 30.0) -> bool:
     from ops.services import _our_process
 
     pid_file, _ = _daemon_files(settings, name)
-    proc = _our_process(pid_file, "phrasestream", name, _daemon_marker(settings, name))
+    proc = _our_process(pid_file, "streams.cli", name, _daemon_marker(settings, name))
     if proc is None:
         return False
     proc.terminate()

