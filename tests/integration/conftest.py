@@ -1,0 +1,142 @@
+"""Fixtures for tests against the live Kafka broker and PostgreSQL that `make test` starts.
+
+Each test gets its own topics, Faust app id, sink consumer group and database schema
+(uuid-suffixed), so tests never see each other's messages. Workers and sinks run as real
+``phrasestream`` processes with that configuration in their environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+import pytest
+from confluent_kafka import Consumer, Producer
+from psycopg2 import sql
+
+from ops.services import apply_migrations, create_topics, kafka_answers, pg_answers
+from schemas.settings import Settings
+
+START_HINT = "start the services with `make up` (or `.venv/bin/phrasestream up`) and train with `make train`"
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    settings = Settings()
+    if not kafka_answers(settings.bootstrap, timeout=10):
+        pytest.fail(f"no Kafka broker answers at {settings.bootstrap}: {START_HINT}")
+    if not pg_answers(settings):
+        pytest.fail(f"PostgreSQL does not answer: {START_HINT}")
+    return settings
+
+
+@dataclass
+class Stack:
+    """One test's isolated configuration, and the processes started for it."""
+
+    settings: Settings
+    env: dict[str, str]
+    logs: Path
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, ready: str | None = None, timeout: float = 240.0, **extra_env: str) -> subprocess.Popen:
+        """Start ``phrasestream <name>`` with this stack's settings; wait for ``ready`` in its log."""
+        log_path = self.logs / f"{name}.log"
+        env = {**self.env, **extra_env}
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", name], env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs[name] = proc
+        if ready is not None:
+            start = time.monotonic()
+            while ready not in log_path.read_text(errors="replace"):
+                if proc.poll() is not None:
+                    pytest.fail(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                if time.monotonic() - start > timeout:
+                    pytest.fail(f"{name} not ready in {timeout}s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+        return proc
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def produce(self, *values: bytes, topic: str | None = None) -> None:
+        producer = Producer({"bootstrap.servers": self.settings.bootstrap})
+        for value in values:
+            producer.produce(topic or self.settings.topic_in, value=value)
+        assert producer.flush(30) == 0
+
+    def read(self, topic: str, count: int, timeout: float = 120.0) -> list[dict]:
+        """Read ``count`` JSON messages from the start of ``topic`` (fewer if the time runs out)."""
+        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer.subscribe([topic])
+        found: list[dict] = []
+        start = time.monotonic()
+        try:
+            while len(found) < count and time.monotonic() - start < timeout:
+                msg = consumer.poll(0.5)
+                if msg is not None and msg.error() is None:
+                    found.append(json.loads(msg.value()))
+        finally:
+            consumer.close()
+        return found
+
+    def rows(self, where: str = "TRUE", params: tuple = ()) -> list[dict]:
+        query = sql.SQL("SELECT * FROM {}.inferences WHERE " + where + " ORDER BY id, model").format(
+            sql.Identifier(self.settings.pg_schema))
+        with psycopg2.connect(self.settings.dsn) as conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def wait_rows(self, count: int, timeout: float = 90.0) -> list[dict]:
+        start = time.monotonic()
+        rows = self.rows()
+        while len(rows) < count and time.monotonic() - start < timeout:
+            time.sleep(0.5)
+            rows = self.rows()
+        return rows
+
+
+@pytest.fixture
+def stack(base_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
+    suffix = uuid.uuid4().hex[:10]
+    overrides = {
+        "PHRASESTREAM_TOPIC_IN": f"test-{suffix}.phrases.in",
+        "PHRASESTREAM_TOPIC_OUT": f"test-{suffix}.predictions.out",
+        "PHRASESTREAM_TOPIC_DLQ": f"test-{suffix}.phrases.dlq",
+        "PHRASESTREAM_TOPIC_LABELED": f"test-{suffix}.phrases.labeled",
+        "PHRASESTREAM_APP_ID": f"test-{suffix}",
+        "PHRASESTREAM_SINK_GROUP": f"test-{suffix}-sink",
+        "PHRASESTREAM_PG_SCHEMA": f"test_{suffix}",
+        "PHRASESTREAM_HOME": str(Path(base_settings.home).resolve()),
+        "PHRASESTREAM_EMBED_BATCH_WITHIN_MS": "20",
+    }
+    env = {**os.environ, **overrides}
+    settings = Settings(**{k.removeprefix("PHRASESTREAM_").lower(): v for k, v in overrides.items()})
+    create_topics(settings)
+    apply_migrations(settings)
+    st = Stack(settings, env, tmp_path)
+    try:
+        yield st
+    finally:
+        for name in list(st.procs):
+            st.stop(name)
+        with psycopg2.connect(settings.dsn) as conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.pg_schema)))
