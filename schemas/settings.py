@@ -26,12 +26,12 @@ class Settings(BaseSettings):
     kafka_port: int = Field(default=19092, description="port of the local broker")
     kafka_controller_port: int = Field(default=19093, description="KRaft controller port of the local broker")
     kafka_version: str = Field(default="4.1.1", description="Apache Kafka release fetched from Maven Central")
-    topic_in: str = "phrases.in"
-    topic_out: str = "predictions.out"
-    topic_dlq: str = "phrases.dlq"
-    topic_labeled: str = "phrases.labeled"
-    partitions_in: int = Field(default=4, ge=1)
-    partitions_out: int = Field(default=4, ge=1)
+    topic_in: str = Field(default="phrases.in", description="input topic")
+    topic_out: str = Field(default="predictions.out", description="predictions topic")
+    topic_dlq: str = Field(default="phrases.dlq", description="dead-letter topic")
+    topic_labeled: str = Field(default="phrases.labeled", description="labelled examples topic")
+    partitions_in: int = Field(default=4, ge=1, description="partitions of phrases.in and the internal topics")
+    partitions_out: int = Field(default=4, ge=1, description="partitions of predictions.out")
     replication_factor: int = Field(default=1, ge=1, description="replication of the topics phrasestream creates")
     cache_store: str = Field(default="memory://", description="Faust store of the embedding cache table (memory:// or rocksdb://)")
     app_id: str = Field(default="phrasestream", description="Faust app id: consumer group and internal topic prefix")
@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(default=None, description="heads and embedder export; default <home>/models")
     embed_batch_max: int = Field(default=64, ge=1, description="largest embedding batch")
     embed_batch_within_ms: int = Field(default=50, ge=1, description="longest wait to fill a batch, ms")
-    top_k: int = Field(default=3, ge=1)
+    top_k: int = Field(default=3, ge=1, description="(label, probability) pairs per prediction")
     cache_max_entries: int = Field(default=100_000, ge=0, description="embedding cache size; 0 disables it")
 
     # Input limits
@@ -54,10 +54,10 @@ class Settings(BaseSettings):
 
     # Sink
     sink_group: str = Field(default="phrasestream-sink", description="consumer group of the PostgreSQL sink")
-    sink_batch_max: int = Field(default=500, ge=1)
+    sink_batch_max: int = Field(default=500, ge=1, description="largest batch the sink writes at once")
     sink_retry_seconds: float = Field(default=60.0, gt=0, description="retry one batch this long before re-reading it")
 
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @property
     def local_kafka(self) -> bool:
