@@ -59,6 +59,13 @@ _DOTS = re.compile(r"\.{4,}")
 _STRIP = re.compile(r"(?:(?<!\w)'|'(?!\w)|[^\w\s'])")
 
 
+def _strip_one(match: re.Match[str]) -> str:
+    # ``\w`` does not cover combining marks (Devanagari vowel signs, Arabic harakat, the dot of
+    # a lowered "İ"): they belong to the word, not to its punctuation.
+    mark = match.group()
+    return mark if unicodedata.category(mark).startswith("M") else " "
+
+
 def _is_invisible(ch: str) -> bool:
     category = unicodedata.category(ch)
     if category == "Cc":
@@ -66,11 +73,27 @@ def _is_invisible(ch: str) -> bool:
     return category in ("Cf", "Co", "Cs", "Cn")
 
 
+# One pass can uncover work for the next (``&lt;b&gt;`` -> ``<b>``, ``&amp;amp;`` -> ``&amp;``,
+# ``e<ZWSP><U+0301>`` -> decomposed ``e\u0301``), so ``clean`` repeats it until nothing changes.
+_MAX_PASSES = 8
+
+
 def clean(text: str, policy: PunctuationPolicy = PunctuationPolicy.COLLAPSE) -> str:
     """Return ``text`` cleaned: HTML, unicode, invisibles, typography, punctuation, case, space.
 
     The result may be empty (for example for ``"<br>"``); callers decide what that means.
+    ``clean`` is idempotent: ``clean(clean(x)) == clean(x)``, so text that was cleaned once
+    (``clean_text`` on ``predictions.out``) is cleaned to itself again.
     """
+    for _ in range(_MAX_PASSES):
+        cleaned = _clean_once(text, policy)
+        if cleaned == text:
+            break
+        text = cleaned
+    return text
+
+
+def _clean_once(text: str, policy: PunctuationPolicy) -> str:
     text = _BLOCK_TAG.sub(" ", text)
     text = _TAG.sub("", text)
     text = html.unescape(text)
@@ -81,6 +104,6 @@ def clean(text: str, policy: PunctuationPolicy = PunctuationPolicy.COLLAPSE) -> 
         text = _REPEAT.sub(r"\1", text)
         text = _DOTS.sub("...", text)
     elif policy is PunctuationPolicy.STRIP:
-        text = _STRIP.sub(" ", text)
+        text = _STRIP.sub(_strip_one, text)
     text = text.lower()
     return _SPACE.sub(" ", text).strip()

@@ -51,6 +51,14 @@ def _kind_of(error: ValidationError) -> tuple[ErrorKind, str]:
     return ErrorKind.WRONG_TYPE, f"field {where!r}: {first['msg']} (got {first.get('input')!r:.80})"
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _validate(
     raw: bytes | None, known: Mapping[str, Sequence[str]], limits: Limits
 ) -> tuple[PhraseIn, str, list[str]]:
@@ -67,10 +75,17 @@ def _validate(
         payload = json.loads(decoded)
     except json.JSONDecodeError as exc:
         raise _Reject(ErrorKind.INVALID_JSON, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise _Reject(ErrorKind.INVALID_JSON, "invalid JSON: arrays or objects nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise _Reject(ErrorKind.INVALID_JSON, f"invalid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise _Reject(ErrorKind.NOT_AN_OBJECT, f"expected a JSON object, got {type(payload).__name__}")
     raw_id = payload.get("id")
-    phrase_id = str(raw_id) if isinstance(raw_id, (str, int)) else None
+    phrase_id = str(raw_id) if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else None
+    if phrase_id is not None and not _encodable(phrase_id):
+        # A JSON escape such as "\ud800" decodes to a lone surrogate, which no topic can carry.
+        raise _Reject(ErrorKind.WRONG_TYPE, "field 'id': contains a lone surrogate (not valid Unicode)")
     try:
         phrase = PhraseIn.model_validate(payload)
     except ValidationError as exc:

@@ -1,0 +1,403 @@
+"""Unit tests of streams.cache and streams.pipeline with a fake embedder and fake heads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from schemas.messages import CleanedPhrase, utcnow
+from streams.cache import LRUCache, MappingBackend, cache_key
+from streams.pipeline import Embedded, classify, embed_with_cache
+
+DIM = 8
+VERSION = "fake-v1"
+
+
+class FakeEmbedder:
+    """Embed each distinct text as a fixed unit vector; record every call."""
+
+    def __init__(self, version: str = VERSION, dim: int = DIM) -> None:
+        self.version, self.dim = version, dim
+        self.calls: list[list[str]] = []
+        self._rows: dict[str, int] = {}
+
+    @property
+    def texts(self) -> list[str]:
+        return [t for call in self.calls for t in call]
+
+    def vector(self, text: str) -> np.ndarray:
+        row = self._rows.setdefault(text, len(self._rows))
+        out = np.zeros(self.dim, dtype=np.float32)
+        out[row % self.dim] = 1.0 if row < self.dim else -1.0
+        return out
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return np.stack([self.vector(t) for t in texts]).astype(np.float32)
+
+
+class RecordingBackend(MappingBackend):
+    def __init__(self) -> None:
+        self.store: dict[str, bytes] = {}
+        self.deleted: list[str] = []
+        super().__init__(self.store)
+
+    def delete(self, key: str) -> None:
+        self.deleted.append(key)
+        super().delete(key)
+
+
+@dataclass(frozen=True)
+class FakeRef:
+    region: str
+    model: str
+    version: str
+
+
+@dataclass(frozen=True)
+class FakeAnswer:
+    label: str
+    probability: float
+    top_k: list[tuple[str, float]]
+
+
+@dataclass
+class FakeHead:
+    """Label each vector by the index of its largest component, prefixed by the model."""
+
+    ref: FakeRef
+    calls: list[np.ndarray] = field(default_factory=list)
+
+    def predict(self, vectors: np.ndarray, top_k: int) -> list[FakeAnswer]:
+        self.calls.append(np.array(vectors))
+        answers = []
+        for v in vectors:
+            best = int(np.argmax(v))
+            label = f"{self.ref.model}:{best}"
+            pairs = [(label, 0.9000004), (f"{self.ref.model}:other", 0.1)][:top_k]
+            answers.append(FakeAnswer(label, 0.9000004, pairs))
+        return answers
+
+
+def heads_for(spec: dict[str, list[str]]) -> dict[str, dict[str, FakeHead]]:
+    return {
+        region: {model: FakeHead(FakeRef(region, model, f"{region}-{model}-v7")) for model in models}
+        for region, models in spec.items()
+    }
+
+
+def cache(max_entries: int = 100, version: str = VERSION, backend: MappingBackend | None = None) -> LRUCache:
+    return LRUCache(backend or MappingBackend({}), version, DIM, max_entries)
+
+
+def phrase(pid: str, text: str, models: list[str], region: str = "global", received_at: datetime | None = None) -> CleanedPhrase:
+    return CleanedPhrase(
+        id=pid, region=region, models=models, clean_text=text, received_at=received_at or utcnow()
+    )
+
+
+def unit(i: int) -> np.ndarray:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[i] = 1.0
+    return v
+
+
+# --- cache_key ----------------------------------------------------------------------------
+
+
+def test_cache_key_differs_across_embedder_versions() -> None:
+    assert cache_key("v1", "hello") != cache_key("v2", "hello")
+
+
+def test_cache_key_is_version_prefixed_and_stable() -> None:
+    key = cache_key("v1", "hello")
+    assert key == "v1:2cf24dba5fb0a30e26e83b2ac5b9e29e"
+    assert cache_key("v1", "hello") == key
+
+
+def test_cache_key_differs_across_texts() -> None:
+    assert cache_key("v1", "hello") != cache_key("v1", "hello ")
+
+
+# --- LRUCache -----------------------------------------------------------------------------
+
+
+def test_miss_then_hit() -> None:
+    c = cache()
+    assert c.get("a") is None
+    c.put("a", unit(1))
+    found = c.get("a")
+    assert found is not None and found.dtype == np.float32
+    np.testing.assert_array_equal(found, unit(1))
+    assert (c.hits, c.misses) == (1, 1)
+
+
+def test_put_stores_float32_bytes_under_cache_key() -> None:
+    data: dict[str, bytes] = {}
+    c = cache(backend=MappingBackend(data))
+    c.put("a", np.arange(DIM, dtype=np.float64))
+    assert data == {cache_key(VERSION, "a"): np.arange(DIM, dtype=np.float32).tobytes()}
+
+
+def test_entry_of_wrong_size_is_a_miss() -> None:
+    data = {cache_key(VERSION, "a"): np.zeros(DIM - 1, dtype=np.float32).tobytes()}
+    c = cache(backend=MappingBackend(data))
+    assert c.get("a") is None
+    assert c.misses == 1
+
+
+def test_other_embedder_version_does_not_hit() -> None:
+    backend = MappingBackend({})
+    cache(version="v1", backend=backend).put("a", unit(0))
+    other = cache(version="v2", backend=backend)
+    assert other.get("a") is None
+    assert cache(version="v1", backend=backend).get("a") is not None
+
+
+def test_lru_evicts_least_recently_used_and_deletes_from_backend() -> None:
+    backend = RecordingBackend()
+    c = cache(max_entries=2, backend=backend)
+    c.put("a", unit(0))
+    c.put("b", unit(1))
+    assert c.get("a") is not None  # a is now more recent than b
+    c.put("c", unit(2))
+    assert backend.deleted == [cache_key(VERSION, "b")]
+    assert set(backend.store) == {cache_key(VERSION, "a"), cache_key(VERSION, "c")}
+    assert c.get("b") is None
+    assert c.get("a") is not None and c.get("c") is not None
+
+
+def test_lru_put_of_existing_key_refreshes_it_without_eviction() -> None:
+    backend = RecordingBackend()
+    c = cache(max_entries=2, backend=backend)
+    c.put("a", unit(0))
+    c.put("b", unit(1))
+    c.put("a", unit(3))
+    assert backend.deleted == []
+    c.put("c", unit(2))
+    assert backend.deleted == [cache_key(VERSION, "b")]
+    np.testing.assert_array_equal(c.get("a"), unit(3))
+
+
+def test_lru_holds_at_most_max_entries() -> None:
+    backend = RecordingBackend()
+    c = cache(max_entries=3, backend=backend)
+    for i in range(10):
+        c.put(f"t{i}", unit(i % DIM))
+    assert set(backend.store) == {cache_key(VERSION, f"t{i}") for i in (7, 8, 9)}
+    assert backend.deleted == [cache_key(VERSION, f"t{i}") for i in range(7)]
+
+
+def test_max_entries_zero_disables_cache() -> None:
+    backend = RecordingBackend()
+    c = cache(max_entries=0, backend=backend)
+    c.put("a", unit(0))
+    assert backend.store == {}
+    assert c.get("a") is None
+    assert (c.hits, c.misses) == (0, 1)
+
+
+def test_max_entries_zero_ignores_existing_backend_entries() -> None:
+    backend = MappingBackend({cache_key(VERSION, "a"): unit(0).tobytes()})
+    assert cache(max_entries=0, backend=backend).get("a") is None
+
+
+def test_mapping_backend_get_put_delete() -> None:
+    data: dict[str, bytes] = {}
+    backend = MappingBackend(data)
+    assert backend.get("k") is None
+    backend.put("k", b"v")
+    assert backend.get("k") == b"v" and data == {"k": b"v"}
+    backend.delete("k")
+    backend.delete("k")  # deleting a missing key is fine
+    assert data == {}
+
+
+# --- embed_with_cache ---------------------------------------------------------------------
+
+
+def test_embed_without_cache_embeds_everything_once() -> None:
+    embedder = FakeEmbedder()
+    out = embed_with_cache(["a", "b"], embedder, None)
+    assert embedder.calls == [["a", "b"]]
+    assert out.cache_hits == [False, False]
+    np.testing.assert_array_equal(out.vectors, np.stack([embedder.vector("a"), embedder.vector("b")]))
+
+
+def test_second_lookup_hits_and_does_not_call_embedder() -> None:
+    embedder, c = FakeEmbedder(), cache()
+    first = embed_with_cache(["hello"], embedder, c)
+    second = embed_with_cache(["hello"], embedder, c)
+    assert embedder.calls == [["hello"]]
+    assert first.cache_hits == [False] and second.cache_hits == [True]
+    np.testing.assert_array_equal(first.vectors, second.vectors)
+    assert (c.hits, c.misses) == (1, 1)
+
+
+def test_duplicate_texts_in_one_batch_are_embedded_once() -> None:
+    embedder, c = FakeEmbedder(), cache()
+    out = embed_with_cache(["a", "b", "a", "a", "b"], embedder, c)
+    assert embedder.calls == [["a", "b"]]
+    assert out.cache_hits == [False] * 5
+    np.testing.assert_array_equal(out.vectors[0], out.vectors[2])
+    np.testing.assert_array_equal(out.vectors[0], out.vectors[3])
+    np.testing.assert_array_equal(out.vectors[1], out.vectors[4])
+    assert not np.array_equal(out.vectors[0], out.vectors[1])
+
+
+def test_mixed_batch_embeds_only_misses_in_one_call() -> None:
+    embedder, c = FakeEmbedder(), cache()
+    embed_with_cache(["a"], embedder, c)
+    out = embed_with_cache(["b", "a", "c", "b"], embedder, c)
+    assert embedder.calls == [["a"], ["b", "c"]]
+    assert out.cache_hits == [False, True, False, False]
+    expected = np.stack([embedder.vector(t) for t in ["b", "a", "c", "b"]])
+    np.testing.assert_array_equal(out.vectors, expected)
+
+
+def test_all_hits_do_not_call_embedder() -> None:
+    embedder, c = FakeEmbedder(), cache()
+    embed_with_cache(["a", "b"], embedder, c)
+    out = embed_with_cache(["b", "a"], embedder, c)
+    assert len(embedder.calls) == 1 and out.cache_hits == [True, True]
+
+
+def test_embed_with_disabled_cache_always_embeds() -> None:
+    embedder, c = FakeEmbedder(), cache(max_entries=0)
+    embed_with_cache(["a"], embedder, c)
+    embed_with_cache(["a"], embedder, c)
+    assert embedder.calls == [["a"], ["a"]]
+
+
+def test_new_embedder_version_misses_old_entries() -> None:
+    backend = MappingBackend({})
+    old, new = FakeEmbedder("v1"), FakeEmbedder("v2")
+    embed_with_cache(["a"], old, cache(version=old.version, backend=backend))
+    out = embed_with_cache(["a"], new, cache(version=new.version, backend=backend))
+    assert new.calls == [["a"]] and out.cache_hits == [False]
+
+
+def test_empty_batch() -> None:
+    embedder = FakeEmbedder()
+    out = embed_with_cache([], embedder, cache())
+    assert embedder.calls == [] and out.vectors.shape == (0, DIM) and out.cache_hits == []
+
+
+# --- classify -----------------------------------------------------------------------------
+
+
+def test_classify_one_prediction_per_phrase_and_model() -> None:
+    heads = heads_for({"global": ["intent", "oos"], "eu": ["intent"]})
+    phrases = [
+        phrase("p0", "zero", ["intent", "oos"]),
+        phrase("p1", "one", ["oos"]),
+        phrase("p2", "two", ["intent"], region="eu"),
+    ]
+    embedded = Embedded(np.stack([unit(0), unit(1), unit(2)]), [False, True, False])
+    predictions, failures = classify(phrases, embedded, heads, VERSION, top_k=2)
+    assert failures == []
+    assert sorted((p.id, p.region, p.model) for p in predictions) == [
+        ("p0", "global", "intent"),
+        ("p0", "global", "oos"),
+        ("p1", "global", "oos"),
+        ("p2", "eu", "intent"),
+    ]
+    labels = {(p.id, p.model): p.label for p in predictions}
+    assert labels == {("p0", "intent"): "intent:0", ("p0", "oos"): "oos:0", ("p1", "oos"): "oos:1", ("p2", "intent"): "intent:2"}
+
+
+def test_classify_runs_each_head_once_on_its_rows() -> None:
+    heads = heads_for({"global": ["intent", "oos"]})
+    phrases = [phrase("p0", "a", ["intent"]), phrase("p1", "b", ["oos"]), phrase("p2", "c", ["intent", "oos"])]
+    embedded = Embedded(np.stack([unit(0), unit(1), unit(2)]), [False] * 3)
+    classify(phrases, embedded, heads, VERSION, top_k=2)
+    intent, oos = heads["global"]["intent"], heads["global"]["oos"]
+    assert len(intent.calls) == 1 and len(oos.calls) == 1
+    np.testing.assert_array_equal(intent.calls[0], np.stack([unit(0), unit(2)]))
+    np.testing.assert_array_equal(oos.calls[0], np.stack([unit(1), unit(2)]))
+
+
+def test_classify_fields_come_from_head_ref_phrase_and_embedder() -> None:
+    ts = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    p = CleanedPhrase(id="p0", region="global", models=["intent"], clean_text="hi", received_at=utcnow(), ts=ts)
+    heads = heads_for({"global": ["intent"]})
+    [pred], _ = classify([p], Embedded(np.stack([unit(3)]), [True]), heads, "emb-v9", top_k=2)
+    assert pred.model_version == "global-intent-v7"
+    assert pred.embedder_version == "emb-v9"
+    assert pred.clean_text == "hi"
+    assert pred.received_at == p.received_at and pred.ts == ts
+    assert pred.probability == 0.9
+    assert pred.top_k == [("intent:3", 0.9), ("intent:other", 0.1)]
+    assert pred.predicted_at >= pred.received_at
+
+
+def test_classify_passes_top_k_to_head() -> None:
+    heads = heads_for({"global": ["intent"]})
+    [pred], _ = classify([phrase("p0", "a", ["intent"])], Embedded(np.stack([unit(0)]), [False]), heads, VERSION, top_k=1)
+    assert pred.top_k == [("intent:0", 0.9)]
+
+
+def test_classify_cache_hit_flags_per_phrase() -> None:
+    heads = heads_for({"global": ["intent", "oos"]})
+    phrases = [phrase("hit", "a", ["intent", "oos"]), phrase("miss", "b", ["intent", "oos"])]
+    predictions, _ = classify(phrases, Embedded(np.stack([unit(0), unit(1)]), [True, False]), heads, VERSION, 2)
+    assert {(p.id, p.model): p.cache_hit for p in predictions} == {
+        ("hit", "intent"): True,
+        ("hit", "oos"): True,
+        ("miss", "intent"): False,
+        ("miss", "oos"): False,
+    }
+
+
+def test_classify_latency_is_non_negative_and_measured_from_received_at() -> None:
+    heads = heads_for({"global": ["intent"]})
+    fresh = phrase("fresh", "a", ["intent"])
+    old = phrase("old", "b", ["intent"], received_at=utcnow() - timedelta(seconds=2))
+    predictions, _ = classify([fresh, old], Embedded(np.stack([unit(0), unit(1)]), [False, False]), heads, VERSION, 2)
+    latency = {p.id: p.latency_ms for p in predictions}
+    assert latency["fresh"] >= 0
+    assert 2000 <= latency["old"] < 60_000
+
+
+def test_classify_inactive_head_is_a_failure_not_a_prediction() -> None:
+    heads = heads_for({"global": ["intent"]})
+    ok, gone = phrase("ok", "a", ["intent"]), phrase("gone", "b", ["intent", "retired"])
+    predictions, failures = classify([ok, gone], Embedded(np.stack([unit(0), unit(1)]), [False, False]), heads, VERSION, 2)
+    assert [(p.id, p.model) for p in predictions] == [("ok", "intent")]
+    assert failures == [(gone, "head(s) ['retired'] of region 'global' are no longer active")]
+    assert len(heads["global"]["intent"].calls[0]) == 1  # the failed phrase's row is not predicted
+
+
+def test_classify_region_without_heads_is_a_failure() -> None:
+    heads = heads_for({"global": ["intent"]})
+    p = phrase("p", "a", ["intent"], region="eu")
+    predictions, failures = classify([p], Embedded(np.stack([unit(0)]), [False]), heads, VERSION, 2)
+    assert predictions == []
+    assert failures == [(p, "head(s) ['intent'] of region 'eu' are no longer active")]
+
+
+def test_classify_empty_batch() -> None:
+    assert classify([], Embedded(np.zeros((0, DIM), dtype=np.float32), []), heads_for({"g": ["m"]}), VERSION, 2) == ([], [])
+
+
+def test_embed_then_classify_end_to_end_with_cache() -> None:
+    embedder, c = FakeEmbedder(), cache()
+    heads = heads_for({"global": ["intent"]})
+    batch1 = [phrase("a1", "same", ["intent"]), phrase("a2", "same", ["intent"])]
+    preds1, _ = classify(batch1, embed_with_cache([p.clean_text for p in batch1], embedder, c), heads, VERSION, 2)
+    batch2 = [phrase("b1", "same", ["intent"])]
+    preds2, _ = classify(batch2, embed_with_cache([p.clean_text for p in batch2], embedder, c), heads, VERSION, 2)
+    assert embedder.calls == [["same"]]
+    assert [p.cache_hit for p in preds1] == [False, False] and [p.cache_hit for p in preds2] == [True]
+    assert {p.label for p in preds1 + preds2} == {"intent:0"}
+
+
+@pytest.mark.parametrize("max_entries", [1, 2, 5])
+def test_cache_bound_holds_through_embed_with_cache(max_entries: int) -> None:
+    backend = RecordingBackend()
+    embed_with_cache([f"t{i}" for i in range(7)], FakeEmbedder(), cache(max_entries, backend=backend))
+    assert len(backend.store) == max_entries
