@@ -97,15 +97,17 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
         from models.embedder import load_embedder
 
         embedder = load_embedder(settings)
-    registry = registry or Registry(settings.models_root / "heads")
+    registry = registry or Registry(settings.models_root)
     head_set = HeadSet(registry, embedder.version)
     limits = Limits(settings.max_text_chars, settings.max_message_bytes)
 
+    datadir = Path(settings.home).expanduser().resolve() / "faust" / settings.app_id
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=faust_broker_url(settings.bootstrap),
         store=settings.cache_store,
-        datadir=str(Path(settings.home) / "faust" / settings.app_id),
+        datadir=str(datadir),
         topic_partitions=settings.partitions_in,
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
@@ -132,8 +134,6 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
         use_partitioner=True,
         key_type=bytes,
         value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
     )
     cache = LRUCache(TableBackend(table), embedder.version, embedder.dim, settings.cache_max_entries)
     counts = {"phrases": 0, "dlq": 0, "predictions": 0}

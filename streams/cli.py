@@ -56,7 +56,7 @@ def active_heads(settings: Settings) -> dict[str, list[str]]:
     """Map each region to its active head names (from the registry)."""
     from models.registry import Registry
 
-    active = Registry(settings.models_root / "heads").active()
+    active = Registry(settings.models_root).active()
     return {region: sorted(models) for region, models in active.items()}
 
 
@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``phrasestream`` command."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of logs
     args = build_parser().parse_args(argv)
     settings = _settings()
     if args.command not in ("worker",):
