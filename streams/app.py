@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import faust
+import numpy as np
 
 from models.heads import Head
 from models.registry import Registry
@@ -91,6 +92,18 @@ def faust_broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip())
 
 
+async def changelog_metadata(app: faust.App, topic: str) -> None:
+    """Wait until the producer knows the partitions of the cache's changelog topic.
+
+    The cache table routes keys with the producer's partitioner (``use_partitioner``), and
+    aiokafka's partitioner reads partitions from cached metadata without fetching it: the
+    first write to a changelog the producer has not seen yet fails. Faust has no public
+    call for this, so we ask its aiokafka producer directly.
+    """
+    producer = app.producer._ensure_producer()  # faust's aiokafka driver; no public equivalent
+    await producer.partitions_for(topic)
+
+
 def build_app(settings: Settings, embedder: Embedder | None = None, registry: Registry | None = None) -> faust.App:
     """Build the Faust app with its embedder, heads, cache and agents (see the module doc)."""
     if embedder is None:
@@ -138,6 +151,19 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
     cache = LRUCache(TableBackend(table), embedder.version, embedder.dim, settings.cache_max_entries)
     counts = {"phrases": 0, "dlq": 0, "predictions": 0}
 
+    def cache_lookup(texts: list[str]) -> tuple[np.ndarray, list[bool]]:
+        try:
+            return lookup(texts, cache, embedder.dim)
+        except Exception:  # the cache is an optimisation: embed everything instead
+            log.warning("embedding cache lookup failed; embedding the whole batch", exc_info=True)
+            return lookup(texts, None, embedder.dim)
+
+    def cache_store(texts: list[str], vectors: np.ndarray, rows: list[int]) -> None:
+        try:
+            store(texts, vectors, rows, cache)
+        except Exception:  # serving goes on without caching this batch
+            log.warning("embedding cache write failed", exc_info=True)
+
     async def dead_letter(letter: DeadLetter) -> None:
         counts["dlq"] += 1
         key = letter.id.encode() if letter.id else None
@@ -171,23 +197,27 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
     async def embed_and_classify(stream):  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()
         within = settings.embed_batch_within_ms / 1000.0
+        await changelog_metadata(app, table.changelog_topic.get_topic_name())
         async for values in stream.take(settings.embed_batch_max, within=within):
             phrases = [CleanedPhrase.model_validate_json(value) for value in values]
             texts = [p.clean_text for p in phrases]
+            failures: list[tuple[CleanedPhrase, ErrorKind, str]]
             try:
-                vectors, hits = lookup(texts, cache, embedder.dim)
+                vectors, hits = cache_lookup(texts)
                 rows = await loop.run_in_executor(None, embed_misses, texts, vectors, hits, embedder)
-                store(texts, vectors, rows, cache)
-                predictions, failures = classify(
+                cache_store(texts, vectors, rows)
+                predictions, gone = classify(
                     phrases, Embedded(vectors, hits), head_set.heads, embedder.version, settings.top_k
                 )
+                failures = [(p, ErrorKind.UNKNOWN_MODEL, reason) for p, reason in gone]
             except Exception as exc:  # the batch fails, its phrases are kept on the DLQ
                 log.exception("embedding or classification failed for a batch of %d", len(phrases))
-                predictions, failures = [], [(p, f"internal error: {exc!r}") for p in phrases]
-            for phrase, reason in failures:
+                predictions = []
+                failures = [(p, ErrorKind.INTERNAL, f"internal error: {exc!r}") for p in phrases]
+            for phrase, kind, reason in failures:
                 await dead_letter(
                     DeadLetter(
-                        error_kind=ErrorKind.INTERNAL if reason.startswith("internal") else ErrorKind.UNKNOWN_MODEL,
+                        error_kind=kind,
                         reason=reason,
                         original_b64=DeadLetter.encode_original(phrase.to_bytes()),
                         source_topic=topic_cleaned.get_topic_name(),

@@ -1,0 +1,88 @@
+"""A database outage never stops predictions, and the sink catches up when it is back."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+class TcpGate:
+    """A TCP forwarder to PostgreSQL on 127.0.0.1 that can be opened late: 'the database is down'."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._server: socket.socket | None = None
+        self._stop = threading.Event()
+
+    def open(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(16)
+        server.settimeout(0.5)
+        self._server = server
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except (TimeoutError, OSError):
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.close()
+
+
+def test_predictions_flow_while_the_database_is_down_and_rows_arrive_when_it_is_back(stack):
+    gate = TcpGate(stack.settings.pg_port)
+    try:
+        dsn = f"postgresql://phrasestream@127.0.0.1:{gate.port}/phrasestream"
+        stack.start("worker", "Ready")
+        stack.start("sink", "sink started", PHRASESTREAM_PG_DSN=dsn)
+        phrases = [{"id": f"outage-{i}", "text": t, "region": "global", "models": ["intent"]}
+                   for i, t in enumerate(["what's my balance", "play some jazz", "book a flight to paris"])]
+        stack.produce(*(json.dumps(p).encode() for p in phrases))
+
+        predictions = stack.read(stack.settings.topic_out, len(phrases))
+        assert sorted(p["id"] for p in predictions) == sorted(p["id"] for p in phrases)
+        time.sleep(3)  # the sink has read the batch and is retrying against a closed port
+        assert stack.rows() == []
+        sink_log = (stack.logs / "sink.log").read_text()
+        assert "database write failed" in sink_log
+
+        gate.open()
+        rows = stack.wait_rows(len(phrases), timeout=60)
+        assert sorted(r["id"] for r in rows) == sorted(p["id"] for p in phrases)
+        assert stack.procs["sink"].poll() is None
+    finally:
+        gate.close()
