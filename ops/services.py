@@ -181,7 +181,7 @@ def _read_pid(pid_file: Path) -> int | None:
         return None
 
 
-def _our_process(pid_file: Path, *must_contain: str) -> psutil.Process | None:
+def our_process(pid_file: Path, *must_contain: str) -> psutil.Process | None:
     """Return the live process recorded in ``pid_file`` if its command line is ours, else None.
 
     Pids get reused: a recorded pid only counts when the process's command line contains every
@@ -376,7 +376,7 @@ def _wait_kafka(bootstrap: str, deadline: float, proc: subprocess.Popen | None =
 
 
 def _kafka_process(paths: Paths) -> psutil.Process | None:
-    return _our_process(paths.kafka_pid, "kafka.Kafka", str(paths.kafka_config))
+    return our_process(paths.kafka_pid, "kafka.Kafka", str(paths.kafka_config))
 
 
 def ensure_kafka(settings: Settings) -> str:
@@ -549,7 +549,7 @@ def pg_answers(settings: Settings, dbname: str | None = None) -> bool:
 
 
 def _pg_process(paths: Paths) -> psutil.Process | None:
-    return _our_process(paths.pg_pid, "postgres", str(paths.pg_data))
+    return our_process(paths.pg_pid, "postgres", str(paths.pg_data))
 
 
 def _initdb(paths: Paths, bindir: Path) -> None:
@@ -623,7 +623,7 @@ def ensure_postgres(settings: Settings) -> str:
         if running is None:
             # a postmaster.pid left by a crash names a pid that may now belong to someone else
             stale = paths.pg_data / "postmaster.pid"
-            if stale.exists() and _our_process(stale, "postgres", str(paths.pg_data)) is None:
+            if stale.exists() and our_process(stale, "postgres", str(paths.pg_data)) is None:
                 stale.unlink(missing_ok=True)
             paths.pg_log.touch()
             _chown_for_pg(paths.pg_log)

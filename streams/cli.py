@@ -88,10 +88,10 @@ def _daemon_marker(settings: Settings, name: str) -> str:
 
 def daemon_running(settings: Settings, name: str) -> int | None:
     """Return the pid of our running ``worker`` or ``sink``, or None."""
-    from ops.services import _our_process
+    from ops.services import our_process
 
     pid_file, _ = _daemon_files(settings, name)
-    proc = _our_process(pid_file, "streams.cli", name, _daemon_marker(settings, name))
+    proc = our_process(pid_file, "streams.cli", name, _daemon_marker(settings, name))
     return proc.pid if proc else None
 
 
@@ -115,10 +115,10 @@ def stop_daemon(settings: Settings, name: str, timeout: float = 30.0) -> bool:
     """Stop our ``worker`` or ``sink`` by its recorded pid (SIGTERM, then SIGKILL)."""
     import psutil
 
-    from ops.services import _our_process
+    from ops.services import our_process
 
     pid_file, _ = _daemon_files(settings, name)
-    proc = _our_process(pid_file, "streams.cli", name, _daemon_marker(settings, name))
+    proc = our_process(pid_file, "streams.cli", name, _daemon_marker(settings, name))
     if proc is None:
         return False
     proc.terminate()
