@@ -102,8 +102,10 @@ def start_daemon(settings: Settings, name: str) -> int:
         print(f"{name}: already running (pid {pid})")
         return pid
     pid_file, log_file = _daemon_files(settings, name)
+    if log_file.exists():  # keep one previous log; readiness is read from the new one
+        log_file.replace(log_file.with_suffix(".log.1"))
     argv = [sys.executable, "-m", "streams.cli", name, _daemon_marker(settings, name)]
-    with open(log_file, "ab") as out:
+    with open(log_file, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=os.environ.copy())
     pid_file.write_text(f"{proc.pid}\n")
@@ -138,7 +140,7 @@ def wait_worker_ready(settings: Settings, timeout: float = 300.0) -> None:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         text = log_file.read_text(errors="replace") if log_file.exists() else ""
-        if "worker ready" in text.lower() or "[^Worker]: Ready" in text:
+        if "[^Worker]: Ready" in text:
             return
         if daemon_running(settings, "worker") is None:
             tail = "\n".join(text.splitlines()[-30:])
