@@ -130,8 +130,16 @@ def stop_daemon(settings: Settings, name: str, timeout: float = 30.0) -> bool:
         proc.kill()
         proc.wait(10)
     pid_file.unlink(missing_ok=True)
-    print(f"{name}: stopped (pid {proc.pid})")
+    _say(f"{name}: stopped (pid {proc.pid})")
     return True
+
+
+def _say(line: str) -> None:
+    """Print a status line; a closed terminal or pipe (Ctrl-C through `| tee`) is no error."""
+    try:
+        print(line, flush=True)
+    except OSError:
+        pass
 
 
 def wait_worker_ready(settings: Settings, timeout: float = 300.0) -> None:
@@ -287,7 +295,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         for name in DAEMONS:
             stop_daemon(settings, name)
-        print("worker and sink stopped; Kafka and PostgreSQL keep running (make stop ends them).")
+        _say("worker and sink stopped; Kafka and PostgreSQL keep running (make stop ends them).")
     return 0
 
 
