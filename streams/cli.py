@@ -268,7 +268,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
     heads = _prepare(settings, quiet=args.json)
-    figures = run_demo(settings, heads, args.count, timeout_s=args.timeout)
+    figures = run_demo(settings, heads, args.count, timeout_s=args.timeout, seed=args.seed)
     if not args.json:
         for key, value in figures.items():
             print(f"{key:>26}: {value}")
@@ -339,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=200)
     p.add_argument("--json", action="store_true", help="print only the JSON figures")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for answers")
+    p.add_argument("--seed", type=int, default=7,
+                   help="which test phrases (the same seed repeats phrases, so the cache answers)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("produce", help="produce phrases: JSON lines on stdin, or --text")
     p.add_argument("--text")

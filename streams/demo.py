@@ -122,10 +122,11 @@ def run_demo(
     count: int,
     timeout_s: float | None = None,
     on_prediction: Callable[[dict], None] | None = None,
+    seed: int = 7,
 ) -> dict:
     """Produce ``count`` demo phrases, wait for every answer, and return the figures."""
     run = f"demo-{uuid.uuid4().hex[:8]}"
-    messages = list(demo_messages(run, count, heads, settings.max_text_chars))
+    messages = list(demo_messages(run, count, heads, settings.max_text_chars, seed))
     expected = sum(len(m.models) for m in messages if m.valid)
     invalid = sum(1 for m in messages if not m.valid)
     truth = {m.key: m for m in messages}
