@@ -86,6 +86,9 @@ class TableBackend:
     def delete(self, key: str) -> None:
         self._table.pop(key.encode(), None)  # type: ignore[attr-defined]
 
+    def keys(self) -> list[str]:
+        return [key.decode() for key in list(self._table.keys())]
+
 
 def faust_broker_url(bootstrap: str) -> str:
     """Return Faust's broker URL for comma-separated ``host:port`` servers."""
@@ -148,7 +151,8 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
         key_type=bytes,
         value_type=bytes,
     )
-    cache = LRUCache(TableBackend(table), embedder.version, embedder.dim, settings.cache_max_entries)
+    cache_backend = TableBackend(table)
+    cache = LRUCache(cache_backend, embedder.version, embedder.dim, settings.cache_max_entries)
     counts = {"phrases": 0, "dlq": 0, "predictions": 0}
 
     def cache_lookup(texts: list[str]) -> tuple[np.ndarray, list[bool]]:
@@ -198,7 +202,12 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
         loop = asyncio.get_running_loop()
         within = settings.embed_batch_within_ms / 1000.0
         await changelog_metadata(app, table.changelog_topic.get_topic_name())
+        adopted = False
         async for values in stream.take(settings.embed_batch_max, within=within):
+            if not adopted:  # the table is recovered before the first event flows
+                adopted = True
+                dropped = cache.adopt(cache_backend.keys())
+                log.info("embedding cache: %d entries recovered, %d dropped", len(cache), dropped)
             phrases = [CleanedPhrase.model_validate_json(value) for value in values]
             texts = [p.clean_text for p in phrases]
             failures: list[tuple[CleanedPhrase, ErrorKind, str]]

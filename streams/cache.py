@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Protocol
 
 import numpy as np
@@ -22,6 +22,7 @@ class CacheBackend(Protocol):
     def get(self, key: str) -> bytes | None: ...
     def put(self, key: str, value: bytes) -> None: ...
     def delete(self, key: str) -> None: ...
+    def keys(self) -> Iterable[str]: ...
 
 
 class MappingBackend:
@@ -38,6 +39,9 @@ class MappingBackend:
 
     def delete(self, key: str) -> None:
         self._mapping.pop(key, None)
+
+    def keys(self) -> Iterable[str]:
+        return list(self._mapping.keys())
 
 
 def cache_key(embedder_version: str, clean_text: str) -> str:
@@ -72,8 +76,7 @@ class LRUCache:
             self.misses += 1
             return None
         self.hits += 1
-        self._order[key] = None
-        self._order.move_to_end(key)
+        self._touch(key)
         return np.frombuffer(raw, dtype=np.float32)
 
     def put(self, clean_text: str, vector: np.ndarray) -> None:
@@ -82,8 +85,40 @@ class LRUCache:
             return
         key = cache_key(self._version, clean_text)
         self._backend.put(key, np.asarray(vector, dtype=np.float32).tobytes())
+        self._touch(key)
+
+    def adopt(self, keys: Iterable[str]) -> int:
+        """Track entries the backend already holds (a table recovered from its changelog).
+
+        They count as older than anything used since start, so they are evicted first;
+        entries of another embedder version are deleted at once. Return how many were deleted.
+        """
+        deleted = 0
+        prefix = f"{self._version}:"
+        recovered = []
+        for key in keys:
+            if not key.startswith(prefix) or self._max == 0:
+                self._backend.delete(key)
+                deleted += 1
+            elif key not in self._order:
+                recovered.append(key)
+        for key in reversed(recovered):  # the backend's first key ends up oldest
+            self._order[key] = None
+            self._order.move_to_end(key, last=False)
+        return deleted + self._evict()
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def _touch(self, key: str) -> None:
         self._order[key] = None
         self._order.move_to_end(key)
+        self._evict()
+
+    def _evict(self) -> int:
+        evicted = 0
         while len(self._order) > self._max:
             old, _ = self._order.popitem(last=False)
             self._backend.delete(old)
+            evicted += 1
+        return evicted

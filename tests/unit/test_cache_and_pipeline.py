@@ -401,3 +401,31 @@ def test_cache_bound_holds_through_embed_with_cache(max_entries: int) -> None:
     backend = RecordingBackend()
     embed_with_cache([f"t{i}" for i in range(7)], FakeEmbedder(), cache(max_entries, backend=backend))
     assert len(backend.store) == max_entries
+
+
+# --- entries recovered from the table's changelog ----------------------------------------
+
+
+def test_adopted_entries_are_evicted_before_entries_used_since_start():
+    store: dict = {cache_key("v1", t): np.ones(4, np.float32).tobytes() for t in ("old-a", "old-b")}
+    cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=3)
+    cache.put("new", np.ones(4, np.float32))
+    assert cache.adopt(list(store)) == 0
+    cache.put("newer", np.ones(4, np.float32))
+    assert set(store) == {cache_key("v1", t) for t in ("old-b", "new", "newer")}
+
+
+def test_adopt_deletes_entries_of_another_embedder_version():
+    store: dict = {cache_key("v0", "stale"): b"x" * 16, cache_key("v1", "kept"): b"x" * 16}
+    cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=10)
+    assert cache.adopt(list(store)) == 1
+    assert list(store) == [cache_key("v1", "kept")]
+    assert len(cache) == 1
+
+
+def test_a_hit_on_an_untracked_entry_keeps_the_bound():
+    store: dict = {cache_key("v1", t): np.ones(4, np.float32).tobytes() for t in ("a", "b", "c")}
+    cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=2)
+    for text in ("a", "b", "c"):
+        assert cache.get(text) is not None
+    assert len(cache) == 2 and len(store) == 2
