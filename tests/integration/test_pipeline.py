@@ -97,3 +97,19 @@ def test_the_same_text_twice_is_served_from_the_embedding_cache(stack, heads):
     assert first["cache_hit"] is False
     assert second["cache_hit"] is True
     assert second["label"] == first["label"]
+
+
+def test_a_restarted_worker_gets_its_embedding_cache_back_from_the_changelog(stack, heads):
+    body = {"text": "what is the exchange rate for euros", "region": "global", "models": ["intent"]}
+    stack.start("worker", WORKER_READY)
+    stack.produce(json.dumps({**body, "id": "before-restart"}).encode())
+    [before] = stack.read(stack.settings.topic_out, 1)
+    stack.stop("worker")
+
+    stack.start("worker", WORKER_READY)
+    stack.produce(json.dumps({**body, "id": "after-restart"}).encode())
+    both = stack.read(stack.settings.topic_out, 2)
+    after = next(p for p in both if p["id"] == "after-restart")
+    assert before["cache_hit"] is False
+    assert after["cache_hit"] is True
+    assert "1 entries recovered" in (stack.logs / "worker.log").read_text()
