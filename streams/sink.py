@@ -10,7 +10,9 @@ or slows the worker that publishes predictions. It
 - retries a failing write with exponential backoff (tenacity) for
   ``PHRASESTREAM_SINK_RETRY_SECONDS``; past that it rewinds to the batch's first offsets
   and reads it again, so nothing is lost and the consumer stays in its group,
-- commits offsets only after the rows are stored.
+- commits offsets only after the rows are stored,
+- applies the SQL migrations whenever it (re)connects, so a new or restored database
+  gets its tables before the first write.
 
 A record that is not a valid prediction goes to ``phrases.dlq`` with its reason.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,9 +65,10 @@ def row_of(p: Prediction) -> tuple:
 class PostgresSink:
     """Insert predictions into ``<schema>.inferences``, idempotently, reconnecting as needed."""
 
-    def __init__(self, dsn: str, schema: str = "public") -> None:
+    def __init__(self, dsn: str, schema: str = "public", on_connect: Callable[[], object] | None = None) -> None:
         self._dsn = dsn
         self._schema = schema
+        self._on_connect = on_connect
         self._conn: psycopg2.extensions.connection | None = None
         self._insert = sql.SQL(
             "INSERT INTO {}.inferences ({}) VALUES %s ON CONFLICT (id, model, model_version) DO NOTHING"
@@ -73,6 +76,8 @@ class PostgresSink:
 
     def _connection(self) -> psycopg2.extensions.connection:
         if self._conn is None or self._conn.closed:
+            if self._on_connect is not None:  # e.g. apply migrations: the database may be new
+                self._on_connect()
             self._conn = psycopg2.connect(self._dsn, connect_timeout=5, application_name="phrasestream-sink")
         return self._conn
 
@@ -224,4 +229,7 @@ class SinkRunner:
 
 def run_sink(settings: Settings) -> None:
     """Run the PostgreSQL sink until SIGINT/SIGTERM."""
-    SinkRunner(settings, PostgresSink(settings.dsn, settings.pg_schema)).run()
+    from ops.services import apply_migrations
+
+    sink = PostgresSink(settings.dsn, settings.pg_schema, on_connect=lambda: apply_migrations(settings))
+    SinkRunner(settings, sink).run()

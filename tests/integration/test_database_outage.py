@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from streams.cli import active_heads
+
 pytestmark = pytest.mark.integration
 
 
@@ -86,3 +88,30 @@ def test_predictions_flow_while_the_database_is_down_and_rows_arrive_when_it_is_
         assert stack.procs["sink"].poll() is None
     finally:
         gate.close()
+
+
+def test_the_sink_applies_the_migrations_to_a_new_schema_before_writing(stack):
+    import uuid
+
+    import psycopg2
+    from psycopg2 import sql
+
+    schema = f"fresh_{uuid.uuid4().hex[:8]}"
+    stack.start("worker", "Ready")
+    stack.start("sink", "sink started", PHRASESTREAM_PG_SCHEMA=schema)
+    stack.produce(json.dumps({"id": "fresh-1", "text": "set an alarm for 7am", "region": "global"}).encode())
+    query = sql.SQL("SELECT count(*) FROM {}.inferences").format(sql.Identifier(schema))
+    try:
+        count, deadline = 0, time.monotonic() + 90
+        while count == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            with psycopg2.connect(stack.settings.dsn) as conn, conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s)", (f"{schema}.inferences",))
+                if cur.fetchone()[0] is not None:
+                    cur.execute(query)
+                    count = cur.fetchone()[0]
+        assert count == len(active_heads(stack.settings)["global"])  # one row per head
+    finally:
+        stack.stop("sink")
+        with psycopg2.connect(stack.settings.dsn) as conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
