@@ -32,7 +32,10 @@ def _id_to_str(value: Any) -> Any:
 
 
 Name = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")]
-PhraseId = Annotated[StrictStr, BeforeValidator(_id_to_str), Field(min_length=1, max_length=200)]
+PhraseId = Annotated[
+    StrictStr, BeforeValidator(_id_to_str), Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+"""A client id: 1-200 characters, no control characters (PostgreSQL text cannot hold NUL)."""
 
 
 class _Message(BaseModel):
@@ -46,8 +49,9 @@ class _Message(BaseModel):
 class PhraseIn(_Message):
     """A phrase to classify, as produced to ``phrases.in``.
 
-    ``id`` is the client's idempotency key (generated when absent); ``models`` defaults to
-    every active head of the region.
+    ``id`` is the client's idempotency key; when absent, the worker uses the message's
+    ``topic/partition/offset``, so a replay of the same message keeps its id. ``models``
+    defaults to every active head of the region.
 
     >>> PhraseIn.model_validate({"id": "42", "text": "how do I reset my PIN?", "region": "global"}).models is None
     True
@@ -128,6 +132,28 @@ class DeadLetter(_Message):
     source_offset: int | None = None
     id: str | None = None
     failed_at: AwareDatetime = Field(default_factory=utcnow)
+
+    @classmethod
+    def of(
+        cls,
+        kind: ErrorKind,
+        reason: str,
+        raw: bytes | None,
+        topic: str,
+        partition: int | None = None,
+        offset: int | None = None,
+        id: str | None = None,  # noqa: A002 - the field's name
+    ) -> DeadLetter:
+        """Return the dead letter of ``raw`` read from ``topic`` (at ``partition``/``offset``)."""
+        return cls(
+            error_kind=kind,
+            reason=reason,
+            original_b64=cls.encode_original(raw),
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+            id=id,
+        )
 
     @staticmethod
     def encode_original(raw: bytes | None) -> str:

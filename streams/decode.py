@@ -8,6 +8,7 @@ original bytes.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,12 @@ class Source:
     topic: str
     partition: int | None = None
     offset: int | None = None
+
+    def default_id(self) -> str:
+        """Return the id of a phrase that has none: its ``topic/partition/offset``, stable on replay."""
+        if self.partition is None or self.offset is None:
+            return uuid.uuid4().hex
+        return f"{self.topic}/{self.partition}/{self.offset}"
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,7 @@ def _encodable(text: str) -> bool:
 
 
 def _validate(
-    raw: bytes | None, known: Mapping[str, Sequence[str]], limits: Limits
+    raw: bytes | None, known: Mapping[str, Sequence[str]], limits: Limits, default_id: str
 ) -> tuple[PhraseIn, str, list[str]]:
     if raw is None or len(raw) == 0:
         raise _Reject(ErrorKind.INVALID_JSON, "empty message: expected a JSON object with 'text' and 'region'")
@@ -86,6 +93,8 @@ def _validate(
     if phrase_id is not None and not _encodable(phrase_id):
         # A JSON escape such as "\ud800" decodes to a lone surrogate, which no topic can carry.
         raise _Reject(ErrorKind.WRONG_TYPE, "field 'id': contains a lone surrogate (not valid Unicode)")
+    if "id" not in payload:
+        payload = {**payload, "id": default_id}
     try:
         phrase = PhraseIn.model_validate(payload)
     except ValidationError as exc:
@@ -129,16 +138,10 @@ def decode_phrase(
     ``known`` maps each region to the names of its active heads.
     """
     try:
-        phrase, clean_text, models = _validate(raw, known, limits)
+        phrase, clean_text, models = _validate(raw, known, limits, source.default_id())
     except _Reject as rejected:
-        return DeadLetter(
-            error_kind=rejected.kind,
-            reason=rejected.reason,
-            original_b64=DeadLetter.encode_original(raw),
-            source_topic=source.topic,
-            source_partition=source.partition,
-            source_offset=source.offset,
-            id=rejected.phrase_id,
+        return DeadLetter.of(
+            rejected.kind, rejected.reason, raw, source.topic, source.partition, source.offset, rejected.phrase_id
         )
     return CleanedPhrase(
         id=phrase.id,

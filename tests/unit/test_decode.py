@@ -58,11 +58,29 @@ def test_int_id_accepted_as_string() -> None:
     assert ok(raw(id=42, text="hi", region="global")).id == "42"
 
 
-def test_id_generated_when_absent() -> None:
-    first = ok(raw(text="hi", region="global")).id
-    second = ok(raw(text="hi", region="global")).id
+def test_absent_id_is_the_source_position_so_a_replay_keeps_it() -> None:
+    body = raw(text="hi", region="global")
+    first = decode_phrase(body, KNOWN, Source("phrases.in", 3, 17))
+    again = decode_phrase(body, KNOWN, Source("phrases.in", 3, 17))
+    other = decode_phrase(body, KNOWN, Source("phrases.in", 3, 18))
+    assert first.id == again.id == "phrases.in/3/17"
+    assert other.id == "phrases.in/3/18"
+
+
+def test_absent_id_without_a_source_position_is_generated() -> None:
+    first = decode_phrase(raw(text="hi", region="global"), KNOWN, Source("phrases.in")).id
+    second = decode_phrase(raw(text="hi", region="global"), KNOWN, Source("phrases.in")).id
     assert len(first) == 32 and int(first, 16) >= 0
     assert first != second
+
+
+@pytest.mark.parametrize("bad_id", ["a\x00b", "line\nbreak", "bell\x07"])
+def test_an_id_with_control_characters_is_rejected(bad_id: str) -> None:
+    body = json.dumps({"id": bad_id, "text": "hi", "region": "global"}).encode()
+    letter = decode_phrase(body, KNOWN, Source("phrases.in", 0, 1))
+    assert isinstance(letter, DeadLetter)
+    assert letter.error_kind is ErrorKind.WRONG_TYPE
+    assert "id" in letter.reason
 
 
 def test_models_default_to_all_heads_of_region() -> None:
