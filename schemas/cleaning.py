@@ -42,7 +42,16 @@ class PunctuationPolicy(str, Enum):
 
 
 _BLOCK_TAG = re.compile(r"<\s*/?\s*(br|p|div|li|ul|ol|tr|td|th|h[1-6]|hr)\b[^>]*>", re.IGNORECASE)
-_TAG = re.compile(r"<\s*/?[a-zA-Z!][^<>]{0,500}>")
+# Only real HTML tags (known names, then attributes) and comments: "<john@x.com>" or
+# "a <3 b" are text, not markup.
+_HTML_TAGS = (
+    "a|abbr|address|article|aside|b|big|blockquote|body|br|button|caption|center|cite|code|col|dd|del|"
+    "details|div|dl|dt|em|font|footer|form|h[1-6]|head|header|hr|html|i|iframe|img|input|ins|kbd|label|"
+    "li|link|main|mark|meta|nav|ol|option|p|pre|q|s|samp|script|section|select|small|span|strike|strong|"
+    "style|sub|summary|sup|table|tbody|td|textarea|tfoot|th|thead|title|tr|tt|u|ul|var|wbr"
+)
+_ATTRIBUTES = r"""(?:\s+[a-zA-Z_:][-\w:.]*(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))?)*"""
+_TAG = re.compile(rf"</?(?:{_HTML_TAGS}){_ATTRIBUTES}\s*/?>|<!--.*?-->|<!doctype[^<>]*>", re.IGNORECASE | re.DOTALL)
 _SPACE = re.compile(r"\s+")
 _TYPOGRAPHY = str.maketrans(
     {

@@ -41,8 +41,16 @@ def test_block_tags_become_a_space() -> None:
     assert clean("<p>first</p><p>second</p><div>third</div><li>fourth</li>") == "first second third fourth"
 
 
-def test_tag_starting_with_br_letters_is_not_a_block_tag() -> None:
-    assert clean("a<brand>b") == "ab"
+def test_an_unknown_tag_name_is_text_not_markup() -> None:
+    assert clean("a<brand>b") == "a<brand>b"
+
+
+def test_an_address_in_angle_brackets_is_kept() -> None:
+    assert clean("my email is <John@x.com>") == "my email is <john@x.com>"
+
+
+def test_a_heart_is_not_a_tag() -> None:
+    assert clean("I <3 you > them") == "i <3 you > them"
 
 
 def test_html_comment_is_removed() -> None:
