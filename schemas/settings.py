@@ -75,11 +75,30 @@ class Settings(BaseSettings):
         return not self.pg_dsn.get_secret_value()
 
     @property
+    def pg_password_file(self) -> Path:
+        """Return the file that holds the embedded PostgreSQL's password (mode 0600)."""
+        return Path(self.home).expanduser() / "pg" / "password"
+
+    @property
     def dsn(self) -> str:
-        """Return the DSN to use (a secret: never log it)."""
-        return self.pg_dsn.get_secret_value() or (
-            f"postgresql://phrasestream@127.0.0.1:{self.pg_port}/phrasestream"
-        )
+        """Return the DSN to use (a secret: never log it).
+
+        The embedded server's DSN carries the password from :attr:`pg_password_file` (as the
+        URI parameter ``password``, URL-quoted) when that file exists and can be read.
+        """
+        external = self.pg_dsn.get_secret_value()
+        if external:
+            return external
+        dsn = f"postgresql://phrasestream@127.0.0.1:{self.pg_port}/phrasestream"
+        try:
+            password = self.pg_password_file.read_text(encoding="utf-8").strip()
+        except OSError:  # no file yet (new or trust-auth data dir), or not ours to read
+            password = ""
+        if password:
+            from urllib.parse import quote
+
+            dsn += "?password=" + quote(password, safe="")
+        return dsn
 
     @property
     def models_root(self) -> Path:

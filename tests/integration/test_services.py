@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import uuid
 
 import pytest
@@ -86,42 +87,73 @@ def test_migrations_are_idempotent(schema_settings: Settings):
     expected = [m.version for m in services.list_migrations()]
     assert first == expected
     assert second == []
+    from psycopg2 import sql
+
+    schema = sql.Identifier(schema_settings.pg_schema)
     conn = services.pg_connect(schema_settings)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(f'SELECT version, count(*) FROM "{schema_settings.pg_schema}".schema_migrations '
-                        "GROUP BY version ORDER BY version")
+            cur.execute(sql.SQL("SELECT version, count(*) FROM {}.schema_migrations "
+                                "GROUP BY version ORDER BY version").format(schema))
             assert cur.fetchall() == [(v, 1) for v in expected]
-            cur.execute("SELECT to_regclass(%s)", (f'"{schema_settings.pg_schema}".inferences',))
+            cur.execute("SELECT to_regclass(%s)",
+                        (sql.Identifier(schema_settings.pg_schema, "inferences").as_string(conn),))
             assert cur.fetchone()[0] is not None
     finally:
         conn.close()
 
 
 def test_duplicate_inference_is_stored_once(schema_settings: Settings):
-    services.apply_migrations(schema_settings)
     from psycopg2 import sql
 
+    from schemas.messages import Prediction
+    from streams.sink import PostgresSink
+
+    services.apply_migrations(schema_settings)
     now = dt.datetime.now(dt.timezone.utc)
-    row = ("msg-1", "eu", "intent", "v1", "greeting", 0.9,
-           json.dumps([{"label": "greeting", "p": 0.9}]), "hello there", "minilm-1", False, 3.5, now, now)
-    insert = sql.SQL(
-        "INSERT INTO {}.inferences (id, region, model, model_version, label, probability, top_k, clean_text,"
-        " embedder_version, cache_hit, latency_ms, received_at, predicted_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (id, model, model_version) DO NOTHING").format(sql.Identifier(schema_settings.pg_schema))
+    prediction = Prediction(
+        id=f"msg-{uuid.uuid4().hex[:8]}", region="eu", model="intent", model_version="v1",
+        label="greeting", probability=0.9, top_k=[("greeting", 0.9), ("farewell", 0.1)],
+        clean_text="hello there", embedder_version="minilm-1", cache_hit=False, latency_ms=3.5,
+        received_at=now, predicted_at=now)
+    sink = PostgresSink(schema_settings.dsn, schema_settings.pg_schema)
+    try:
+        assert sink.write([prediction]) == 1
+        assert sink.write([prediction]) == 0
+    finally:
+        sink.close()
     conn = services.pg_connect(schema_settings)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(insert, row)
-            assert cur.rowcount == 1
-            cur.execute(insert, row)
-            assert cur.rowcount == 0
-            other_version = row[:3] + ("v2",) + row[4:]
-            cur.execute(insert, other_version)
-            assert cur.rowcount == 1
-            cur.execute(sql.SQL("SELECT count(*), min(stored_at) IS NOT NULL FROM {}.inferences WHERE id = %s")
-                        .format(sql.Identifier(schema_settings.pg_schema)), ("msg-1",))
-            assert cur.fetchone() == (2, True)
+            cur.execute(sql.SQL("SELECT count(*), min(stored_at) IS NOT NULL, min(label), min(top_k::text) "
+                                "FROM {}.inferences").format(sql.Identifier(schema_settings.pg_schema)))
+            count, stored, label, top_k = cur.fetchone()
+            assert (count, stored, label) == (1, True, "greeting")
+            assert json.loads(top_k) == [["greeting", 0.9], ["farewell", 0.1]]
     finally:
         conn.close()
+
+
+def test_local_postgres_requires_the_password(settings: Settings, monkeypatch):
+    if not settings.local_pg:
+        pytest.skip("PHRASESTREAM_PG_DSN points at an external server: its authentication is not ours")
+    import psycopg2
+
+    if not services.pg_answers(settings):
+        pytest.fail(f"PostgreSQL does not accept connections at {services._redacted_dsn(settings.dsn)}: {HINT}",
+                    pytrace=False)
+    paths = services.Paths.of(settings)
+    assert settings.pg_password_file.exists(), f"no {settings.pg_password_file}: {HINT}"
+    st = settings.pg_password_file.stat()
+    assert oct(st.st_mode & 0o777) == oct(0o600) and st.st_uid == os.geteuid()
+    assert not services._hba_trusts(paths.pg_hba.read_text()), f"{paths.pg_hba} still trusts"
+    psycopg2.connect(settings.dsn, connect_timeout=5).close()
+
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    common = dict(host="127.0.0.1", port=settings.pg_port, user=services.PG_ROLE, dbname=services.PG_DATABASE,
+                  passfile="/nonexistent/phrasestream-no-pgpass", connect_timeout=5)
+    with pytest.raises(psycopg2.OperationalError, match="password"):
+        psycopg2.connect(**common).close()
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(password="not-" + uuid.uuid4().hex, **common).close()
+    assert services._pg_refuses_without_password(settings)

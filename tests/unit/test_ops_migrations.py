@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -66,7 +70,10 @@ def test_topic_specs_follow_settings():
     specs = services.topic_specs(s)
     assert set(specs) == {"t.in", "t.out", "t.dlq", "t.lab"}
     assert specs["t.in"][0] == 6 and specs["t.out"][0] == 3
-    assert specs["t.in"][0] >= 4
+    assert specs["t.lab"][0] == 6, "labelled examples are partitioned like phrases.in"
+    assert specs["t.dlq"][0] == 1
+    default = services.topic_specs(Settings(_env_file=None))
+    assert default[Settings.model_fields["topic_in"].default][0] >= 4
     for _, cfg in specs.values():
         assert cfg["cleanup.policy"] == "delete"
         assert int(cfg["retention.ms"]) > 0
@@ -96,3 +103,156 @@ def test_dsn_password_is_never_shown():
     assert shown == "postgresql://u@db.example:5433/app"
     assert "s3cret" not in services._redacted_dsn("host=h password=s3cret dbname=x user=u")
     assert "s3cret" not in services._redacted_dsn("not a dsn s3cret ===")
+
+
+LOCAL_DSN = "postgresql://phrasestream@127.0.0.1:15432/phrasestream"
+
+
+def test_local_dsn_has_no_password_without_the_file(tmp_path: Path):
+    s = Settings(_env_file=None, home=tmp_path, pg_port=15432)
+    assert s.dsn == LOCAL_DSN
+    assert s.pg_password_file == tmp_path / "pg" / "password"
+
+
+def test_local_dsn_carries_the_quoted_password_from_the_file(tmp_path: Path):
+    from psycopg2.extensions import parse_dsn
+
+    password = "p@ss/w:rd %20&x=y?#"
+    (tmp_path / "pg").mkdir()
+    (tmp_path / "pg" / "password").write_text(password + "\n")
+    s = Settings(_env_file=None, home=tmp_path, pg_port=15432)
+    assert s.dsn == LOCAL_DSN + "?password=" + quote(password, safe="")
+    parsed = parse_dsn(s.dsn)
+    assert parsed["password"] == password
+    assert (parsed["user"], parsed["host"], parsed["port"], parsed["dbname"]) == (
+        "phrasestream", "127.0.0.1", "15432", "phrasestream")
+    shown = services._redacted_dsn(s.dsn)
+    assert shown == "postgresql://phrasestream@127.0.0.1:15432/phrasestream"
+    assert "p@ss" not in shown and quote(password, safe="") not in shown
+    assert password not in repr(s)
+
+
+def test_external_dsn_ignores_the_password_file(tmp_path: Path):
+    (tmp_path / "pg").mkdir()
+    (tmp_path / "pg" / "password").write_text("local-secret\n")
+    s = Settings(_env_file=None, home=tmp_path, pg_dsn="postgresql://u:ext@db:5432/x")
+    assert s.dsn == "postgresql://u:ext@db:5432/x"
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_password_file_is_private_and_stable(tmp_path: Path, umask: int):
+    paths = services.Paths(tmp_path)
+    paths.make_dirs()
+    old = os.umask(umask)
+    try:
+        first = services._pg_password(paths)
+    finally:
+        os.umask(old)
+    st = paths.pg_password.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid()
+    assert len(first) >= 32 and services._pg_password(paths) == first
+    assert Settings(_env_file=None, home=tmp_path).dsn.endswith("?password=" + quote(first, safe=""))
+    assert [p.name for p in paths.pg_home.iterdir()] == ["password"], "no temporary file left behind"
+
+
+def test_initdb_password_copy_is_readable_by_the_pg_user_and_deleted(tmp_path: Path):
+    paths = services.Paths(tmp_path)
+    paths.make_dirs()
+    old = os.umask(0o077)
+    try:
+        with services._password_file_for_pg(paths, "s3cret") as pwfile:
+            st = pwfile.stat()
+            assert stat.S_IMODE(st.st_mode) == 0o600
+            assert st.st_uid == (services._pg_os_user() or (os.geteuid(),))[0]
+            assert pwfile.read_text() == "s3cret\n"
+    finally:
+        os.umask(old)
+    assert not pwfile.exists()
+
+
+TRUST_HBA = """# TYPE  DATABASE        USER            ADDRESS                 METHOD
+# "trust" in a comment does not count
+local   all             all                                     trust
+host    all             all             127.0.0.1/32            trust   # was trust
+host    replication     trustee         ::1/128                 trust
+"""
+
+
+def test_hba_trust_is_detected_and_rewritten():
+    assert services._hba_trusts(TRUST_HBA)
+    new = services._hba_without_trust(TRUST_HBA)
+    assert not services._hba_trusts(new)
+    assert new.count("scram-sha-256") == 3
+    assert "trustee" in new and "# was trust" in new and '"trust" in a comment' in new
+    assert not services._hba_trusts("host all all 127.0.0.1/32 scram-sha-256\n# trust\n")
+
+
+def test_missing_password_file_for_a_password_data_dir_is_a_clear_error(tmp_path: Path):
+    paths = services.Paths(tmp_path)
+    paths.pg_data.mkdir(parents=True)
+    paths.pg_hba.write_text("host all all 127.0.0.1/32 scram-sha-256\n")
+    with pytest.raises(ServiceError, match="requires a password but .*password is missing"):
+        services._check_pg_password_file(paths)
+    paths.pg_hba.write_text(TRUST_HBA)  # an old trust data dir: it gets migrated instead
+    services._check_pg_password_file(paths)
+
+
+def test_search_denied_names_the_closed_folder(tmp_path: Path):
+    me = os.geteuid()
+    closed = tmp_path / "closed"
+    (closed / "inner").mkdir(parents=True)
+    closed.chmod(0o600)  # owner bits apply to `me`: no x
+    try:
+        assert services._search_denied(closed / "inner" / "pg", me, set()) == closed
+        closed.chmod(0o700)
+        assert services._search_denied(closed / "inner" / "pg", me, set()) is None
+    finally:
+        closed.chmod(0o700)
+
+
+def test_unreachable_data_dir_is_explained_before_initdb(tmp_path: Path, monkeypatch):
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    closed.chmod(0o600)
+    monkeypatch.setattr(services, "_pg_os_user", lambda: (os.geteuid(), os.getegid()))
+    monkeypatch.setattr(services, "_run_pg", lambda *a, **k: pytest.fail("must fail before running postgres"))
+    paths = services.Paths(closed / "repo" / ".local")
+    try:
+        with pytest.raises(ServiceError) as err:
+            services._check_pg_can_run(paths, tmp_path / "bin")
+    finally:
+        closed.chmod(0o700)
+    msg = str(err.value)
+    assert "PostgreSQL runs as user nobody when phrasestream runs as root" in msg
+    assert f"cannot reach {paths.pg_home}" in msg and f"chmod o+x {closed}" in msg
+    assert "non-root user" in msg and "PHRASESTREAM_PG_DSN" in msg
+
+
+def test_pg_binary_the_pg_user_cannot_run_is_explained(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(services, "_pg_os_user", lambda: (os.geteuid(), os.getegid()))
+
+    def denied(*_a, **_k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(services, "_run_pg", denied)
+    with pytest.raises(ServiceError, match=r"cannot run .*postgres .*Permission denied.*chmod -R o\+rX"):
+        services._check_pg_can_run(services.Paths(tmp_path / ".local"), tmp_path)
+
+
+def test_maven_and_storage_format_have_timeouts(tmp_path: Path, monkeypatch):
+    seen = []
+
+    def slow(cmd, **kwargs):
+        seen.append(kwargs.get("timeout"))
+        raise subprocess.TimeoutExpired(cmd, kwargs["timeout"], output=b"partial", stderr=None)
+
+    monkeypatch.setattr(services.subprocess, "run", slow)
+    monkeypatch.setattr(services.shutil, "which", lambda _name: "/usr/bin/mvn")
+    monkeypatch.setattr(services, "_java", lambda: "/usr/bin/java")
+    s = Settings(_env_file=None, home=tmp_path)
+    services.Paths.of(s).make_dirs()
+    with pytest.raises(ServiceError, match="maven did not fetch Kafka .* within 900 s"):
+        services.fetch_kafka_jars(s)
+    with pytest.raises(ServiceError, match="kafka storage format did not finish within 120 s"):
+        services._format_kafka_storage(s, services.Paths.of(s))
+    assert seen == [900.0, 120.0]
