@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 
 import faust
-import numpy as np
 
 from models.heads import Head
 from models.registry import Registry
-from schemas.messages import CleanedPhrase, DeadLetter, ErrorKind
+from schemas.messages import DeadLetter, ErrorKind
 from schemas.settings import Settings
-from streams.cache import LRUCache
+from streams.cache import LRUCache, MappingBackend
 from streams.decode import Limits, Source, decode_phrase
-from streams.pipeline import Embedded, Embedder, classify, embed_misses, lookup, store
+from streams.pipeline import Embedder, serve_batch
 
 log = logging.getLogger("phrasestream.worker")
 
@@ -69,25 +67,6 @@ class HeadSet:
         self.heads, self._stamp = heads, stamp
         log.info("active heads: %s", {r: {m: str(h.ref) for m, h in ms.items()} for r, ms in heads.items()})
         return True
-
-
-class TableBackend:
-    """Store cache entries in a Faust table with bytes keys and raw values."""
-
-    def __init__(self, table: Mapping[bytes, bytes]) -> None:
-        self._table = table
-
-    def get(self, key: str) -> bytes | None:
-        return self._table.get(key.encode())
-
-    def put(self, key: str, value: bytes) -> None:
-        self._table[key.encode()] = value  # type: ignore[index]
-
-    def delete(self, key: str) -> None:
-        self._table.pop(key.encode(), None)  # type: ignore[attr-defined]
-
-    def keys(self) -> list[str]:
-        return [key.decode() for key in list(self._table.keys())]
 
 
 def faust_broker_url(bootstrap: str) -> str:
@@ -151,28 +130,15 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
         key_type=bytes,
         value_type=bytes,
     )
-    cache_backend = TableBackend(table)
+    cache_backend = MappingBackend(table, bytes_keys=True)
     cache = LRUCache(cache_backend, embedder.version, embedder.dim, settings.cache_max_entries)
     counts = {"phrases": 0, "dlq": 0, "predictions": 0}
-
-    def cache_lookup(texts: list[str]) -> tuple[np.ndarray, list[bool]]:
-        try:
-            return lookup(texts, cache, embedder.dim)
-        except Exception:  # the cache is an optimisation: embed everything instead
-            log.warning("embedding cache lookup failed; embedding the whole batch", exc_info=True)
-            return lookup(texts, None, embedder.dim)
-
-    def cache_store(texts: list[str], vectors: np.ndarray, rows: list[int]) -> None:
-        try:
-            store(texts, vectors, rows, cache)
-        except Exception:  # serving goes on without caching this batch
-            log.warning("embedding cache write failed", exc_info=True)
 
     async def dead_letter(letter: DeadLetter) -> None:
         counts["dlq"] += 1
         key = letter.id.encode() if letter.id else None
-        await topic_dlq.send(key=key, value=letter.to_bytes())
         log.info("dead letter %s: %s", letter.error_kind.value, letter.reason)
+        await topic_dlq.send(key=key, value=letter.to_bytes())
 
     @app.agent(topic_in)
     async def validate_and_clean(stream):  # type: ignore[no-untyped-def]
@@ -183,14 +149,8 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
                 result = decode_phrase(event.value, head_set.known, source, limits)
             except Exception as exc:  # a bug, not bad input: keep the message and go on
                 log.exception("decode failed")
-                result = DeadLetter(
-                    error_kind=ErrorKind.INTERNAL,
-                    reason=f"internal error while decoding: {exc!r}",
-                    original_b64=DeadLetter.encode_original(event.value),
-                    source_topic=source.topic,
-                    source_partition=source.partition,
-                    source_offset=source.offset,
-                )
+                result = DeadLetter.of(ErrorKind.INTERNAL, f"internal error while decoding: {exc!r}",
+                                       event.value, source.topic, source.partition, source.offset)
             if isinstance(result, DeadLetter):
                 await dead_letter(result)
             else:
@@ -200,47 +160,30 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
     @app.agent(topic_cleaned)
     async def embed_and_classify(stream):  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()
+
+        def offload(fn, *args):  # type: ignore[no-untyped-def]
+            return loop.run_in_executor(None, fn, *args)
+
         within = settings.embed_batch_within_ms / 1000.0
+        cleaned_topic = topic_cleaned.get_topic_name()
         await changelog_metadata(app, table.changelog_topic.get_topic_name())
         adopted = False
         async for values in stream.take(settings.embed_batch_max, within=within):
             if not adopted:  # the table is recovered before the first event flows
                 adopted = True
-                dropped = cache.adopt(cache_backend.keys())
-                log.info("embedding cache: %d entries recovered, %d dropped", len(cache), dropped)
-            phrases = [CleanedPhrase.model_validate_json(value) for value in values]
-            texts = [p.clean_text for p in phrases]
-            failures: list[tuple[CleanedPhrase, ErrorKind, str]]
-            try:
-                vectors, hits = cache_lookup(texts)
-                rows = await loop.run_in_executor(None, embed_misses, texts, vectors, hits, embedder)
-                cache_store(texts, vectors, rows)
-                predictions, gone = classify(
-                    phrases, Embedded(vectors, hits), head_set.heads, embedder.version, settings.top_k
-                )
-                failures = [(p, ErrorKind.UNKNOWN_MODEL, reason) for p, reason in gone]
-            except Exception as exc:  # the batch fails, its phrases are kept on the DLQ
-                log.exception("embedding or classification failed for a batch of %d", len(phrases))
-                predictions = []
-                failures = [(p, ErrorKind.INTERNAL, f"internal error: {exc!r}") for p in phrases]
-            for phrase, kind, reason in failures:
-                await dead_letter(
-                    DeadLetter(
-                        error_kind=kind,
-                        reason=reason,
-                        original_b64=DeadLetter.encode_original(phrase.to_bytes()),
-                        source_topic=topic_cleaned.get_topic_name(),
-                        id=phrase.id,
-                    )
-                )
-            for prediction in predictions:
+                evicted = cache.adopt(cache_backend.keys())
+                log.info("embedding cache: %d entries recovered, %d evicted", len(cache), evicted)
+            served = await serve_batch(values, embedder, cache, head_set.heads, settings.top_k, offload)
+            for failure in served.failures:
+                await dead_letter(DeadLetter.of(failure.kind, failure.reason, failure.raw, cleaned_topic, id=failure.id))
+            for prediction in served.predictions:
                 await topic_out.send(key=prediction.id.encode(), value=prediction.to_bytes())
-            counts["predictions"] += len(predictions)
+            counts["predictions"] += len(served.predictions)
 
     @app.timer(interval=10.0)
     async def reload_heads() -> None:
-        try:
-            head_set.reload()
+        try:  # loading tf-keras models blocks: keep it off the event loop
+            await asyncio.get_running_loop().run_in_executor(None, head_set.reload)
         except Exception:  # a broken new version must not stop serving the old one
             log.exception("could not reload heads; serving the previous ones")
 
@@ -255,9 +198,20 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
     return app
 
 
+READY_LINE = "phrasestream worker ready"
+"""Printed (whatever the log level) once the worker has recovered its table and consumes."""
+
+
+class Worker(faust.Worker):
+    """Faust's worker, saying :data:`READY_LINE` on standard output when it is ready."""
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        print(READY_LINE, flush=True)
+
+
 def run_worker(settings: Settings) -> None:
     """Build the app and run its worker until SIGINT/SIGTERM."""
     app = build_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
-    worker.execute_from_commandline()
+    Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, MutableMapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,22 +26,30 @@ class CacheBackend(Protocol):
 
 
 class MappingBackend:
-    """Keep entries in a mapping: a dict, or a Faust table (``app.Table``)."""
+    """Keep entries in a mapping: a dict, or a Faust table (``app.Table``).
 
-    def __init__(self, mapping: MutableMapping[str, bytes]) -> None:
+    With ``bytes_keys`` the mapping is keyed by UTF-8 bytes (a Faust table with raw keys).
+    """
+
+    def __init__(self, mapping: MutableMapping[Any, bytes], bytes_keys: bool = False) -> None:
         self._mapping = mapping
+        self._bytes_keys = bytes_keys
+
+    def _key(self, key: str) -> Any:
+        return key.encode() if self._bytes_keys else key
 
     def get(self, key: str) -> bytes | None:
-        return self._mapping.get(key)
+        return self._mapping.get(self._key(key))
 
     def put(self, key: str, value: bytes) -> None:
-        self._mapping[key] = value
+        self._mapping[self._key(key)] = value
 
     def delete(self, key: str) -> None:
-        self._mapping.pop(key, None)
+        self._mapping.pop(self._key(key), None)
 
     def keys(self) -> Iterable[str]:
-        return list(self._mapping.keys())
+        keys = list(self._mapping.keys())
+        return [k.decode() for k in keys] if self._bytes_keys else keys
 
 
 def cache_key(embedder_version: str, clean_text: str) -> str:
@@ -90,22 +98,19 @@ class LRUCache:
     def adopt(self, keys: Iterable[str]) -> int:
         """Track entries the backend already holds (a table recovered from its changelog).
 
-        They count as older than anything used since start, so they are evicted first;
-        entries of another embedder version are deleted at once. Return how many were deleted.
+        They count as older than anything used since start, so they are evicted first, and
+        entries of another embedder version (never read again by this worker, but maybe by
+        another worker of a rolling deploy) go before this version's. Return how many were
+        evicted to keep the bound.
         """
-        deleted = 0
         prefix = f"{self._version}:"
-        recovered = []
-        for key in keys:
-            if not key.startswith(prefix) or self._max == 0:
-                self._backend.delete(key)
-                deleted += 1
-            elif key not in self._order:
-                recovered.append(key)
-        for key in reversed(recovered):  # the backend's first key ends up oldest
+        fresh = [k for k in keys if k not in self._order]
+        ours = [k for k in fresh if k.startswith(prefix)]
+        others = [k for k in fresh if not k.startswith(prefix)]
+        for key in reversed(others + ours):  # the others end up oldest
             self._order[key] = None
             self._order.move_to_end(key, last=False)
-        return deleted + self._evict()
+        return self._evict()
 
     def __len__(self) -> int:
         return len(self._order)

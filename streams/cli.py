@@ -144,11 +144,12 @@ def _say(line: str) -> None:
 
 def wait_worker_ready(settings: Settings, timeout: float = 300.0) -> None:
     """Wait until the worker log says its agents run (bounded), or raise with the log tail."""
+    from streams.app import READY_LINE
     _, log_file = _daemon_files(settings, "worker")
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         text = log_file.read_text(errors="replace") if log_file.exists() else ""
-        if "[^Worker]: Ready" in text:
+        if READY_LINE in text:
             return
         if daemon_running(settings, "worker") is None:
             tail = "\n".join(text.splitlines()[-30:])
@@ -254,10 +255,10 @@ def _prepare(settings: Settings, quiet: bool = False) -> dict[str, list[str]]:
     from retrain.demo import train_demo_heads
 
     up(settings)
+    # Does nothing when the demo heads are active for this embedder; after a change of the
+    # embedder (its version hashes weights and code) it trains heads that match it.
+    train_demo_heads(settings, load_embedder(settings), progress=not quiet)
     heads = active_heads(settings)
-    if not heads:
-        train_demo_heads(settings, load_embedder(settings), progress=not quiet)
-        heads = active_heads(settings)
     for name in DAEMONS:
         start_daemon(settings, name)
     wait_worker_ready(settings)

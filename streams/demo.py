@@ -165,7 +165,7 @@ def run_demo(
             else:
                 letter = json.loads(msg.value())
                 if marker in base64.b64decode(letter["original_b64"]):
-                    tally.dlq[f"{letter['source_partition']}/{letter['source_offset']}"] = letter
+                    tally.dlq[f"{letter['source_topic']}/{letter['source_partition']}/{letter['source_offset']}"] = letter
     seconds = time.monotonic() - start
     consumer.close()
 

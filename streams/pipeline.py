@@ -2,21 +2,31 @@
 
 ``embed_with_cache`` looks texts up in the cache, embeds the misses in one batch through
 the shared embedder and stores them; ``classify`` runs every requested head of a region on
-the shared vectors and makes one :class:`Prediction` per (phrase, model). The Faust agents
-in ``streams.app`` are thin loops around these.
+the shared vectors and makes one :class:`Prediction` per (phrase, model); ``serve_batch``
+does both for a batch of raw cleaned-phrase messages and says what failed and why. The
+Faust agents in ``streams.app`` are thin loops around these.
+
+The cache is an optimisation: when it fails, the batch is embedded without it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
+from pydantic import ValidationError
 
-from schemas.messages import CleanedPhrase, Prediction, utcnow
+from schemas.messages import CleanedPhrase, ErrorKind, Prediction, utcnow
 from streams.cache import LRUCache
+
+log = logging.getLogger("phrasestream.worker")
+
+Offload = Callable[..., Awaitable[Any]]
+"""Run a blocking function elsewhere (a thread) and await it: ``offload(fn, *args)``."""
 
 
 class Embedder(Protocol):
@@ -79,11 +89,35 @@ def store(texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache:
         cache.put(texts[i], vectors[i])
 
 
-def embed_with_cache(texts: Sequence[str], embedder: Embedder, cache: LRUCache | None) -> Embedded:
-    """Return the embeddings of ``texts``: cached where possible, the rest in one batch."""
-    vectors, hits = lookup(texts, cache, embedder.dim)
-    rows = embed_misses(texts, vectors, hits, embedder)
-    store(texts, vectors, rows, cache)
+def _lookup_or_miss(texts: Sequence[str], cache: LRUCache | None, dim: int) -> tuple[np.ndarray, list[bool]]:
+    try:
+        return lookup(texts, cache, dim)
+    except Exception:  # noqa: BLE001 - the cache is an optimisation: embed everything instead
+        log.warning("embedding cache lookup failed; embedding the whole batch", exc_info=True)
+        return lookup(texts, None, dim)
+
+
+def _store_or_skip(texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache: LRUCache | None) -> None:
+    try:
+        store(texts, vectors, rows, cache)
+    except Exception:  # noqa: BLE001 - serving goes on without caching this batch
+        log.warning("embedding cache write failed", exc_info=True)
+
+
+async def embed_with_cache(
+    texts: Sequence[str], embedder: Embedder, cache: LRUCache | None, offload: Offload | None = None
+) -> Embedded:
+    """Return the embeddings of ``texts``: cached where possible, the rest in one batch.
+
+    The cache is read and written in the caller's thread (a Faust table belongs to the
+    event loop); the embedding itself runs through ``offload`` when given.
+    """
+    vectors, hits = _lookup_or_miss(texts, cache, embedder.dim)
+    if offload is None:
+        rows = embed_misses(texts, vectors, hits, embedder)
+    else:
+        rows = await offload(embed_misses, texts, vectors, hits, embedder)
+    _store_or_skip(texts, vectors, rows, cache)
     return Embedded(vectors, hits)
 
 
@@ -135,3 +169,62 @@ def classify(
                 )
             )
     return predictions, failures
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A message of a batch that got no prediction, with the raw bytes to dead-letter."""
+
+    raw: bytes
+    kind: ErrorKind
+    reason: str
+    id: str | None = None
+
+
+@dataclass
+class Served:
+    """What one batch gave: predictions, and failures for the dead-letter topic."""
+
+    predictions: list[Prediction] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+
+async def serve_batch(
+    values: Sequence[bytes],
+    embedder: Embedder,
+    cache: LRUCache | None,
+    heads: Mapping[str, Mapping[str, Head]],
+    top_k: int,
+    offload: Offload | None = None,
+) -> Served:
+    """Embed and classify a batch of cleaned-phrase messages; never raise for a bad one.
+
+    A message that does not parse is a failure on its own. When the batch fails as a
+    whole, each phrase is tried alone, so one bad phrase cannot take its batch with it.
+    """
+    served = Served()
+    phrases: list[CleanedPhrase] = []
+    for raw in values:
+        try:
+            phrases.append(CleanedPhrase.model_validate_json(raw))
+        except ValidationError as exc:
+            served.failures.append(Failure(raw, ErrorKind.WRONG_TYPE, f"not a cleaned phrase: {exc.errors()[0]['msg']}"))
+    if not phrases:
+        return served
+    try:
+        embedded = await embed_with_cache([p.clean_text for p in phrases], embedder, cache, offload)
+        predictions, gone = classify(phrases, embedded, heads, embedder.version, top_k)
+    except Exception as exc:  # noqa: BLE001 - a bug or a bad phrase: isolate it, keep the rest
+        if len(phrases) == 1:
+            log.exception("embedding or classification failed for phrase %s", phrases[0].id)
+            served.failures.append(Failure(phrases[0].to_bytes(), ErrorKind.INTERNAL, f"internal error: {exc!r}", phrases[0].id))
+            return served
+        log.warning("a batch of %d failed (%r); trying its phrases one by one", len(phrases), exc)
+        for phrase in phrases:
+            alone = await serve_batch([phrase.to_bytes()], embedder, cache, heads, top_k, offload)
+            served.predictions += alone.predictions
+            served.failures += alone.failures
+        return served
+    served.predictions += predictions
+    served.failures += [Failure(p.to_bytes(), ErrorKind.UNKNOWN_MODEL, reason, p.id) for p, reason in gone]
+    return served

@@ -105,6 +105,26 @@ class Stack:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
+    def wait_sink_caught_up(self, timeout: float = 90.0) -> None:
+        """Wait until the sink's group has committed every message of the predictions topic."""
+        from confluent_kafka import TopicPartition
+
+        topic = self.settings.topic_out
+        probe = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": self.settings.sink_group,
+                          "enable.auto.commit": False})
+        try:
+            parts = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
+            ends = {tp.partition: probe.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
+            start = time.monotonic()
+            while time.monotonic() - start < timeout:
+                committed = {tp.partition: tp.offset for tp in probe.committed(parts, timeout=10)}
+                if all(committed[p] >= end for p, end in ends.items() if end > 0):
+                    return
+                time.sleep(0.5)
+        finally:
+            probe.close()
+        pytest.fail(f"the sink did not commit all of {topic} within {timeout}s")
+
     def wait_rows(self, count: int, timeout: float = 90.0) -> list[dict]:
         start = time.monotonic()
         rows = self.rows()

@@ -8,7 +8,9 @@ import threading
 import time
 
 import pytest
+from psycopg2.extensions import make_dsn
 
+from streams.app import READY_LINE
 from streams.cli import active_heads
 
 pytestmark = pytest.mark.integration
@@ -68,8 +70,8 @@ class TcpGate:
 def test_predictions_flow_while_the_database_is_down_and_rows_arrive_when_it_is_back(stack):
     gate = TcpGate(stack.settings.pg_port)
     try:
-        dsn = f"postgresql://phrasestream@127.0.0.1:{gate.port}/phrasestream"
-        stack.start("worker", "Ready")
+        dsn = make_dsn(stack.settings.dsn, port=gate.port)  # the same server, behind the gate
+        stack.start("worker", READY_LINE)
         stack.start("sink", "sink started", PHRASESTREAM_PG_DSN=dsn)
         phrases = [{"id": f"outage-{i}", "text": t, "region": "global", "models": ["intent"]}
                    for i, t in enumerate(["what's my balance", "play some jazz", "book a flight to paris"])]
@@ -97,7 +99,7 @@ def test_the_sink_applies_the_migrations_to_a_new_schema_before_writing(stack):
     from psycopg2 import sql
 
     schema = f"fresh_{uuid.uuid4().hex[:8]}"
-    stack.start("worker", "Ready")
+    stack.start("worker", READY_LINE)
     stack.start("sink", "sink started", PHRASESTREAM_PG_SCHEMA=schema)
     stack.produce(json.dumps({"id": "fresh-1", "text": "set an alarm for 7am", "region": "global"}).encode())
     query = sql.SQL("SELECT count(*) FROM {}.inferences").format(sql.Identifier(schema))

@@ -11,6 +11,8 @@ import pytest
 
 from schemas.messages import CleanedPhrase, utcnow
 from streams.cache import LRUCache, MappingBackend, cache_key
+import asyncio
+
 from streams.pipeline import Embedded, classify, embed_with_cache
 
 DIM = 8
@@ -217,12 +219,17 @@ def test_mapping_backend_get_put_delete() -> None:
     assert data == {}
 
 
+def embed(texts, embedder, cache):
+    """Run the async step to completion (no offload: the embedder runs in this thread)."""
+    return asyncio.run(embed_with_cache(texts, embedder, cache))
+
+
 # --- embed_with_cache ---------------------------------------------------------------------
 
 
 def test_embed_without_cache_embeds_everything_once() -> None:
     embedder = FakeEmbedder()
-    out = embed_with_cache(["a", "b"], embedder, None)
+    out = embed(["a", "b"], embedder, None)
     assert embedder.calls == [["a", "b"]]
     assert out.cache_hits == [False, False]
     np.testing.assert_array_equal(out.vectors, np.stack([embedder.vector("a"), embedder.vector("b")]))
@@ -230,8 +237,8 @@ def test_embed_without_cache_embeds_everything_once() -> None:
 
 def test_second_lookup_hits_and_does_not_call_embedder() -> None:
     embedder, c = FakeEmbedder(), cache()
-    first = embed_with_cache(["hello"], embedder, c)
-    second = embed_with_cache(["hello"], embedder, c)
+    first = embed(["hello"], embedder, c)
+    second = embed(["hello"], embedder, c)
     assert embedder.calls == [["hello"]]
     assert first.cache_hits == [False] and second.cache_hits == [True]
     np.testing.assert_array_equal(first.vectors, second.vectors)
@@ -240,7 +247,7 @@ def test_second_lookup_hits_and_does_not_call_embedder() -> None:
 
 def test_duplicate_texts_in_one_batch_are_embedded_once() -> None:
     embedder, c = FakeEmbedder(), cache()
-    out = embed_with_cache(["a", "b", "a", "a", "b"], embedder, c)
+    out = embed(["a", "b", "a", "a", "b"], embedder, c)
     assert embedder.calls == [["a", "b"]]
     assert out.cache_hits == [False] * 5
     np.testing.assert_array_equal(out.vectors[0], out.vectors[2])
@@ -251,8 +258,8 @@ def test_duplicate_texts_in_one_batch_are_embedded_once() -> None:
 
 def test_mixed_batch_embeds_only_misses_in_one_call() -> None:
     embedder, c = FakeEmbedder(), cache()
-    embed_with_cache(["a"], embedder, c)
-    out = embed_with_cache(["b", "a", "c", "b"], embedder, c)
+    embed(["a"], embedder, c)
+    out = embed(["b", "a", "c", "b"], embedder, c)
     assert embedder.calls == [["a"], ["b", "c"]]
     assert out.cache_hits == [False, True, False, False]
     expected = np.stack([embedder.vector(t) for t in ["b", "a", "c", "b"]])
@@ -261,29 +268,29 @@ def test_mixed_batch_embeds_only_misses_in_one_call() -> None:
 
 def test_all_hits_do_not_call_embedder() -> None:
     embedder, c = FakeEmbedder(), cache()
-    embed_with_cache(["a", "b"], embedder, c)
-    out = embed_with_cache(["b", "a"], embedder, c)
+    embed(["a", "b"], embedder, c)
+    out = embed(["b", "a"], embedder, c)
     assert len(embedder.calls) == 1 and out.cache_hits == [True, True]
 
 
 def test_embed_with_disabled_cache_always_embeds() -> None:
     embedder, c = FakeEmbedder(), cache(max_entries=0)
-    embed_with_cache(["a"], embedder, c)
-    embed_with_cache(["a"], embedder, c)
+    embed(["a"], embedder, c)
+    embed(["a"], embedder, c)
     assert embedder.calls == [["a"], ["a"]]
 
 
 def test_new_embedder_version_misses_old_entries() -> None:
     backend = MappingBackend({})
     old, new = FakeEmbedder("v1"), FakeEmbedder("v2")
-    embed_with_cache(["a"], old, cache(version=old.version, backend=backend))
-    out = embed_with_cache(["a"], new, cache(version=new.version, backend=backend))
+    embed(["a"], old, cache(version=old.version, backend=backend))
+    out = embed(["a"], new, cache(version=new.version, backend=backend))
     assert new.calls == [["a"]] and out.cache_hits == [False]
 
 
 def test_empty_batch() -> None:
     embedder = FakeEmbedder()
-    out = embed_with_cache([], embedder, cache())
+    out = embed([], embedder, cache())
     assert embedder.calls == [] and out.vectors.shape == (0, DIM) and out.cache_hits == []
 
 
@@ -388,9 +395,9 @@ def test_embed_then_classify_end_to_end_with_cache() -> None:
     embedder, c = FakeEmbedder(), cache()
     heads = heads_for({"global": ["intent"]})
     batch1 = [phrase("a1", "same", ["intent"]), phrase("a2", "same", ["intent"])]
-    preds1, _ = classify(batch1, embed_with_cache([p.clean_text for p in batch1], embedder, c), heads, VERSION, 2)
+    preds1, _ = classify(batch1, embed([p.clean_text for p in batch1], embedder, c), heads, VERSION, 2)
     batch2 = [phrase("b1", "same", ["intent"])]
-    preds2, _ = classify(batch2, embed_with_cache([p.clean_text for p in batch2], embedder, c), heads, VERSION, 2)
+    preds2, _ = classify(batch2, embed([p.clean_text for p in batch2], embedder, c), heads, VERSION, 2)
     assert embedder.calls == [["same"]]
     assert [p.cache_hit for p in preds1] == [False, False] and [p.cache_hit for p in preds2] == [True]
     assert {p.label for p in preds1 + preds2} == {"intent:0"}
@@ -399,7 +406,7 @@ def test_embed_then_classify_end_to_end_with_cache() -> None:
 @pytest.mark.parametrize("max_entries", [1, 2, 5])
 def test_cache_bound_holds_through_embed_with_cache(max_entries: int) -> None:
     backend = RecordingBackend()
-    embed_with_cache([f"t{i}" for i in range(7)], FakeEmbedder(), cache(max_entries, backend=backend))
+    embed([f"t{i}" for i in range(7)], FakeEmbedder(), cache(max_entries, backend=backend))
     assert len(backend.store) == max_entries
 
 
@@ -415,12 +422,19 @@ def test_adopted_entries_are_evicted_before_entries_used_since_start():
     assert set(store) == {cache_key("v1", t) for t in ("old-b", "new", "newer")}
 
 
-def test_adopt_deletes_entries_of_another_embedder_version():
-    store: dict = {cache_key("v0", "stale"): b"x" * 16, cache_key("v1", "kept"): b"x" * 16}
-    cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=10)
+def test_adopt_evicts_entries_of_another_embedder_version_first():
+    store: dict = {cache_key("v1", "kept"): b"x" * 16, cache_key("v0", "stale"): b"x" * 16}
+    cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=1)
     assert cache.adopt(list(store)) == 1
     assert list(store) == [cache_key("v1", "kept")]
     assert len(cache) == 1
+
+
+def test_adopt_keeps_other_versions_while_under_the_bound():
+    store: dict = {cache_key("v0", "other-worker"): b"x" * 16}
+    cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=5)
+    assert cache.adopt(list(store)) == 0
+    assert list(store) == [cache_key("v0", "other-worker")]
 
 
 def test_a_hit_on_an_untracked_entry_keeps_the_bound():
