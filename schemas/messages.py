@@ -11,6 +11,7 @@ Each message carries ``schema_version``; a reader refuses a version it does not 
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
 from datetime import datetime, timezone
 from enum import Enum
@@ -120,6 +121,10 @@ class ErrorKind(str, Enum):
     INTERNAL = "internal"
 
 
+MAX_ORIGINAL_BYTES = 512 * 1024
+"""The most original bytes a dead letter carries (base64 makes them 4/3 as large)."""
+
+
 class DeadLetter(_Message):
     """A message that could not be served, with its reason and its original bytes."""
 
@@ -127,6 +132,9 @@ class DeadLetter(_Message):
     error_kind: ErrorKind
     reason: str
     original_b64: str
+    original_size: int | None = None
+    original_sha256: str | None = None
+    original_truncated: bool = False
     source_topic: str
     source_partition: int | None = None
     source_offset: int | None = None
@@ -144,11 +152,20 @@ class DeadLetter(_Message):
         offset: int | None = None,
         id: str | None = None,  # noqa: A002 - the field's name
     ) -> DeadLetter:
-        """Return the dead letter of ``raw`` read from ``topic`` (at ``partition``/``offset``)."""
+        """Return the dead letter of ``raw`` read from ``topic`` (at ``partition``/``offset``).
+
+        The original bytes travel whole up to :data:`MAX_ORIGINAL_BYTES`; a larger message
+        keeps its first bytes, its size and its sha256 (the whole message stays on its source
+        topic at that offset), so that the letter itself fits in a Kafka message.
+        """
+        raw = raw or b""
         return cls(
             error_kind=kind,
             reason=reason,
-            original_b64=cls.encode_original(raw),
+            original_b64=cls.encode_original(raw[:MAX_ORIGINAL_BYTES]),
+            original_size=len(raw),
+            original_sha256=hashlib.sha256(raw).hexdigest(),
+            original_truncated=len(raw) > MAX_ORIGINAL_BYTES,
             source_topic=topic,
             source_partition=partition,
             source_offset=offset,

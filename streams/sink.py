@@ -149,14 +149,8 @@ class SinkRunner:
                 batch.append(Prediction.model_validate_json(m.value() or b""))
             except ValidationError as exc:
                 self.stats.invalid += 1
-                letter = DeadLetter(
-                    error_kind=ErrorKind.WRONG_TYPE,
-                    reason=f"not a valid prediction: {exc.errors()[0]['msg']}",
-                    original_b64=DeadLetter.encode_original(m.value()),
-                    source_topic=m.topic(),
-                    source_partition=m.partition(),
-                    source_offset=m.offset(),
-                )
+                letter = DeadLetter.of(ErrorKind.WRONG_TYPE, f"not a valid prediction: {exc.errors()[0]['msg']}",
+                                       m.value(), m.topic(), m.partition(), m.offset())
                 self._producer.produce(self.settings.topic_dlq, value=letter.to_bytes())
         self._producer.flush(10)
         return batch

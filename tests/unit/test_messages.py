@@ -134,7 +134,7 @@ def test_dead_letter_error_kind_is_its_value_on_the_wire() -> None:
 def test_dead_letter_exclude_none_omits_partition_offset_id() -> None:
     letter = DeadLetter(error_kind=ErrorKind.INTERNAL, reason="r", original_b64="", source_topic="t", failed_at=T0)
     payload = json.loads(letter.to_bytes())
-    assert set(payload) == {"schema_version", "error_kind", "reason", "original_b64", "source_topic", "failed_at"}
+    assert set(payload) == {"schema_version", "error_kind", "reason", "original_b64", "original_truncated", "source_topic", "failed_at"}
     back = DeadLetter.model_validate_json(letter.to_bytes())
     assert (back.source_partition, back.source_offset, back.id) == (None, None, None)
 
@@ -193,3 +193,24 @@ def test_unknown_fields_ignored_on_read() -> None:
 def test_other_schema_version_rejected_on_read() -> None:
     with pytest.raises(ValidationError):
         LabeledPhrase.model_validate_json(b'{"schema_version": 2, "text": "t", "label": "l", "region": "eu", "model": "m"}')
+
+
+def test_a_dead_letter_carries_size_and_checksum_of_its_original() -> None:
+    import hashlib
+
+    letter = DeadLetter.of(ErrorKind.INVALID_JSON, "bad", b"{oops", "phrases.in", 1, 2)
+    assert letter.original() == b"{oops"
+    assert letter.original_size == 5
+    assert letter.original_sha256 == hashlib.sha256(b"{oops").hexdigest()
+    assert letter.original_truncated is False
+
+
+def test_a_huge_original_is_cut_so_that_the_letter_fits_in_a_kafka_message() -> None:
+    from schemas.messages import MAX_ORIGINAL_BYTES
+
+    raw = b"x" * (2 * 1024 * 1024)
+    letter = DeadLetter.of(ErrorKind.MESSAGE_TOO_LARGE, "too large", raw, "phrases.in", 0, 9)
+    assert letter.original_truncated is True
+    assert letter.original() == raw[:MAX_ORIGINAL_BYTES]
+    assert letter.original_size == len(raw)
+    assert len(letter.to_bytes()) < 1_000_000
