@@ -118,6 +118,7 @@ class ErrorKind(str, Enum):
     UNKNOWN_REGION = "unknown_region"
     UNKNOWN_MODEL = "unknown_model"
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    REJECTED_BY_DATABASE = "rejected_by_database"
     INTERNAL = "internal"
 
 

@@ -11,8 +11,10 @@ or slows the worker that publishes predictions. It
   ``PHRASESTREAM_SINK_RETRY_SECONDS``; past that it rewinds to the batch's first offsets
   and reads it again, so nothing is lost and the consumer stays in its group,
 - commits offsets only after the rows are stored,
-- applies the SQL migrations whenever it (re)connects, so a new or restored database
-  gets its tables before the first write.
+- applies the SQL migrations at its first connection, so a new database gets its tables
+  before the first write,
+- dead-letters a row the database refuses (a bad value), after writing the rest of its
+  batch one by one.
 
 A record that is not a valid prediction goes to ``phrases.dlq`` with its reason.
 """
@@ -28,16 +30,26 @@ from typing import Protocol
 
 import psycopg2
 import psycopg2.extensions
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from psycopg2 import sql
 from psycopg2.extras import Json, execute_values
 from pydantic import ValidationError
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from schemas.messages import DeadLetter, ErrorKind, Prediction
 from schemas.settings import Settings
 
 log = logging.getLogger("phrasestream.sink")
+
+ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError, ValueError)
+"""Errors that a row causes (bad value, constraint): retrying cannot help; the row is dead-lettered."""
 
 COLUMNS = (
     "id", "region", "model", "model_version", "label", "probability", "top_k", "clean_text",
@@ -76,8 +88,9 @@ class PostgresSink:
 
     def _connection(self) -> psycopg2.extensions.connection:
         if self._conn is None or self._conn.closed:
-            if self._on_connect is not None:  # e.g. apply migrations: the database may be new
+            if self._on_connect is not None:  # apply migrations once, at the first connection
                 self._on_connect()
+                self._on_connect = None
             self._conn = psycopg2.connect(self._dsn, connect_timeout=5, application_name="phrasestream-sink")
         return self._conn
 
@@ -94,8 +107,9 @@ class PostgresSink:
                     page_size=len(batch), fetch=True,
                 )
                 return len(rows)
-        except psycopg2.Error:
-            conn.close()
+        except psycopg2.Error as exc:
+            if not isinstance(exc, ROW_ERRORS):
+                conn.close()  # the connection may be broken: open a new one next time
             raise
 
     def close(self) -> None:
@@ -111,6 +125,7 @@ class SinkStats:
     stored: int = 0
     duplicates: int = 0
     invalid: int = 0
+    refused: int = 0
     retries: int = 0
     rewinds: int = 0
 
@@ -131,29 +146,30 @@ def consumer_config(settings: Settings) -> dict:
 class SinkRunner:
     """Consume ``predictions.out`` and write to a :class:`Sink` until :meth:`stop`."""
 
-    def __init__(self, settings: Settings, sink: Sink, consumer: Consumer | None = None) -> None:
+    def __init__(
+        self, settings: Settings, sink: Sink, consumer: Consumer | None = None, producer: Producer | None = None
+    ) -> None:
         self.settings = settings
         self.sink = sink
         self.consumer = consumer or Consumer(consumer_config(settings))
-        self._producer = Producer({"bootstrap.servers": settings.bootstrap})
+        self._producer = producer or Producer({"bootstrap.servers": settings.bootstrap})
         self._running = True
         self.stats = SinkStats()
 
     def stop(self, *_: object) -> None:
         self._running = False
 
-    def _parse(self, messages: Sequence[Message]) -> list[Prediction]:
-        batch: list[Prediction] = []
+    def _parse(self, messages: Sequence[Message]) -> tuple[list[tuple[Message, Prediction]], list[DeadLetter]]:
+        batch: list[tuple[Message, Prediction]] = []
+        letters: list[DeadLetter] = []
         for m in messages:
             try:
-                batch.append(Prediction.model_validate_json(m.value() or b""))
+                batch.append((m, Prediction.model_validate_json(m.value() or b"")))
             except ValidationError as exc:
                 self.stats.invalid += 1
-                letter = DeadLetter.of(ErrorKind.WRONG_TYPE, f"not a valid prediction: {exc.errors()[0]['msg']}",
-                                       m.value(), m.topic(), m.partition(), m.offset())
-                self._producer.produce(self.settings.topic_dlq, value=letter.to_bytes())
-        self._producer.flush(10)
-        return batch
+                letters.append(DeadLetter.of(ErrorKind.WRONG_TYPE, f"not a valid prediction: {exc.errors()[0]['msg']}",
+                                             m.value(), m.topic(), m.partition(), m.offset()))
+        return batch, letters
 
     def _write_with_retry(self, batch: Sequence[Prediction]) -> int:
         def on_retry(state) -> None:  # type: ignore[no-untyped-def]
@@ -161,13 +177,36 @@ class SinkRunner:
             log.warning("database write failed (%s); retry %d", state.outcome.exception(), state.attempt_number)
 
         retrying = Retrying(
-            retry=retry_if_exception_type(psycopg2.Error),
+            retry=retry_if_exception_type(psycopg2.Error) & retry_if_not_exception_type(ROW_ERRORS),
             wait=wait_exponential(multiplier=0.2, max=5.0),
             stop=stop_after_delay(self.settings.sink_retry_seconds),
             before_sleep=on_retry,
             reraise=False,
         )
         return retrying(self.sink.write, batch)
+
+    def _store(self, batch: Sequence[tuple[Message, Prediction]]) -> tuple[int, list[DeadLetter]]:
+        """Write the batch; when the database refuses a row, write one by one and dead-letter the refused."""
+        try:
+            return self._write_with_retry([p for _, p in batch]), []
+        except ROW_ERRORS:
+            log.warning("the database refused a row of a batch of %d; writing them one by one", len(batch))
+        new, refused = 0, []
+        for m, prediction in batch:
+            try:
+                new += self._write_with_retry([prediction])
+            except ROW_ERRORS as exc:
+                refused.append(DeadLetter.of(ErrorKind.REJECTED_BY_DATABASE, f"the database refused this prediction: {exc}",
+                                             m.value(), m.topic(), m.partition(), m.offset(), prediction.id))
+        return new, refused
+
+    def _dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        """Deliver the letters to the DLQ or raise: offsets are committed only after this."""
+        for letter in letters:
+            self._producer.produce(self.settings.topic_dlq, key=(letter.id or "").encode() or None,
+                                   value=letter.to_bytes())
+        if letters and self._producer.flush(30) > 0:
+            raise KafkaException(f"{len(letters)} dead letter(s) not delivered to {self.settings.topic_dlq}")
 
     def _rewind(self, messages: Sequence[Message]) -> None:
         first: dict[tuple[str, int], int] = {}
@@ -184,17 +223,26 @@ class SinkRunner:
         messages = [m for m in messages if not self._is_error(m)]
         if not messages:
             return 0
-        batch = self._parse(messages)
+        batch, letters = self._parse(messages)
         try:
-            new = self._write_with_retry(batch)
+            new, refused = self._store(batch)
+            self._dead_letter(letters + refused)
         except RetryError:
             log.error("database still failing after %.0fs; re-reading the batch", self.settings.sink_retry_seconds)
             self._rewind(messages)
             return 0
-        self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            log.error("%s; re-reading the batch (its rows are stored once, whatever happens)", exc)
+            self._rewind(messages)
+            return 0
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:  # e.g. a rebalance: the next owner re-reads, the rows are idempotent
+            log.warning("offset commit failed (%s); the batch may be read again", exc)
         self.stats.batches += 1
         self.stats.stored += new
-        self.stats.duplicates += len(batch) - new
+        self.stats.duplicates += len(batch) - new - len(refused)
+        self.stats.refused += len(refused)
         return len(messages)
 
     @staticmethod

@@ -117,3 +117,24 @@ def test_the_sink_applies_the_migrations_to_a_new_schema_before_writing(stack):
         stack.stop("sink")
         with psycopg2.connect(stack.settings.dsn) as conn, conn.cursor() as cur:
             cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def test_a_prediction_postgres_refuses_is_dead_lettered_and_the_rest_of_its_batch_stored(stack):
+    from datetime import datetime, timezone
+
+    from schemas.messages import Prediction
+
+    def prediction(pid: str, label: str) -> bytes:
+        now = datetime.now(timezone.utc)
+        return Prediction(id=pid, region="global", model="intent", model_version="v1", label=label,
+                          probability=0.5, top_k=[(label, 0.5)], clean_text="x", embedder_version="e",
+                          cache_hit=False, latency_ms=1.0, received_at=now, predicted_at=now).to_bytes()
+
+    stack.produce(prediction("good", "balance"), prediction("poison", "nul\x00label"), topic=stack.settings.topic_out)
+    stack.start("sink", "sink started")
+    stack.wait_sink_caught_up()
+    assert [r["id"] for r in stack.rows()] == ["good"]
+    [letter] = stack.read(stack.settings.topic_dlq, 1)
+    assert letter["error_kind"] == "rejected_by_database"
+    assert letter["id"] == "poison"
+    assert stack.procs["sink"].poll() is None
