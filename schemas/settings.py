@@ -33,7 +33,6 @@ class Settings(BaseSettings):
     partitions_in: int = Field(default=4, ge=1, description="partitions of phrases.in and the internal topics")
     partitions_out: int = Field(default=4, ge=1, description="partitions of predictions.out")
     replication_factor: int = Field(default=1, ge=1, description="replication of the topics phrasestream creates")
-    cache_store: str = Field(default="memory://", description="Faust store of the embedding cache table (memory:// or rocksdb://)")
     app_id: str = Field(default="phrasestream", description="Faust app id: consumer group and internal topic prefix")
 
     # PostgreSQL

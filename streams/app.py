@@ -20,6 +20,7 @@ prediction in flight is flushed.
 from __future__ import annotations
 
 import asyncio
+import sys
 import logging
 from pathlib import Path
 
@@ -101,7 +102,10 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
     app = faust.App(
         settings.app_id,
         broker=faust_broker_url(settings.bootstrap),
-        store=settings.cache_store,
+        # The cache table lives in memory and is rebuilt from its changelog at start. Faust's
+        # rocksdb store cannot serve it: its writes need the current event's partition, and
+        # micro-batches (take) have no current event.
+        store="memory://",
         datadir=str(datadir),
         topic_partitions=settings.partitions_in,
         topic_replication_factor=settings.replication_factor,
@@ -207,7 +211,8 @@ class Worker(faust.Worker):
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
-        print(READY_LINE, flush=True)
+        # Faust sends sys.stdout to its logger; the real stdout shows this at any log level.
+        print(READY_LINE, file=sys.__stdout__, flush=True)
 
 
 def run_worker(settings: Settings) -> None:
