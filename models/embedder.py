@@ -42,6 +42,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from models.checksums import sha256_file
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,21 +96,12 @@ def compute_version(weights: bytes, vocab: bytes, source: bytes) -> str:
     return VERSION_PREFIX + digest.hexdigest()[:12]
 
 
-def file_sha256(path: Path, bufsize: int = 1 << 20) -> str:
-    """Return the hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(bufsize):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def export_checksums(export_dir: Path) -> dict[str, str]:
     """Return ``{relative posix path: sha256}`` for every file of an export but the manifest."""
     sums: dict[str, str] = {}
     for path in sorted(export_dir.rglob("*")):
         if path.is_file() and path.name != MANIFEST_NAME:
-            sums[path.relative_to(export_dir).as_posix()] = file_sha256(path)
+            sums[path.relative_to(export_dir).as_posix()] = sha256_file(path)
     return sums
 
 
@@ -123,7 +115,7 @@ def verify_checksums(export_dir: Path, manifest: dict[str, Any]) -> None:
         path = export_dir / rel
         if not path.is_file():
             problems.append(f"{rel}: missing")
-        elif (got := file_sha256(path)) != want:
+        elif (got := sha256_file(path)) != want:
             problems.append(f"{rel}: sha256 {got} != expected {want}")
     if problems:
         raise EmbedderError(

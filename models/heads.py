@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from models.checksums import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import tf_keras
@@ -548,14 +549,6 @@ def predict_proba(model: Any, vectors: np.ndarray, batch_size: int = 4096) -> np
 
 # --------------------------------------------------------------------------------------------
 # Saving
-
-
-def sha256_file(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _source_root() -> Path:
