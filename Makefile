@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 COUNT ?= 2000
 PYTEST_ARGS ?=
 
-.PHONY: install setup up train run test unit demo stop status clean
+.PHONY: install setup up train run test unit lint demo stop status clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: setup
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/pip install -q "ruff>=0.6,<1"
+	$(BIN)/ruff check .
 
 demo: setup
 	$(BIN)/phrasestream demo --count $(COUNT) --json

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -74,7 +74,7 @@ def _read_json(path: Path) -> object:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_domain_lists(data_dir: Path = DATA_DIR) -> dict[str, tuple[str, ...]]:
     """Return domain -> its intents, as in ``domains.json`` (10 domains of 15 intents)."""
     raw = _read_json(data_dir / "domains.json")
@@ -106,7 +106,7 @@ def _pairs(raw: object, split: str, path: Path) -> list[Example]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_cached(variant: str, data_dir: Path) -> Clinc150:
     if variant not in VARIANTS:
         raise ValueError(f"unknown CLINC150 variant {variant!r}; expected one of {', '.join(VARIANTS)}")

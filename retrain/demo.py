@@ -113,7 +113,7 @@ def embed_cached(
                 return arr
         except (OSError, ValueError):
             pass
-    from tqdm.auto import tqdm  # noqa: PLC0415
+    from tqdm.auto import tqdm
 
     out = np.empty((len(texts), embedder.dim), dtype=np.float32)
     with tqdm(total=len(texts), desc="embedding", unit="text", disable=not progress, file=sys.stderr) as bar:
@@ -295,8 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from models.embedder import load_embedder  # noqa: PLC0415
-    from schemas.settings import Settings  # noqa: PLC0415
+    from models.embedder import load_embedder
+    from schemas.settings import Settings
 
     settings = Settings()
     t0 = time.perf_counter()

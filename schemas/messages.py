@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -22,7 +22,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 
 def utcnow() -> datetime:
     """Return the current time, timezone-aware (UTC)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _id_to_str(value: Any) -> Any:
@@ -151,7 +151,7 @@ class DeadLetter(_Message):
         topic: str,
         partition: int | None = None,
         offset: int | None = None,
-        id: str | None = None,  # noqa: A002 - the field's name
+        id: str | None = None,
     ) -> DeadLetter:
         """Return the dead letter of ``raw`` read from ``topic`` (at ``partition``/``offset``).
 

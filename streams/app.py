@@ -20,8 +20,8 @@ prediction in flight is flushed.
 from __future__ import annotations
 
 import asyncio
-import sys
 import logging
+import sys
 from pathlib import Path
 
 import faust

@@ -288,7 +288,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         figures = run_demo(settings, heads, args.count, on_prediction=lambda p: print(format_row(p), flush=True))
         print(f"\ndemo: {json.dumps(figures)}\n")
-        print(f"Still serving. Try: phrasestream produce --text 'how do I reset my PIN?' --region global\n")
+        print("Still serving. Try: phrasestream produce --text 'how do I reset my PIN?' --region global\n")
         cmd_consume(settings, argparse.Namespace(topic=None, group=None, from_beginning=False,
                                                  json=False, max=None, timeout=None))
     except KeyboardInterrupt:
@@ -306,7 +306,7 @@ def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
     status(settings)
     for name in DAEMONS:
         pid = daemon_running(settings, name)
-        print(f"{name}: {'running (pid %d)' % pid if pid else 'stopped'}")
+        print(f"{name}: {f'running (pid {pid})' if pid else 'stopped'}")
     return 0
 
 

@@ -97,11 +97,11 @@ class Stack:
             consumer.close()
         return found
 
-    def rows(self, where: str = "TRUE", params: tuple = ()) -> list[dict]:
-        query = sql.SQL("SELECT * FROM {}.inferences WHERE " + where + " ORDER BY id, model").format(
-            sql.Identifier(self.settings.pg_schema))
+    def rows(self) -> list[dict]:
+        """Return every inference row of this test's schema, ordered by (id, model)."""
+        query = sql.SQL("SELECT * FROM {}.inferences ORDER BY id, model").format(sql.Identifier(self.settings.pg_schema))
         with psycopg2.connect(self.settings.dsn) as conn, conn.cursor() as cur:
-            cur.execute(query, params)
+            cur.execute(query)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 

@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 import time
+from datetime import UTC
 
 import pytest
 from psycopg2.extensions import make_dsn
@@ -120,12 +121,12 @@ def test_the_sink_applies_the_migrations_to_a_new_schema_before_writing(stack):
 
 
 def test_a_prediction_postgres_refuses_is_dead_lettered_and_the_rest_of_its_batch_stored(stack):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from schemas.messages import Prediction
 
     def prediction(pid: str, label: str) -> bytes:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         return Prediction(id=pid, region="global", model="intent", model_version="v1", label=label,
                           probability=0.5, top_k=[(label, 0.5)], clean_text="x", embedder_version="e",
                           cache_hit=False, latency_ms=1.0, received_at=now, predicted_at=now).to_bytes()

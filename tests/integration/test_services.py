@@ -110,7 +110,7 @@ def test_duplicate_inference_is_stored_once(schema_settings: Settings):
     from streams.sink import PostgresSink
 
     services.apply_migrations(schema_settings)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     prediction = Prediction(
         id=f"msg-{uuid.uuid4().hex[:8]}", region="eu", model="intent", model_version="v1",
         label="greeting", probability=0.9, top_k=[("greeting", 0.9), ("farewell", 0.1)],

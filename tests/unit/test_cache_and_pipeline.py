@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 
 from schemas.messages import CleanedPhrase, utcnow
 from streams.cache import LRUCache, MappingBackend, cache_key
-import asyncio
-
 from streams.pipeline import Embedded, classify, embed_with_cache
 
 DIM = 8
@@ -329,7 +328,7 @@ def test_classify_runs_each_head_once_on_its_rows() -> None:
 
 
 def test_classify_fields_come_from_head_ref_phrase_and_embedder() -> None:
-    ts = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
     p = CleanedPhrase(id="p0", region="global", models=["intent"], clean_text="hi", received_at=utcnow(), ts=ts)
     heads = heads_for({"global": ["intent"]})
     [pred], _ = classify([p], Embedded(np.stack([unit(3)]), [True]), heads, "emb-v9", top_k=2)

@@ -42,7 +42,7 @@ def test_compose_topics_and_app_id_match_the_defaults():
 
 
 def test_compose_commands_are_cli_subcommands():
-    subcommands = set(build_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
+    subcommands = set(build_parser()._subparsers._group_actions[0].choices)
     assert COMPOSE["services"]["worker"]["command"] == ["phrasestream", "worker"]
     assert COMPOSE["services"]["sink"]["command"] == ["phrasestream", "sink"]
     assert {"up", "train", "worker", "sink"} <= subcommands

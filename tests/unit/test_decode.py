@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ from streams.decode import Limits, Source, decode_phrase
 
 KNOWN = {"global": ["banking", "intent", "oos"], "eu": ["intent"]}
 SOURCE = Source("phrases.in", partition=3, offset=1234)
-RECEIVED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def raw(**fields: Any) -> bytes:
@@ -47,10 +47,10 @@ def test_valid_phrase_is_cleaned() -> None:
 
 
 def test_received_at_defaults_to_now_utc() -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     result = decode_phrase(raw(text="hi", region="eu"), KNOWN, SOURCE)
     assert isinstance(result, CleanedPhrase)
-    assert before <= result.received_at <= datetime.now(timezone.utc)
+    assert before <= result.received_at <= datetime.now(UTC)
     assert result.received_at.utcoffset() == timedelta(0)
 
 
@@ -106,12 +106,12 @@ def test_extra_fields_ignored() -> None:
 
 def test_aware_ts_accepted() -> None:
     phrase = ok(raw(text="hi", region="global", ts="2026-01-02T03:04:05+02:00"))
-    assert phrase.ts == datetime(2026, 1, 2, 1, 4, 5, tzinfo=timezone.utc)
+    assert phrase.ts == datetime(2026, 1, 2, 1, 4, 5, tzinfo=UTC)
 
 
 def test_ts_with_z_suffix_accepted() -> None:
     assert ok(raw(text="hi", region="global", ts="2026-01-02T03:04:05Z")).ts == datetime(
-        2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc
+        2026, 1, 2, 3, 4, 5, tzinfo=UTC
     )
 
 

@@ -240,7 +240,7 @@ def test_artifact_layout_and_metadata(built):
 
 
 def test_save_load_round_trip(built):
-    root, trained = built
+    _, trained = built
     head = load_head(trained.path, embedder_version="fake-v1")
     assert head.ref == trained.ref
     assert head.labels == ("bye", "greet", "oos")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
 
 from schemas.messages import CleanedPhrase, DeadLetter, ErrorKind, LabeledPhrase, PhraseIn, Prediction
 
-T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 T1 = T0 + timedelta(milliseconds=12.5)
 
 
@@ -153,9 +153,9 @@ def test_dead_letter_encode_original_of_none_is_empty() -> None:
 
 
 def test_dead_letter_failed_at_defaults_to_aware_now() -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     letter = DeadLetter(error_kind=ErrorKind.INTERNAL, reason="r", original_b64="", source_topic="t")
-    assert before <= letter.failed_at <= datetime.now(timezone.utc)
+    assert before <= letter.failed_at <= datetime.now(UTC)
 
 
 def test_labeled_phrase_round_trip() -> None:

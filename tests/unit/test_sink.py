@@ -6,7 +6,7 @@ The integration tests run the same code against the live broker and PostgreSQL.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg2
 import pytest
@@ -15,7 +15,7 @@ from schemas.messages import DeadLetter, ErrorKind, Prediction
 from schemas.settings import Settings
 from streams.sink import SinkRunner
 
-T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 def prediction(pid: str, label: str = "balance") -> bytes:
