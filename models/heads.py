@@ -42,7 +42,7 @@ import numpy as np
 from models.checksums import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
-    import tf_keras
+    import tf_keras  # lazy: TensorFlow takes seconds to import
 
 FORMAT_VERSION = 1
 OOS = "oos"

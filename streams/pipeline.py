@@ -92,7 +92,7 @@ def store(texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache:
 def _lookup_or_miss(texts: Sequence[str], cache: LRUCache | None, dim: int) -> tuple[np.ndarray, list[bool]]:
     try:
         return lookup(texts, cache, dim)
-    except Exception:
+    except Exception:  # the cache is an optimisation: embed everything instead
         log.warning("embedding cache lookup failed; embedding the whole batch", exc_info=True)
         return lookup(texts, None, dim)
 
@@ -100,7 +100,7 @@ def _lookup_or_miss(texts: Sequence[str], cache: LRUCache | None, dim: int) -> t
 def _store_or_skip(texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache: LRUCache | None) -> None:
     try:
         store(texts, vectors, rows, cache)
-    except Exception:
+    except Exception:  # serving goes on without caching this batch
         log.warning("embedding cache write failed", exc_info=True)
 
 
@@ -214,7 +214,7 @@ async def serve_batch(
     try:
         embedded = await embed_with_cache([p.clean_text for p in phrases], embedder, cache, offload)
         predictions, gone = classify(phrases, embedded, heads, embedder.version, top_k)
-    except Exception as exc:
+    except Exception as exc:  # a bug or a bad phrase: isolate it, keep the rest
         if len(phrases) == 1:
             log.exception("embedding or classification failed for phrase %s", phrases[0].id)
             served.failures.append(Failure(phrases[0].to_bytes(), ErrorKind.INTERNAL, f"internal error: {exc!r}", phrases[0].id))
