@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from schemas.messages import CleanedPhrase, utcnow
+from schemas.messages import CleanedPhrase, ErrorKind, utcnow
 from streams.cache import LRUCache, MappingBackend, cache_key
-from streams.pipeline import Embedded, classify, embed_with_cache
+from streams.pipeline import Embedded, Served, classify, embed_with_cache, serve_batch
 
 DIM = 8
 VERSION = "fake-v1"
@@ -442,3 +442,45 @@ def test_a_hit_on_an_untracked_entry_keeps_the_bound():
     for text in ("a", "b", "c"):
         assert cache.get(text) is not None
     assert len(cache) == 2 and len(store) == 2
+
+
+# --- serve_batch: what the embed agent runs ------------------------------------------------
+
+
+class PoisonEmbedder(FakeEmbedder):
+    """Fail any batch that holds the text "poison"."""
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        if "poison" in texts:
+            raise RuntimeError("the embedder choked")
+        return super().embed_batch(texts)
+
+
+def serve(values: list[bytes], embedder: FakeEmbedder, heads: dict) -> Served:
+
+    return asyncio.run(serve_batch(values, embedder, cache(), heads, top_k=2))
+
+
+def test_serve_batch_dead_letters_a_message_that_is_not_a_cleaned_phrase_and_serves_the_rest():
+    heads = heads_for({"global": ["intent"]})
+    served = serve([b"{not json", phrase("ok", "hello", ["intent"]).to_bytes()], FakeEmbedder(), heads)
+    assert [p.id for p in served.predictions] == ["ok"]
+    [failure] = served.failures
+    assert (failure.kind, failure.raw) == (ErrorKind.WRONG_TYPE, b"{not json")
+
+
+def test_serve_batch_isolates_the_phrase_that_breaks_its_batch():
+    heads = heads_for({"global": ["intent"]})
+    values = [phrase(pid, text, ["intent"]).to_bytes() for pid, text in (("a", "fine"), ("b", "poison"), ("c", "good"))]
+    served = serve(values, PoisonEmbedder(), heads)
+    assert sorted(p.id for p in served.predictions) == ["a", "c"]
+    [failure] = served.failures
+    assert (failure.kind, failure.id) == (ErrorKind.INTERNAL, "b")
+    assert "choked" in failure.reason
+
+
+def test_serve_batch_reports_a_head_that_is_gone_as_unknown_model():
+    heads = heads_for({"global": ["intent"]})
+    served = serve([phrase("x", "hello", ["domain"]).to_bytes()], FakeEmbedder(), heads)
+    assert served.predictions == []
+    assert [(f.kind, f.id) for f in served.failures] == [(ErrorKind.UNKNOWN_MODEL, "x")]
