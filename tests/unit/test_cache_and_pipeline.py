@@ -457,7 +457,6 @@ class PoisonEmbedder(FakeEmbedder):
 
 
 def serve(values: list[bytes], embedder: FakeEmbedder, heads: dict) -> Served:
-
     return asyncio.run(serve_batch(values, embedder, cache(), heads, top_k=2))
 
 
