@@ -26,7 +26,8 @@ train: install
 
 setup: up train
 
-run: setup
+# `phrasestream run` and `demo` do the set-up themselves (services, embedder, heads).
+run: install
 	$(BIN)/phrasestream run
 
 test: setup
@@ -39,7 +40,7 @@ lint: install
 	$(BIN)/pip install -q "ruff>=0.6,<1"
 	$(BIN)/ruff check .
 
-demo: setup
+demo: install
 	$(BIN)/phrasestream demo --count $(COUNT) --json
 
 status: install

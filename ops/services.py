@@ -991,19 +991,24 @@ def apply_migrations(settings: Settings, directory: Path = MIGRATIONS_DIR) -> li
 # stop, up, status
 
 
+def terminate(proc: psutil.Process, what: str, timeout: float, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to one of our processes and wait ``timeout`` s for it; kill it if it stays."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        log.warning("%s (pid %d) did not stop in %.0f s: killing it", what, proc.pid, timeout)
+        proc.kill()
+        proc.wait(10)
+
+
 def _stop_kafka(paths: Paths) -> bool:
     proc = _kafka_process(paths)
     if proc is None:
         paths.kafka_pid.unlink(missing_ok=True)
         return False
     log.info("stopping Kafka (pid %d)", proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(KAFKA_STOP_TIMEOUT_S)
-    except psutil.TimeoutExpired:
-        log.warning("Kafka (pid %d) did not stop in %.0f s: killing it", proc.pid, KAFKA_STOP_TIMEOUT_S)
-        proc.kill()
-        proc.wait(10)
+    terminate(proc, "Kafka", KAFKA_STOP_TIMEOUT_S)
     paths.kafka_pid.unlink(missing_ok=True)
     return True
 
@@ -1018,11 +1023,7 @@ def _stop_postgres(paths: Paths) -> bool:
                    "stop"], check=False, timeout=90)
     if res.returncode != 0 and proc.is_running():
         log.warning("pg_ctl stop failed (%s); sending SIGINT (fast shutdown) to pid %d", res.stderr.strip(), proc.pid)
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except psutil.TimeoutExpired:
-            proc.kill()
+        terminate(proc, "PostgreSQL", 30, signal.SIGINT)
     paths.pg_pid.unlink(missing_ok=True)
     return True
 

@@ -200,6 +200,11 @@ def _active_demo_refs(registry: Registry, embedder_version: str) -> list[HeadRef
     return refs
 
 
+def demo_heads_current(settings: Settings, embedder_version: str) -> bool:
+    """Say whether every demo head is active and built for ``embedder_version`` (no TensorFlow)."""
+    return _active_demo_refs(Registry(settings.models_root), embedder_version) is not None
+
+
 def build_demo_heads(
     settings: Settings,
     embedder: EmbedderLike,

@@ -60,14 +60,22 @@ def active_heads(settings: Settings) -> dict[str, list[str]]:
     return {region: sorted(models) for region, models in active.items()}
 
 
-def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    from models.embedder import load_embedder
-    from retrain.demo import train_demo_heads
+def ensure_demo_heads(settings: Settings, progress: bool = True, force: bool = False) -> None:
+    """Build the embedder and train the demo heads unless they are active for this embedder.
 
-    embedder = load_embedder(settings)
-    refs = train_demo_heads(settings, embedder, progress=not args.quiet, force=args.force)
-    for ref in refs:
-        print(f"active head: {ref}")
+    The check needs no TensorFlow: the embedder's version is a hash of its files.
+    """
+    from models.embedder import current_version, load_embedder
+    from retrain.demo import demo_heads_current, train_demo_heads
+
+    if force or not demo_heads_current(settings, current_version()):
+        train_demo_heads(settings, load_embedder(settings), progress=progress, force=force)
+
+
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    ensure_demo_heads(settings, progress=not args.quiet, force=args.force)
+    for region, models in active_heads(settings).items():
+        print(f"active heads of {region}: {', '.join(models)}")
     return 0
 
 
@@ -76,22 +84,30 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _daemon_files(settings: Settings, name: str) -> tuple[Path, Path]:
-    home = Path(settings.home).expanduser().resolve()
-    (home / "run").mkdir(parents=True, exist_ok=True)
-    (home / "logs").mkdir(parents=True, exist_ok=True)
-    return home / "run" / f"{name}.pid", home / "logs" / f"{name}.log"
+    from ops.services import Paths
+
+    paths = Paths.of(settings)
+    paths.make_dirs()
+    return paths.run / f"{name}.pid", paths.logs / f"{name}.log"
+
+
+def _daemon(settings: Settings, name: str):  # type: ignore[no-untyped-def]
+    """Return our running ``worker`` or ``sink`` process (checked by command line), or None."""
+    from ops.services import our_process
+
+    pid_file, _ = _daemon_files(settings, name)
+    return our_process(pid_file, "streams.cli", name, _daemon_marker(settings, name))
 
 
 def _daemon_marker(settings: Settings, name: str) -> str:
-    return f"--daemon-id={Path(settings.home).expanduser().resolve()}/{name}"
+    from ops.services import Paths
+
+    return f"--daemon-id={Paths.of(settings).home}/{name}"
 
 
 def daemon_running(settings: Settings, name: str) -> int | None:
     """Return the pid of our running ``worker`` or ``sink``, or None."""
-    from ops.services import our_process
-
-    pid_file, _ = _daemon_files(settings, name)
-    proc = our_process(pid_file, "streams.cli", name, _daemon_marker(settings, name))
+    proc = _daemon(settings, name)
     return proc.pid if proc else None
 
 
@@ -115,21 +131,13 @@ def start_daemon(settings: Settings, name: str) -> int:
 
 def stop_daemon(settings: Settings, name: str, timeout: float = 30.0) -> bool:
     """Stop our ``worker`` or ``sink`` by its recorded pid (SIGTERM, then SIGKILL)."""
-    import psutil
+    from ops.services import terminate
 
-    from ops.services import our_process
-
-    pid_file, _ = _daemon_files(settings, name)
-    proc = our_process(pid_file, "streams.cli", name, _daemon_marker(settings, name))
+    proc = _daemon(settings, name)
     if proc is None:
         return False
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except psutil.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    pid_file.unlink(missing_ok=True)
+    terminate(proc, name, timeout)
+    _daemon_files(settings, name)[0].unlink(missing_ok=True)
     _say(f"{name}: stopped (pid {proc.pid})")
     return True
 
@@ -250,14 +258,10 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
 
 def _prepare(settings: Settings, quiet: bool = False) -> dict[str, list[str]]:
     """Start the services, build and train if needed, start worker and sink; return the heads."""
-    from models.embedder import load_embedder
     from ops.services import up
-    from retrain.demo import train_demo_heads
 
     up(settings)
-    # Does nothing when the demo heads are active for this embedder; after a change of the
-    # embedder (its version hashes weights and code) it trains heads that match it.
-    train_demo_heads(settings, load_embedder(settings), progress=not quiet)
+    ensure_demo_heads(settings, progress=not quiet)
     heads = active_heads(settings)
     for name in DAEMONS:
         start_daemon(settings, name)
