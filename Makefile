@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 COUNT ?= 2000
 PYTEST_ARGS ?=
 
-.PHONY: install setup up train run test unit lint demo stop status clean
+.PHONY: install setup up train run test unit lint demo stop status clean clean-all
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -48,3 +48,11 @@ status: install
 
 stop:
 	@if [ -x $(BIN)/phrasestream ]; then $(BIN)/phrasestream stop; else echo "nothing to stop (no $(VENV))"; fi
+
+# Stop everything and delete the broker's and the database's data (wherever the database keeps it);
+# `make clean-all` also deletes the embedder export, the trained heads and the cached Kafka jars.
+clean:
+	@if [ -x $(BIN)/phrasestream ]; then $(BIN)/phrasestream clean; else echo "nothing to clean (no $(VENV))"; fi
+
+clean-all:
+	@if [ -x $(BIN)/phrasestream ]; then $(BIN)/phrasestream clean --all; else echo "nothing to clean (no $(VENV))"; fi

@@ -50,12 +50,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from ops import pg_area
 from schemas.settings import Settings
 
 log = logging.getLogger("phrasestream.ops")
@@ -89,13 +90,20 @@ class ServiceError(RuntimeError):
 
 @dataclass(frozen=True)
 class Paths:
-    """Every runtime path under ``settings.home``."""
+    """Every runtime path under ``settings.home``, and where the PostgreSQL server's files live.
+
+    ``server_dir`` is ``PHRASESTREAM_PG_SERVER_DIR``: where the embedded PostgreSQL keeps its
+    data, binaries and log. Empty: ``<home>/pg`` when the server runs as the caller, and a
+    server area of its own (``ops.pg_area``) when it must run as another user (we are root).
+    """
 
     home: Path
+    server_dir: Path | None = None
 
     @classmethod
     def of(cls, settings: Settings) -> Paths:
-        return cls(Path(settings.home).expanduser().resolve())
+        override = Path(settings.pg_server_dir).expanduser().resolve() if settings.pg_server_dir else None
+        return cls(Path(settings.home).expanduser().resolve(), override)
 
     @property
     def run(self) -> Path:
@@ -139,11 +147,31 @@ class Paths:
 
     @property
     def pg_home(self) -> Path:
+        """The project's PostgreSQL folder: the password and the location record live here."""
         return self.home / "pg"
 
     @property
+    def pg_legacy_in_place(self) -> bool:
+        """Say whether a data directory made before server areas existed sits in ``<home>/pg``."""
+        return self.server_dir is None and (self.pg_home / "data" / "PG_VERSION").is_file()
+
+    @property
+    def pg_separate(self) -> bool:
+        """Say whether the server's files live apart from the project (in a server area)."""
+        if self.server_dir is not None:
+            return True
+        return os.geteuid() == 0 and not self.pg_legacy_in_place
+
+    @property
+    def pg_server(self) -> Path:
+        """The folder that holds the server's data directory (and, when apart, binaries and log)."""
+        if self.server_dir is not None:
+            return self.server_dir
+        return pg_area.default_area(self.home) if self.pg_separate else self.pg_home
+
+    @property
     def pg_data(self) -> Path:
-        return self.pg_home / "data"
+        return self.pg_server / "data"
 
     @property
     def pg_hba(self) -> Path:
@@ -155,8 +183,13 @@ class Paths:
         return self.pg_home / "password"
 
     @property
+    def pg_record(self) -> Path:
+        """Where the data lives and when it was initialised (``ops.pg_area.write_record``)."""
+        return self.pg_home / pg_area.RECORD_NAME
+
+    @property
     def pg_log(self) -> Path:
-        return self.logs / "postgres.log"
+        return self.pg_server / "postgres.log" if self.pg_separate else self.logs / "postgres.log"
 
     @property
     def pg_pid(self) -> Path:
@@ -169,9 +202,9 @@ class Paths:
     def make_dirs(self) -> None:
         for d in (self.run, self.logs, self.kafka, self.pg_home):
             d.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            # PostgreSQL runs as another user: it must traverse home, home/pg (to reach the data
-            # dir) and home/logs (its log file), whatever root's umask made them.
+        if os.geteuid() == 0 and self.pg_legacy_in_place:
+            # A data directory made in <home>/pg before server areas: PostgreSQL (another user)
+            # must traverse home, home/pg and home/logs, whatever root's umask made them.
             for d in (self.home, self.pg_home, self.logs):
                 mode = stat.S_IMODE(d.stat().st_mode)
                 if mode & 0o001 == 0:
@@ -679,7 +712,7 @@ def _pg_password(paths: Paths) -> str:
 @contextlib.contextmanager
 def _password_file_for_pg(paths: Paths, password: str) -> Iterator[Path]:
     """Yield a copy of ``password`` that the PostgreSQL OS user can read; delete it on exit."""
-    fd, name = tempfile.mkstemp(dir=paths.pg_home, prefix=".initdb-pw.")
+    fd, name = tempfile.mkstemp(dir=paths.pg_server, prefix=".initdb-pw.")
     tmp = Path(name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -802,21 +835,77 @@ def _pg_process(paths: Paths) -> psutil.Process | None:
     return our_process(paths.pg_pid, "postgres", str(paths.pg_data))
 
 
-def _initdb(paths: Paths, bindir: Path) -> None:
-    if (paths.pg_data / "PG_VERSION").exists():
-        return
+def _initdb(paths: Paths, bindir: Path) -> pg_area.DataState:
+    """Initialise the data directory unless it holds data; say what was found.
+
+    ``initdb`` runs in ``data.init-<random>`` beside it, which is renamed to ``data`` only once
+    complete: an interrupted run never leaves a half-initialised data directory where the next
+    ``up`` would use it (its leftovers are deleted then).
+    """
+    state = pg_area.data_state(paths.pg_record, paths.pg_data)
+    if state.state == "found":
+        return state
+    for leftover in pg_area.remove_partial_inits(paths.pg_data):
+        log.warning("removed %s, left by an interrupted initdb", leftover)
+    if paths.pg_data.exists():  # a folder without PG_VERSION: no data, and not a complete initdb of ours
+        if not paths.pg_separate:
+            raise ServiceError(f"{paths.pg_data} exists but holds no PostgreSQL data (no PG_VERSION): "
+                               "move it away or delete it, then run again")
+        shutil.rmtree(paths.pg_data)
+        log.warning("removed %s: it held no PostgreSQL data (no PG_VERSION)", paths.pg_data)
     password = _pg_password(paths)  # written before initdb: a data dir never outlives its password
-    paths.pg_data.mkdir(parents=True, exist_ok=True)
-    paths.pg_data.chmod(0o700)
-    _chown_for_pg(paths.pg_data)
-    with _password_file_for_pg(paths, password) as pwfile:
-        _run_pg([str(bindir / "initdb"), "-D", str(paths.pg_data), "-U", PG_ROLE, "--auth=scram-sha-256",
-                 f"--pwfile={pwfile}", "--encoding=UTF8", "--no-locale", "--no-instructions"], timeout=180)
-    conf = paths.pg_data / "postgresql.conf"
-    with open(conf, "a") as fh:
-        fh.write("\n# phrasestream: settings that depend on PHRASESTREAM_* live here (rewritten on start)\n"
-                 "include_if_exists = 'phrasestream.conf'\n")
+    tmp = Path(tempfile.mkdtemp(prefix=f"{paths.pg_data.name}.init-", dir=paths.pg_data.parent))
+    try:
+        tmp.chmod(0o700)
+        _chown_for_pg(tmp)
+        with _password_file_for_pg(paths, password) as pwfile:
+            _run_pg([str(bindir / "initdb"), "-D", str(tmp), "-U", PG_ROLE, "--auth=scram-sha-256",
+                     f"--pwfile={pwfile}", "--encoding=UTF8", "--no-locale", "--no-instructions"], timeout=180)
+        conf = tmp / "postgresql.conf"
+        with open(conf, "a") as fh:
+            fh.write("\n# phrasestream: settings that depend on PHRASESTREAM_* live here (rewritten on start)\n"
+                     "include_if_exists = 'phrasestream.conf'\n")
+        os.rename(tmp, paths.pg_data)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    pg_area.write_record(paths.pg_record, paths.pg_server, paths.pg_data)
     log.info("initialised PostgreSQL data directory %s", paths.pg_data)
+    return state
+
+
+def _server_bindir(paths: Paths) -> Path:
+    """Return the PostgreSQL ``bin`` folder the server runs from, preparing its area if apart.
+
+    In a server area (``ops.pg_area``): the area is made (owned by the server's user, 0700)
+    and the package's binaries are copied into it once, so that the server's user never needs
+    to reach the project or the virtualenv.
+    """
+    bindir = pg_bin_dir()
+    if not paths.pg_separate:
+        return bindir
+    ids = _pg_os_user() or (os.geteuid(), os.getegid())
+    try:
+        paths.pg_server.parent.mkdir(parents=True, exist_ok=True)
+        pg_area.ensure_area(paths.pg_server, *ids)
+        return pg_area.install_binaries(paths.pg_server, bindir.parent)
+    except (pg_area.AreaError, OSError) as exc:
+        raise ServiceError(f"cannot prepare the PostgreSQL server folder {paths.pg_server}: {exc}") from None
+
+
+def _link_pg_log(paths: Paths) -> None:
+    """Point ``<home>/logs/postgres.log`` at the server's log when that lives in its area."""
+    if not paths.pg_separate:
+        return
+    link = paths.logs / "postgres.log"
+    try:
+        if link.is_symlink() and os.readlink(link) == str(paths.pg_log):
+            return
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(paths.pg_log)
+    except OSError as exc:
+        log.warning("cannot link %s to %s: %s", link, paths.pg_log, exc)
 
 
 def _write_pg_config(settings: Settings, paths: Paths) -> None:
@@ -850,8 +939,12 @@ def _ensure_database(settings: Settings) -> None:
         conn.close()
 
 
-def ensure_postgres(settings: Settings) -> str:
-    """Return the DSN of a PostgreSQL that accepts connections, starting ours if needed."""
+def ensure_postgres(settings: Settings, report: Callable[[str], None] | None = None) -> str:
+    """Return the DSN of a PostgreSQL that accepts connections, starting ours if needed.
+
+    ``report`` is told, in one line, where the local server's data lives and whether it was
+    found, made new, or made anew because the old data directory was gone.
+    """
     if not settings.local_pg:
         deadline = time.monotonic() + EXTERNAL_WAIT_S
         while not pg_answers(settings):
@@ -867,14 +960,21 @@ def ensure_postgres(settings: Settings) -> str:
             _migrate_trust_auth(settings, paths)
             _ensure_database(settings)
             log.info("reusing PostgreSQL (pid %d) on port %d", running.pid, settings.pg_port)
+            if report is not None:
+                report(f"data in {paths.pg_data} (server already running)")
             return settings.dsn
         if running is None and _port_open("127.0.0.1", settings.pg_port):
             raise ServiceError(f"port {settings.pg_port} is taken by a process that {paths.pg_pid} does not "
                                "record; stop it, or set PHRASESTREAM_PG_PORT or PHRASESTREAM_PG_DSN")
-        bindir = pg_bin_dir()
+        bindir = _server_bindir(paths)
         _check_pg_can_run(paths, bindir)
-        _initdb(paths, bindir)
+        state = _initdb(paths, bindir)
+        if state.state == "gone":
+            log.warning("PostgreSQL: %s", state.detail)
+        if report is not None:
+            report(state.describe())
         _write_pg_config(settings, paths)
+        _link_pg_log(paths)
         if running is None:
             # a postmaster.pid left by a crash names a pid that may now belong to someone else
             stale = paths.pg_data / "postmaster.pid"
@@ -1019,8 +1119,12 @@ def _stop_postgres(paths: Paths) -> bool:
         paths.pg_pid.unlink(missing_ok=True)
         return False
     log.info("stopping PostgreSQL (pid %d)", proc.pid)
-    res = _run_pg([str(pg_bin_dir() / "pg_ctl"), "-D", str(paths.pg_data), "-m", "fast", "-w", "-t", "60",
-                   "stop"], check=False, timeout=90)
+    try:
+        pg_ctl = _server_bindir(paths) / "pg_ctl"
+        res = _run_pg([str(pg_ctl), "-D", str(paths.pg_data), "-m", "fast", "-w", "-t", "60", "stop"],
+                      check=False, timeout=90)
+    except (ServiceError, OSError, subprocess.SubprocessError) as exc:
+        res = subprocess.CompletedProcess([], 1, "", str(exc))
     if res.returncode != 0 and proc.is_running():
         log.warning("pg_ctl stop failed (%s); sending SIGINT (fast shutdown) to pid %d", res.stderr.strip(), proc.pid)
         terminate(proc, "PostgreSQL", 30, signal.SIGINT)
@@ -1045,7 +1149,7 @@ def up(settings: Settings) -> None:
     print("topics    ok   " + ", ".join(
         f"{n}[{specs[n][0]}]{'*' if c else ''}" for n, c in created.items())
           + ("   (* created now)" if any(created.values()) else ""))
-    ensure_postgres(settings)
+    ensure_postgres(settings, report=lambda line: print(f"pgdata    {line}", flush=True))
     ppid = _read_pid(Paths.of(settings).pg_pid) if settings.local_pg else None
     print(f"postgres  up   {_redacted_dsn(settings.dsn)}" + (f" (pid {ppid})" if ppid else " (external)"))
     applied = apply_migrations(settings)
@@ -1071,12 +1175,61 @@ def status(settings: Settings) -> dict[str, bool]:
     pproc = _pg_process(paths) if settings.local_pg else None
     where = "external" if not settings.local_pg else (f"pid {pproc.pid}" if pproc else "no pid recorded")
     print(f"postgres  {'up  ' if p_ok else 'DOWN'} {_redacted_dsn(settings.dsn)} ({where})")
+    if settings.local_pg:
+        print(f"pgdata    {paths.pg_data}" + ("" if paths.pg_data.exists() else " (not initialised)"))
     return {"kafka": k_ok, "postgres": p_ok}
+
+
+# What ``clean`` may delete under <home>: the folders phrasestream itself makes there.
+HOME_STATE = ("run", "logs", "kafka", "pg")
+HOME_ALL = (*HOME_STATE, "models", "bench", "reports")
+
+
+def clean(settings: Settings, everything: bool = False) -> list[Path]:
+    """Stop our services and delete what phrasestream created for them; return what was deleted.
+
+    Deleted: the local broker's data, the local PostgreSQL's data (its server area too, when
+    it has one), logs and pid files. Kept unless ``everything``: ``<home>/models`` (embedder
+    export and trained heads) and the cached Kafka jars. Only folders phrasestream makes are
+    touched, never ``<home>`` as a whole, and a server area only when it is the one this
+    project's home names and it is owned as phrasestream makes it.
+    """
+    paths = Paths.of(settings)
+    stop_all(settings)
+    removed: list[Path] = []
+    if settings.local_pg and paths.pg_separate and paths.pg_server.is_dir() and not paths.pg_server.is_symlink():
+        ids = _pg_os_user() or (os.geteuid(), os.getegid())
+        try:
+            pg_area.ensure_area(paths.pg_server, *ids)  # refuses a folder that is not ours
+        except pg_area.AreaError as exc:
+            raise ServiceError(f"not deleting {paths.pg_server}: {exc}") from None
+        shutil.rmtree(paths.pg_server)
+        removed.append(paths.pg_server)
+    keep_jars = not everything
+    for name in HOME_ALL if everything else HOME_STATE:
+        target = paths.home / name
+        if not target.exists() or target.is_symlink():
+            continue
+        if name == "kafka" and keep_jars:
+            for child in target.iterdir():
+                if child.name == "libs":
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+                removed.append(child)
+            continue
+        shutil.rmtree(target)
+        removed.append(target)
+    with contextlib.suppress(OSError):
+        paths.home.rmdir()  # only when nothing else is left in it
+    return removed
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.services", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status", "topics", "migrate"])
+    parser.add_argument("command", choices=["up", "down", "status", "topics", "migrate", "clean"])
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -1096,6 +1249,9 @@ def main(argv: list[str] | None = None) -> int:
             print(create_topics(settings))
         elif args.command == "migrate":
             print(apply_migrations(settings))
+        elif args.command == "clean":
+            for path in clean(settings):
+                print(f"removed   {path}")
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     pg_dsn: SecretStr = Field(default=SecretStr(""), description="external server DSN; empty: start the embedded one")
     pg_port: int = Field(default=15432, description="port of the embedded PostgreSQL")
     pg_schema: str = Field(default="public", description="schema that holds the inference table")
+    pg_server_dir: str = Field(
+        default="", description="folder for the embedded server's data, binaries and log; empty: "
+        "<home>/pg, or /var/tmp/phrasestream-pg-<hash> when run as root")
 
     # Models
     models_dir: Path | None = Field(default=None, description="heads and embedder export; default <home>/models")

@@ -324,6 +324,23 @@ def cmd_stop(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clean(settings: Settings, args: argparse.Namespace) -> int:
+    from ops.services import ServiceError, clean
+
+    for name in DAEMONS:
+        stop_daemon(settings, name)
+    try:
+        removed = clean(settings, everything=args.all)
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in removed:
+        print(f"removed   {path}")
+    if not removed:
+        print("nothing to remove")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phrasestream", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -365,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop", help="stop worker, sink, Kafka and PostgreSQL started by the project")
     p.add_argument("--keep-services", action="store_true", help="stop only the worker and the sink")
     p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("clean", help="stop everything and delete the broker's and the database's data")
+    p.add_argument("--all", action="store_true",
+                   help="also delete the embedder export, the trained heads and the cached Kafka jars")
+    p.set_defaults(func=cmd_clean)
     return parser
 
 

@@ -156,8 +156,9 @@ def test_password_file_is_private_and_stable(tmp_path: Path, umask: int):
 
 
 def test_initdb_password_copy_is_readable_by_the_pg_user_and_deleted(tmp_path: Path):
-    paths = services.Paths(tmp_path)
+    paths = services.Paths(tmp_path, server_dir=tmp_path / "server")
     paths.make_dirs()
+    paths.pg_server.mkdir()
     old = os.umask(0o077)
     try:
         with services._password_file_for_pg(paths, "s3cret") as pwfile:
@@ -167,6 +168,7 @@ def test_initdb_password_copy_is_readable_by_the_pg_user_and_deleted(tmp_path: P
             assert pwfile.read_text() == "s3cret\n"
     finally:
         os.umask(old)
+    assert pwfile.parent == paths.pg_server, "the server's user reads it: it sits in the server's folder"
     assert not pwfile.exists()
 
 
@@ -188,7 +190,7 @@ def test_hba_trust_is_detected_and_rewritten():
 
 
 def test_missing_password_file_for_a_password_data_dir_is_a_clear_error(tmp_path: Path):
-    paths = services.Paths(tmp_path)
+    paths = services.Paths(tmp_path, server_dir=tmp_path / "server")
     paths.pg_data.mkdir(parents=True)
     paths.pg_hba.write_text("host all all 127.0.0.1/32 scram-sha-256\n")
     with pytest.raises(ServiceError, match="requires a password but .*password is missing"):
@@ -216,7 +218,7 @@ def test_unreachable_data_dir_is_explained_before_initdb(tmp_path: Path, monkeyp
     closed.chmod(0o600)
     monkeypatch.setattr(services, "_pg_os_user", lambda: (os.geteuid(), os.getegid()))
     monkeypatch.setattr(services, "_run_pg", lambda *a, **k: pytest.fail("must fail before running postgres"))
-    paths = services.Paths(closed / "repo" / ".local")
+    paths = services.Paths(tmp_path / ".local", server_dir=closed / "server")
     try:
         with pytest.raises(ServiceError) as err:
             services._check_pg_can_run(paths, tmp_path / "bin")
@@ -224,7 +226,7 @@ def test_unreachable_data_dir_is_explained_before_initdb(tmp_path: Path, monkeyp
         closed.chmod(0o700)
     msg = str(err.value)
     assert "PostgreSQL runs as user nobody when phrasestream runs as root" in msg
-    assert f"cannot reach {paths.pg_home}" in msg and f"chmod o+x {closed}" in msg
+    assert f"cannot reach {paths.pg_server}" in msg and f"chmod o+x {closed}" in msg
     assert "non-root user" in msg and "PHRASESTREAM_PG_DSN" in msg
 
 
@@ -236,7 +238,7 @@ def test_pg_binary_the_pg_user_cannot_run_is_explained(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(services, "_run_pg", denied)
     with pytest.raises(ServiceError, match=r"cannot run .*postgres .*Permission denied.*chmod -R o\+rX"):
-        services._check_pg_can_run(services.Paths(tmp_path / ".local"), tmp_path)
+        services._check_pg_can_run(services.Paths(tmp_path / ".local", server_dir=tmp_path / "srv"), tmp_path)
 
 
 def test_maven_and_storage_format_have_timeouts(tmp_path: Path, monkeypatch):
