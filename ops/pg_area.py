@@ -135,7 +135,7 @@ def install_binaries(area: Path, pginstall: Path) -> Path:
             for name in files:
                 p = Path(root) / name
                 if not p.is_symlink():
-                    os.chmod(p, 0o755 if os.access(p, os.X_OK) else 0o644)  # noqa: S103 - as above
+                    os.chmod(p, 0o755 if os.access(p, os.X_OK) else 0o644)
         (tmp / ".manifest.json").write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
         os.chmod(tmp / ".manifest.json", 0o644)
         os.rename(tmp, target)
