@@ -324,8 +324,9 @@ class Head:
 
     ``features`` is the embedder's readout, float32 ``[n, len(readout) * 384]``; ``texts`` the
     cleaned texts (needed when the head uses TF-IDF features). With an ``oos`` label and an
-    ``oos_threshold``, a row whose best in-scope probability is below the threshold is
-    predicted ``oos``; its ``probability`` is then ``1 -`` that best in-scope probability.
+    ``oos_threshold``, a row is predicted ``oos`` when ``oos`` is its most probable class, or
+    when its best in-scope probability is below the threshold; in the second case its
+    ``probability`` is ``1 -`` that best in-scope probability.
     """
 
     def __init__(self, ref: HeadRef, encoder: LabelEncoder, config: dict[str, Any],
@@ -384,6 +385,8 @@ class Head:
         dense = self._dense(features)
         if self.text and (texts is None or len(texts) != len(dense)):
             raise ValueError(f"head {self.ref} uses TF-IDF features: give the {len(dense)} cleaned texts")
+        if not len(dense):
+            return np.zeros((0, len(self.labels)), dtype=np.float64)
         text = {name: tf.transform(texts) for name, tf in self.text.items()} if self.text else {}
         total = sum(m.weight for m in self.members)
         probs = np.zeros((len(dense), len(self.labels)), dtype=np.float64)
@@ -396,12 +399,10 @@ class Head:
         pred = probs.argmax(axis=1)
         conf = probs[np.arange(len(probs)), pred]
         if self.oos_index is not None and self.oos_threshold is not None and len(probs):
-            in_scope = np.delete(probs, self.oos_index, axis=1)
-            best_in = in_scope.max(axis=1)
-            reject = best_in < float(self.oos_threshold)
-            pred = np.where(reject, self.oos_index, in_scope.argmax(axis=1)
-                            + (in_scope.argmax(axis=1) >= self.oos_index))
-            conf = np.where(reject, 1.0 - best_in, best_in)
+            best_in = np.delete(probs, self.oos_index, axis=1).max(axis=1)
+            reject = (best_in < float(self.oos_threshold)) & (pred != self.oos_index)
+            pred = np.where(reject, self.oos_index, pred)
+            conf = np.where(reject, 1.0 - best_in, conf)
         return pred, conf
 
     def predict(self, features: np.ndarray, top_k: int = 3, texts: Sequence[str] | None = None) -> list[HeadPrediction]:

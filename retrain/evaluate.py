@@ -67,6 +67,8 @@ def summarise(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[st
     summary: dict[str, float | int | None] = {"n": n}
     if n == 0:
         summary.update(accuracy=None, weighted_f1=None, macro_f1=None)
+        if OOS in classes:
+            summary.update(in_scope_accuracy=None, in_scope_weighted_f1=None, oos_recall=None, oos_precision=None)
         return Report(summary, [])
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     per_class = [ClassMetrics(c, _r(p[i]), _r(r[i]), _r(f[i]), int(s[i])) for i, c in enumerate(classes)]

@@ -104,10 +104,60 @@ def _class_weights(y: np.ndarray, k: int, mode: str) -> np.ndarray:
     return (w / np.mean(w[present])).astype(np.float32)
 
 
-def _sparse(tf: Any, csr: Any) -> Any:
-    coo = csr.tocoo()
-    idx = np.stack([coo.row, coo.col], axis=1).astype(np.int64)
-    return tf.SparseTensor(idx, coo.data.astype(np.float32), coo.shape)
+def _padded(csr: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Return a CSR matrix as (column ids, weights), each ``[n, max nonzeros per row]``, padded with 0/0.
+
+    A batch is then two array slices, and ``tf.gather`` on the weight matrix gives sparse
+    (row-wise) gradients.
+    """
+    csr = csr.tocsr()
+    n = csr.shape[0]
+    counts = np.diff(csr.indptr)
+    width = max(1, int(counts.max()) if n else 1)
+    ids = np.zeros((n, width), dtype=np.int32)
+    weights = np.zeros((n, width), dtype=np.float32)
+    rows = np.repeat(np.arange(n), counts)
+    pos = np.arange(csr.nnz) - np.repeat(csr.indptr[:-1], counts)
+    ids[rows, pos] = csr.indices
+    weights[rows, pos] = csr.data
+    return ids, weights
+
+
+class _LazyAdam:
+    """Adam with decoupled weight decay; rows of a sparse gradient update only those rows.
+
+    The TF-IDF weight matrices have tens of thousands of rows, of which a batch touches a few
+    thousand: updating only them (as "lazy Adam" does) makes an epoch many times faster.
+    """
+
+    def __init__(self, tf: Any, variables: list[Any], lr: float, weight_decay: float,
+                 b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7) -> None:
+        self.tf = tf
+        self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+        self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+        self.t = tf.Variable(0.0, trainable=False)
+        self.lr, self.wd, self.b1, self.b2, self.eps = lr, weight_decay, b1, b2, eps
+
+    def apply(self, grads: list[Any], variables: list[Any]) -> None:
+        tf = self.tf
+        self.t.assign_add(1.0)
+        lr_t = self.lr * tf.sqrt(1.0 - self.b2 ** self.t) / (1.0 - self.b1 ** self.t)
+        for g, var, m, v in zip(grads, variables, self.m, self.v):
+            decay = self.wd if len(var.shape) == 2 else 0.0
+            if isinstance(g, tf.IndexedSlices):
+                rows, seg = tf.unique(g.indices)
+                vals = tf.math.unsorted_segment_sum(g.values, seg, tf.shape(rows)[0])
+                at = rows[:, None]
+                m_rows = self.b1 * tf.gather(m, rows) + (1.0 - self.b1) * vals
+                v_rows = self.b2 * tf.gather(v, rows) + (1.0 - self.b2) * vals * vals
+                m.scatter_nd_update(at, m_rows)
+                v.scatter_nd_update(at, v_rows)
+                step = lr_t * m_rows / (tf.sqrt(v_rows) + self.eps) + self.lr * decay * tf.gather(var, rows)
+                var.scatter_nd_sub(at, step)
+            else:
+                m.assign(self.b1 * m + (1.0 - self.b1) * g)
+                v.assign(self.b2 * v + (1.0 - self.b2) * g * g)
+                var.assign_sub(lr_t * m / (tf.sqrt(v) + self.eps) + self.lr * decay * var)
 
 
 def train_softmax(
@@ -131,7 +181,11 @@ def train_softmax(
     tf.random.set_seed(hp.seed)
     d = dense.shape[1]
     names = sorted(text)
-    init = tf.keras.initializers.GlorotUniform(seed=hp.seed)
+
+    def init(shape: tuple[int, int]) -> np.ndarray:  # Glorot uniform
+        limit = math.sqrt(6.0 / (shape[0] + shape[1]))
+        return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+
     v: dict[str, tf.Variable] = {}
     if hp.hidden:
         v["W1"] = tf.Variable(init((d, hp.hidden)))
@@ -146,22 +200,25 @@ def train_softmax(
         for name in names:
             v[f"W_{name}"] = tf.Variable(tf.zeros((text[name].shape[1], k)))
     weights = list(v.values())
-    opt = tf.keras.optimizers.Adam(hp.learning_rate)
+    opt = _LazyAdam(tf, weights, hp.learning_rate, hp.weight_decay)
     cw = tf.constant(_class_weights(y, k, hp.class_weight))
     scale = float(hp.text_weight)
+
+    def lookup(w: Any, m: tuple[Any, Any]) -> Any:
+        return tf.reduce_sum(tf.gather(w, m[0]) * m[1][:, :, tf.newaxis], axis=1)
 
     def logits(xd: Any, xs: list[Any], training: bool) -> Any:
         if hp.hidden:
             h = tf.matmul(xd, v["W1"]) + v["b1"]
             for name, m in zip(names, xs):
-                h += tf.sparse.sparse_dense_matmul(m, v[f"W1_{name}"]) * scale
+                h += lookup(v[f"W1_{name}"], m) * scale
             h = tf.nn.relu(h)
             if training and hp.dropout:
                 h = tf.nn.dropout(h, hp.dropout, seed=hp.seed)
             return tf.matmul(h, v["W2"]) + v["b2"]
         z = tf.matmul(xd, v["W"]) + v["b"]
         for name, m in zip(names, xs):
-            z += tf.sparse.sparse_dense_matmul(m, v[f"W_{name}"]) * scale
+            z += lookup(v[f"W_{name}"], m) * scale
         return z
 
     @tf.function(reduce_retracing=True)
@@ -170,20 +227,19 @@ def train_softmax(
             z = logits(xd, xs, True)
             target = tf.one_hot(yb, k) * (1.0 - hp.label_smoothing) + hp.label_smoothing / k
             loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(target, z) * tf.gather(cw, yb))
-        grads = tape.gradient(loss, weights)
-        opt.apply_gradients(zip(grads, weights))
-        if hp.weight_decay:
-            for w in weights:
-                if len(w.shape) == 2:
-                    w.assign_sub(hp.learning_rate * hp.weight_decay * w)
+        opt.apply(tape.gradient(loss, weights), weights)
         return loss
 
-    def predict(xd: np.ndarray, xs: dict[str, Any]) -> np.ndarray:
+    def predict(xd: np.ndarray, xs: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         out = []
-        for i in range(0, len(xd), 4096):
-            z = logits(tf.constant(xd[i:i + 4096]), [_sparse(tf, xs[n][i:i + 4096]) for n in names], False)
+        for i in range(0, len(xd), 1024):
+            z = logits(tf.constant(xd[i:i + 1024]),
+                       [(tf.constant(xs[n][0][i:i + 1024]), tf.constant(xs[n][1][i:i + 1024])) for n in names], False)
             out.append(z.numpy())
         return np.concatenate(out) if out else np.zeros((0, k), np.float32)
+
+    padded = {name: _padded(m) for name, m in text.items()}
+    val_padded = {name: _padded(m) for name, m in val[1].items()} if val is not None else {}
 
     n = len(y)
     max_epochs = epochs or hp.max_epochs
@@ -192,11 +248,12 @@ def train_softmax(
         order = rng.permutation(n)
         for i in range(0, n, hp.batch_size):
             b = order[i:i + hp.batch_size]
-            step(tf.constant(dense[b]), [_sparse(tf, text[name][b]) for name in names], tf.constant(y[b]))
+            step(tf.constant(dense[b]), [(tf.constant(padded[n][0][b]), tf.constant(padded[n][1][b])) for n in names],
+                 tf.constant(y[b]))
         if progress is not None:
             progress.update(1)
         if val is not None:
-            acc = float(np.mean(predict(val[0], val[1]).argmax(axis=1) == val[2]))
+            acc = float(np.mean(predict(val[0], val_padded).argmax(axis=1) == val[2]))
             if acc > best[0]:
                 best = (acc, epoch, {key: w.numpy() for key, w in v.items()})
             elif epoch - best[1] >= hp.patience:
@@ -239,13 +296,11 @@ def choose_oos_threshold(probs: np.ndarray, y: np.ndarray, oos_index: int, cfg: 
         return None, {}
     in_scope = np.delete(probs, oos_index, axis=1)
     best_in = in_scope.max(axis=1)
-    pred_in = in_scope.argmax(axis=1)
-    pred_in = pred_in + (pred_in >= oos_index)
     top = probs.argmax(axis=1)
     is_oos = y == oos_index
 
-    def outcome(t: float) -> tuple[float, float]:
-        pred = np.where(best_in < t, oos_index, np.where(top == oos_index, oos_index, pred_in)) if t > 0 else top
+    def outcome(t: float) -> tuple[float, float]:  # the rule of models.heads.Head.decide
+        pred = np.where((best_in < t) & (top != oos_index), oos_index, top)
         acc_in = float(np.mean(pred[~is_oos] == y[~is_oos])) if (~is_oos).any() else math.nan
         rec = float(np.mean(pred[is_oos] == oos_index)) if is_oos.any() else math.nan
         return acc_in, rec
