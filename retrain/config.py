@@ -42,30 +42,38 @@ class TextFeatureConfig(_Model):
     min_df: int = Field(default=2, ge=1)
     max_features: int | None = Field(default=None, ge=1)
     sublinear_tf: bool = True
+    token_pattern: str = r"(?u)\b\w+\b"  # noqa: S105 - a regular expression, not a password
+    """Words (analyzer ``word``): runs of word characters, single letters and digits included."""
 
 
 def _default_text_features() -> dict[str, TextFeatureConfig]:
     return {
-        "word": TextFeatureConfig(analyzer="word", ngram_range=(1, 2)),
-        "char": TextFeatureConfig(analyzer="char_wb", ngram_range=(2, 5), max_features=100_000),
+        "word": TextFeatureConfig(analyzer="word", ngram_range=(1, 2), min_df=1),
+        "char": TextFeatureConfig(analyzer="char_wb", ngram_range=(2, 5), min_df=2),
     }
 
 
 class HeadConfig(_Model):
-    """The head: which readout blocks, which text features, and the candidates to select from."""
+    """The head: which readout blocks, which text features, and how it is trained.
+
+    The defaults were chosen on CLINC150's validation split (never its test split): the mean
+    pools of layers 2-6 beside TF-IDF of word 1-2-grams and character 2-5-grams, a linear
+    softmax trained with Adam (learning rate 1e-2, batches of 512, label smoothing 0.1, weight
+    decay 1e-5), the number of epochs chosen by validation accuracy.
+    """
 
     blocks: list[str] = Field(default_factory=lambda: ["mean6", "mean5", "mean4", "mean3", "mean2"])
     text_features: dict[str, TextFeatureConfig] = Field(default_factory=_default_text_features)
-    text_weight: float = Field(default=1.0, gt=0, description="scale of the TF-IDF blocks beside the dense ones")
+    text_weight: float = Field(default=0.7071, gt=0, description="scale of each TF-IDF block beside the dense ones")
     hidden: int = Field(default=0, ge=0, description="0: a linear (softmax) head; >0: one hidden layer")
     dropout: float = Field(default=0.0, ge=0, lt=1)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
-    learning_rate: float = Field(default=2e-3, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    max_epochs: int = Field(default=40, ge=1)
-    patience: int = Field(default=6, ge=1)
-    batch_size: int = Field(default=128, ge=1)
-    class_weight: Literal["none", "sqrt", "balanced"] = "sqrt"
+    learning_rate: float = Field(default=1e-2, gt=0)
+    weight_decay: float = Field(default=1e-5, ge=0)
+    max_epochs: int = Field(default=15, ge=1)
+    patience: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=512, ge=1)
+    class_weight: Literal["none", "sqrt", "balanced"] = "none"
     seed: int = 0
 
     @field_validator("blocks")
@@ -82,9 +90,9 @@ class SelectionConfig(_Model):
 
     val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     candidates: list[dict] = Field(
-        default_factory=lambda: [{}, {"text_weight": 0.5}, {"hidden": 1024, "dropout": 0.3}],
-        description="overrides of `head` to try; the best on validation accuracy wins")
-    time_budget_s: float = Field(default=900.0, gt=0, description="stop trying candidates after this")
+        default_factory=lambda: [{}, {"class_weight": "sqrt"}],
+        description="overrides of `head` to try, in order; the best on validation accuracy wins")
+    time_budget_s: float = Field(default=300.0, gt=0, description="try no further candidate after this")
     refit: bool = Field(default=True, description="train the winner again on train + validation")
 
 
@@ -94,8 +102,8 @@ class OosConfig(_Model):
     label: str = OOS
     threshold: Literal["auto", "off"] | float = "auto"
     max_in_scope_accuracy_drop: float = Field(
-        default=0.01, ge=0, le=1, description="auto: the highest threshold that costs at most this much "
-        "in-scope validation accuracy")
+        default=0.0025, ge=0, le=1, description="auto: the highest threshold that costs at most this much "
+        "in-scope validation accuracy (a quarter of a point)")
 
 
 class TrainConfig(_Model):

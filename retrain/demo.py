@@ -9,9 +9,11 @@ eu         intent    data_imbalanced train+val + oos  150 intents + ``oos``
 eu         domain    the same, mapped to domains      10 domains + ``oos``
 =========  ========  ===============================  =======================
 
-They are trained like any user's head (``retrain.train``, the same defaults): the validation
-split for selection and thresholds comes out of train+val; the test split (test + oos_test)
-is never trained on: it is the evaluation data that gives ``report_eval.csv`` and the metrics.
+They are trained like any user's head (``retrain.train``, the same defaults), except that they
+try only the first candidate of the selection (:data:`DEMO_SELECTION`), which keeps ``make
+test`` short; ``phrasestream train`` tries them all. The validation split for epochs,
+temperature and threshold comes out of train+val; the test split (test + oos_test) is never
+trained on: it is the evaluation data that gives ``report_eval.csv`` and the metrics.
 
 CLI: ``python -m retrain.demo [--force] [--quiet]``.
 """
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING
 from models.datasets import Clinc150, load_clinc150
 from models.heads import HeadError, HeadRef, read_metadata
 from models.registry import Registry
-from retrain.config import TrainConfig
+from retrain.config import SelectionConfig, TrainConfig
 from retrain.data import Row
 from retrain.train import Embedder, TrainedHead, make_trainer
 from schemas.cleaning import clean
@@ -54,6 +56,9 @@ DEMO_HEADS: tuple[DemoHead, ...] = (
     DemoHead("eu", "intent", "imbalanced", "intent"),
     DemoHead("eu", "domain", "imbalanced", "domain"),
 )
+
+DEMO_SELECTION = SelectionConfig(candidates=[{}])
+"""The demo heads train the default candidate only (the others cost minutes per head)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +150,8 @@ def build_demo_heads(
     t0 = time.perf_counter()
     for spec in DEMO_HEADS:
         data = demo_data(spec)
-        config = (configs or {}).get((spec.region, spec.model)) or TrainConfig(region=spec.region, model=spec.model)
+        config = (configs or {}).get((spec.region, spec.model)) or TrainConfig(
+            region=spec.region, model=spec.model, selection=DEMO_SELECTION)
         _say(progress, f"training {spec.region}/{spec.model} on CLINC150 data_{spec.variant}")
         trained = make_trainer(config).train(
             settings.models_root, embedder, demo_rows(data.train), demo_rows(data.test), progress=progress,

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from models.heads import BLOCK_DIM, Head, HeadRef, LabelEncoder, TextFeatures, block_columns
+from models.heads import Head, HeadRef, LabelEncoder, TextFeatures, block_columns
 from retrain.config import HeadConfig, OosConfig, SelectionConfig, TextFeatureConfig
 
-TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(8.0), 41))
+TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
 
 
 @dataclass
@@ -77,6 +77,8 @@ def fit_text_features(specs: dict[str, TextFeatureConfig], texts: Sequence[str])
     for name, spec in specs.items():
         settings = {"analyzer": spec.analyzer, "ngram_range": list(spec.ngram_range), "lowercase": False,
                     "sublinear_tf": spec.sublinear_tf, "norm": "l2"}
+        if spec.analyzer == "word":
+            settings["token_pattern"] = spec.token_pattern
         vec = TfidfVectorizer(min_df=min(spec.min_df, max(1, len(texts) // 2)), max_features=spec.max_features,
                               dtype=np.float32, **{**settings, "ngram_range": spec.ngram_range})
         try:
@@ -408,4 +410,3 @@ def fit(
     return Fitted(config, {f"m0.{key}": a for key, a in arrays.items()}, tried, time.perf_counter() - t0)
 
 
-__all__ = ["BLOCK_DIM", "Fitted", "TrainSet", "fit", "fit_temperature", "choose_oos_threshold", "train_softmax"]
