@@ -351,9 +351,10 @@ def test_text_features_rebuilt_from_json_equal_sklearn(cfg):
 
     spec = json.loads(json.dumps(fit_text_features({"t": cfg}, TEXTS)))["t"]
     ours = TextFeatures(spec)
+    words = {"token_pattern": cfg.token_pattern} if cfg.analyzer == "word" else {}
     ref = TfidfVectorizer(analyzer=cfg.analyzer, ngram_range=cfg.ngram_range, min_df=cfg.min_df,
                           max_features=cfg.max_features, sublinear_tf=cfg.sublinear_tf, lowercase=False,
-                          norm="l2").fit(TEXTS)
+                          norm="l2", **words).fit(TEXTS)
     assert ours.dim == len(ref.vocabulary_)
     unseen = ["hello stranger", "", "friend friend friend"]
     for texts in (TEXTS, unseen):
