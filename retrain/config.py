@@ -48,9 +48,29 @@ class TextFeatureConfig(_Model):
 
 def _default_text_features() -> dict[str, TextFeatureConfig]:
     return {
-        "word": TextFeatureConfig(analyzer="word", ngram_range=(1, 2), min_df=1),
-        "char": TextFeatureConfig(analyzer="char_wb", ngram_range=(2, 5), min_df=2),
+        # the most frequent 50,000 terms of each: bounds the head's size on large data sets
+        # (CLINC150 has 36,000 word and 24,000 character terms: the cap does not bind there)
+        "word": TextFeatureConfig(analyzer="word", ngram_range=(1, 2), min_df=1, max_features=50_000),
+        "char": TextFeatureConfig(analyzer="char_wb", ngram_range=(2, 5), min_df=2, max_features=50_000),
     }
+
+
+class EnsembleConfig(_Model):
+    """A second member beside the chosen head: one hidden ReLU layer on the readout alone.
+
+    Its probabilities are averaged with the head's, with the weight from ``weights`` that does
+    best on validation (0 leaves it out). On CLINC150 (official validation split for the
+    choice) it added about 0.2 points of in-scope test accuracy (96.5% to 96.7%), for about
+    half a minute of training.
+    """
+
+    hidden: int = Field(default=1024, ge=0, description="0: no second member")
+    dropout: float = Field(default=0.3, ge=0, lt=1)
+    learning_rate: float = Field(default=2e-3, gt=0)
+    batch_size: int = Field(default=128, ge=1)
+    max_epochs: int = Field(default=30, ge=1)
+    patience: int = Field(default=6, ge=1)
+    weights: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75])
 
 
 class HeadConfig(_Model):
@@ -74,6 +94,7 @@ class HeadConfig(_Model):
     patience: int = Field(default=5, ge=1)
     batch_size: int = Field(default=512, ge=1)
     class_weight: Literal["none", "sqrt", "balanced"] = "none"
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     seed: int = 0
 
     @field_validator("blocks")

@@ -380,18 +380,61 @@ def fit(
     assert best is not None
     _, hp, arrays, epochs, chosen = best
 
-    member = {"name": "m0", "kind": "mlp" if hp.hidden else "linear", "text_features": sorted(specs),
-              "temperature": 1.0, "weight": 1.0}
-    config = {"readout": list(readout), "blocks": list(hp.blocks), "text_features": specs, "members": [member],
-              "oos_threshold": None}
-    val_head = Fitted(config, {f"m0.{key}": a for key, a in arrays.items()}).head(encoder)
-    logits = val_head.members[0].logits(val_head._dense(val.features),
-                                        {n: f.transform(val.texts) for n, f in val_head.text.items()})
-    member["temperature"] = fit_temperature(logits, val.y)
+    ens = head_cfg.ensemble
+    members: dict[str, dict[str, Any]] = {
+        "m0": {"name": "m0", "kind": "mlp" if hp.hidden else "linear", "text_features": sorted(specs),
+               "temperature": 1.0, "weight": 1.0}}
+    member_arrays: dict[str, dict[str, np.ndarray]] = {"m0": arrays}
+    member_hp: dict[str, HeadConfig] = {"m0": hp}
+    member_epochs: dict[str, int] = {"m0": epochs}
+    if ens.hidden > 0 and time.perf_counter() - t0 <= selection.time_budget_s:
+        mhp = hp.model_copy(update={"hidden": ens.hidden, "dropout": ens.dropout, "learning_rate": ens.learning_rate,
+                                    "batch_size": ens.batch_size, "max_epochs": ens.max_epochs,
+                                    "patience": ens.patience})
+        c0 = time.perf_counter()
+        with tqdm(total=mhp.max_epochs, desc="ensemble member", unit="epoch", disable=not progress,
+                  file=sys.stderr, leave=False) as bar:
+            m_arrays, m_epochs, m_acc = train_softmax(d_part, {}, part.y, k, mhp, val=(d_val, {}, val.y),
+                                                      progress=bar)
+        _say(progress, f"ensemble member (one hidden layer of {ens.hidden} on the readout): val accuracy "
+                       f"{m_acc:.4f} ({m_epochs} epochs, {time.perf_counter() - c0:.0f}s)")
+        members["m1"] = {"name": "m1", "kind": "mlp", "text_features": [], "temperature": 1.0, "weight": 0.0}
+        member_arrays["m1"], member_hp["m1"], member_epochs["m1"] = m_arrays, mhp, m_epochs
+        tried.append({"override": {"ensemble_member": ens.model_dump()}, "val_accuracy": round(m_acc, 6),
+                      "epochs": m_epochs, "seconds": round(time.perf_counter() - c0, 1)})
+
+    def config_with(weights: dict[str, float]) -> dict[str, Any]:
+        ms = [{**members[n], "weight": w} for n, w in weights.items() if w > 0]
+        return {"readout": list(readout), "blocks": list(hp.blocks), "text_features": specs, "members": ms,
+                "oos_threshold": None}
+
+    def flat(names: Sequence[str]) -> dict[str, np.ndarray]:
+        return {f"{n}.{key}": a for n in names for key, a in member_arrays[n].items()}
+
+    # temperatures, each member on its own (validation negative log-likelihood)
+    for name in members:
+        head = Fitted(config_with({name: 1.0}), flat([name])).head(encoder)
+        logits = head.members[0].logits(head._dense(val.features),
+                                        {n: f.transform(val.texts) for n, f in head.text.items()})
+        members[name]["temperature"] = fit_temperature(logits, val.y)
+    # the ensemble weight: the best validation accuracy over a small grid (ties: the lighter member)
+    weights = {"m0": 1.0}
+    ensemble_info: dict[str, Any] = {}
+    if "m1" in members:
+        scores = {}
+        for w in ens.weights:
+            head = Fitted(config_with({"m0": 1.0 - w, "m1": w}), flat(["m0", "m1"])).head(encoder)
+            scores[w] = float(np.mean(head.predict_proba(val.features, val.texts).argmax(axis=1) == val.y))
+        w = max(ens.weights, key=lambda x: (scores[x], -x))
+        weights = {"m0": 1.0 - w, "m1": w}
+        ensemble_info = {"val_accuracy_by_weight": {str(x): round(v, 6) for x, v in scores.items()}, "weight": w}
+        _say(progress, f"ensemble weight of the hidden-layer member: {w} (validation accuracy "
+                       + ", ".join(f"{x}: {v:.4f}" for x, v in scores.items()) + ")")
+    used = [n for n, w in weights.items() if w > 0]
+    config = config_with(weights)
     oos_info: dict[str, Any] = {}
     if oos_cfg.label in encoder.labels:
-        val_head = Fitted(config, {f"m0.{key}": a for key, a in arrays.items()}).head(encoder)
-        probs = val_head.predict_proba(val.features, val.texts)
+        probs = Fitted(config, flat(used)).head(encoder).predict_proba(val.features, val.texts)
         threshold, oos_info = choose_oos_threshold(probs, val.y, encoder.labels.index(oos_cfg.label), oos_cfg)
         config["oos_threshold"] = threshold
 
@@ -399,14 +442,19 @@ def fit(
         specs_all = fit_text_features(head_cfg.text_features, train.texts)
         feats_all = {name: TextFeatures(spec) for name, spec in specs_all.items()}
         xs_all = {n: f.transform(train.texts) for n, f in feats_all.items()}
-        with tqdm(total=epochs, desc="final fit", unit="epoch", disable=not progress, file=sys.stderr,
-                  leave=False) as bar:
-            arrays, _, _ = train_softmax(_dense(train.features, columns), xs_all, train.y, k, hp, epochs=epochs,
-                                         progress=bar)
+        dense_all = _dense(train.features, columns)
+        for name in used:
+            texts_in = xs_all if members[name]["text_features"] else {}
+            with tqdm(total=member_epochs[name], desc=f"final fit {name}", unit="epoch", disable=not progress,
+                      file=sys.stderr, leave=False) as bar:
+                member_arrays[name], _, _ = train_softmax(dense_all, texts_in, train.y, k, member_hp[name],
+                                                          epochs=member_epochs[name], progress=bar)
         config["text_features"] = specs_all
-        member["text_features"] = sorted(specs_all)
-    config["training"] = {"chosen": chosen, "epochs": epochs, "oos": oos_info,
-                          "refit_on_train_and_val": selection.refit}
-    return Fitted(config, {f"m0.{key}": a for key, a in arrays.items()}, tried, time.perf_counter() - t0)
+        for m in config["members"]:
+            if m["text_features"]:
+                m["text_features"] = sorted(specs_all)
+    config["training"] = {"chosen": chosen, "epochs": {n: member_epochs[n] for n in used}, "oos": oos_info,
+                          "ensemble": ensemble_info, "refit_on_train_and_val": selection.refit}
+    return Fitted(config, flat(used), tried, time.perf_counter() - t0)
 
 
