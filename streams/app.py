@@ -135,7 +135,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
         value_type=bytes,
     )
     cache_backend = MappingBackend(table, bytes_keys=True)
-    cache = LRUCache(cache_backend, embedder.version, embedder.dim, settings.cache_max_entries)
+    cache = LRUCache(cache_backend, embedder.version, embedder.feature_dim, settings.cache_max_entries)
     counts = {"phrases": 0, "dlq": 0, "predictions": 0}
 
     async def dead_letter(letter: DeadLetter) -> None:
@@ -186,7 +186,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
 
     @app.timer(interval=10.0)
     async def reload_heads() -> None:
-        try:  # loading tf-keras models blocks: keep it off the event loop
+        try:  # loading heads reads and hashes files: keep it off the event loop
             await asyncio.get_running_loop().run_in_executor(None, head_set.reload)
         except Exception:  # a broken new version must not stop serving the old one
             log.exception("could not reload heads; serving the previous ones")

@@ -59,9 +59,12 @@ def cache_key(embedder_version: str, clean_text: str) -> str:
 
 
 class LRUCache:
-    """Keep at most ``max_entries`` embeddings (float32 vectors), least recently used out first.
+    """Keep at most ``max_entries`` feature vectors, least recently used out first.
 
-    ``max_entries=0`` disables the cache: every lookup misses and nothing is stored.
+    Vectors are stored as float16 (half the memory and changelog of float32) and read back as
+    float32. The embedder's features are float16-exact (``models.embedder.quantise``), so a hit
+    gives exactly the vector a miss computes. ``max_entries=0`` disables the cache: every
+    lookup misses and nothing is stored.
     """
 
     def __init__(self, backend: CacheBackend, embedder_version: str, dim: int, max_entries: int) -> None:
@@ -80,19 +83,19 @@ class LRUCache:
             return None
         key = cache_key(self._version, clean_text)
         raw = self._backend.get(key)
-        if raw is None or len(raw) != self._dim * 4:
+        if raw is None or len(raw) != self._dim * 2:
             self.misses += 1
             return None
         self.hits += 1
         self._touch(key)
-        return np.frombuffer(raw, dtype=np.float32)
+        return np.frombuffer(raw, dtype=np.float16).astype(np.float32)
 
     def put(self, clean_text: str, vector: np.ndarray) -> None:
         """Store the vector of ``clean_text``, evicting the oldest entry beyond the bound."""
         if self._max == 0:
             return
         key = cache_key(self._version, clean_text)
-        self._backend.put(key, np.asarray(vector, dtype=np.float32).tobytes())
+        self._backend.put(key, np.asarray(vector, dtype=np.float16).tobytes())
         self._touch(key)
 
     def adopt(self, keys: Iterable[str]) -> int:

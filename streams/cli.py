@@ -2,6 +2,8 @@
 
     phrasestream up              start (or reuse) Kafka and PostgreSQL, create topics, migrate
     phrasestream train           build the embedder and train the demo heads if none are active
+    phrasestream train --data F  train a head on your own labelled phrases (CSV or JSONL)
+    phrasestream report          write the error-analysis page of a head (HTML)
     phrasestream worker          run the stream worker (foreground)
     phrasestream sink            run the PostgreSQL sink (foreground)
     phrasestream run             all of the above in the background, a demo feed, a live table
@@ -73,6 +75,21 @@ def ensure_demo_heads(settings: Settings, progress: bool = True, force: bool = F
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    if args.data or args.config:
+        if not args.data:
+            print("error: --config needs --data (the labelled phrases to train on)", file=sys.stderr)
+            return 2
+        from retrain.commands import train_command
+
+        return train_command(settings, data=args.data, eval_path=args.eval, text_col=args.text_col,
+                             label_col=args.label_col, region=args.region, model=args.model,
+                             config_path=args.config, activate=args.activate, as_json=args.json,
+                             progress=not args.quiet)
+    given = [f for f in ("eval", "region", "model", "text_col", "label_col") if getattr(args, f)]
+    if given or args.activate or args.json:
+        flags = ", ".join("--" + f.replace("_", "-") for f in given) or "--activate/--json"
+        print(f"error: {flags} only go with --data (without it, train builds the demo heads)", file=sys.stderr)
+        return 2
     ensure_demo_heads(settings, progress=not args.quiet, force=args.force)
     for region, models in active_heads(settings).items():
         print(f"active heads of {region}: {', '.join(models)}")
@@ -304,6 +321,12 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from retrain.commands import report_command
+
+    return report_command(settings, region=args.region, model=args.model, version=args.version, out=args.out)
+
+
 def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
     from ops.services import status
 
@@ -346,10 +369,28 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start or reuse Kafka and PostgreSQL").set_defaults(func=cmd_up)
-    p = sub.add_parser("train", help="build the embedder and train the demo heads if needed")
-    p.add_argument("--force", action="store_true", help="train new versions even if heads are active")
-    p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("train", help="train a head on your labelled phrases (--data), or the demo heads",
+                       description="Without --data: build the embedder and train the four demo heads unless "
+                       "they are active. With --data: train one head of --region/--model on a CSV (with a "
+                       "header) or JSON Lines file and write it as a new version (active with --activate).")
+    p.add_argument("--data", help="labelled phrases: CSV with a header, or JSONL")
+    p.add_argument("--eval", help="evaluation phrases (same columns); default: a stratified 20%% of --data")
+    p.add_argument("--text-col", help="column of the text (default: text)")
+    p.add_argument("--label-col", help="column of the label (default: label)")
+    p.add_argument("--region", help="region of the head")
+    p.add_argument("--model", help="model name of the head")
+    p.add_argument("--config", help="training configuration (JSON of retrain.config.TrainConfig)")
+    p.add_argument("--activate", action="store_true", help="make the new version the active one")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object of figures")
+    p.add_argument("--force", action="store_true", help="demo heads: train new versions even if active")
+    p.add_argument("--quiet", action="store_true", help="no progress on standard error")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("report", help="write the error-analysis page (HTML) of a head")
+    p.add_argument("--region", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--version", help="default: the live version (else the newest)")
+    p.add_argument("--out", required=True, help="folder to write index.html into")
+    p.set_defaults(func=cmd_report)
     for name, func in (("worker", cmd_worker), ("sink", cmd_sink)):
         p = sub.add_parser(name, help=f"run the {name} in the foreground")
         p.add_argument("--daemon-id", help=argparse.SUPPRESS)

@@ -1,8 +1,10 @@
 """The named steps of the stream, as plain functions that need no Kafka.
 
-``embed_with_cache`` looks texts up in the cache, embeds the misses in one batch through
-the shared embedder and stores them; ``classify`` runs every requested head of a region on
-the shared vectors and makes one :class:`Prediction` per (phrase, model); ``serve_batch``
+``embed_with_cache`` looks texts up in the cache, computes the features of the misses (the
+embedder's readout: the sentence embedding and more pools of the same encoder pass) in one
+batch through the shared embedder and stores them; ``classify`` runs every requested head of a
+region on the shared features (and the cleaned texts, for heads that use TF-IDF) and makes
+one :class:`Prediction` per (phrase, model); ``serve_batch``
 does both for a batch of raw cleaned-phrase messages and says what failed and why. The
 Faust agents in ``streams.app`` are thin loops around these.
 
@@ -33,9 +35,11 @@ class Embedder(Protocol):
     """What the stream needs of the embedder (``models.embedder.Embedder``)."""
 
     version: str
-    dim: int
 
-    def embed_batch(self, texts: Sequence[str]) -> np.ndarray: ...
+    @property
+    def feature_dim(self) -> int: ...
+
+    def features_batch(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 class Head(Protocol):
@@ -44,12 +48,12 @@ class Head(Protocol):
     @property
     def ref(self): ...  # HeadRef: region, model, version
 
-    def predict(self, vectors: np.ndarray, top_k: int): ...
+    def predict(self, features: np.ndarray, top_k: int, texts: Sequence[str] | None = None): ...
 
 
 @dataclass(frozen=True)
 class Embedded:
-    """Vectors for a batch of texts, with which of them came from the cache."""
+    """Features for a batch of texts, with which of them came from the cache."""
 
     vectors: np.ndarray
     cache_hits: list[bool]
@@ -69,12 +73,12 @@ def lookup(texts: Sequence[str], cache: LRUCache | None, dim: int) -> tuple[np.n
 
 
 def embed_misses(texts: Sequence[str], vectors: np.ndarray, hits: Sequence[bool], embedder: Embedder) -> list[int]:
-    """Embed the texts that missed the cache (each distinct text once), in place; return their rows."""
+    """Compute the features of the texts that missed the cache (each distinct text once), in place; return their rows."""
     missing = [i for i, hit in enumerate(hits) if not hit]
     if not missing:
         return []
     distinct = list(dict.fromkeys(texts[i] for i in missing))
-    computed = embedder.embed_batch(distinct)
+    computed = embedder.features_batch(distinct)
     by_text = dict(zip(distinct, computed))
     for i in missing:
         vectors[i] = by_text[texts[i]]
@@ -107,12 +111,12 @@ def _store_or_skip(texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int
 async def embed_with_cache(
     texts: Sequence[str], embedder: Embedder, cache: LRUCache | None, offload: Offload | None = None
 ) -> Embedded:
-    """Return the embeddings of ``texts``: cached where possible, the rest in one batch.
+    """Return the features of ``texts``: cached where possible, the rest in one batch.
 
     The cache is read and written in the caller's thread (a Faust table belongs to the
     event loop); the embedding itself runs through ``offload`` when given.
     """
-    vectors, hits = _lookup_or_miss(texts, cache, embedder.dim)
+    vectors, hits = _lookup_or_miss(texts, cache, embedder.feature_dim)
     if offload is None:
         rows = embed_misses(texts, vectors, hits, embedder)
     else:
@@ -146,7 +150,7 @@ def classify(
     predictions: list[Prediction] = []
     for (region, model), rows in rows_by_head.items():
         head = heads[region][model]
-        answers = head.predict(embedded.vectors[rows], top_k)
+        answers = head.predict(embedded.vectors[rows], top_k, texts=[phrases[r].clean_text for r in rows])
         now = utcnow()
         for row, answer in zip(rows, answers):
             phrase = phrases[row]

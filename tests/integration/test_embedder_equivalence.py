@@ -83,6 +83,36 @@ def test_empty_input_gives_empty_matrix(embedder: E.Embedder) -> None:
     assert out.shape == (0, 384) and out.dtype == np.float32
 
 
+def test_features_start_with_the_sentence_embedding_and_every_block_is_unit_norm(
+    embedder: E.Embedder, reference: dict
+) -> None:
+    texts = [item["text"] for item in reference["items"]]
+    feats = embedder.features_batch(texts)
+    assert feats.shape == (len(texts), 384 * len(E.READOUT)) and feats.dtype == np.float32
+    assert embedder.readout == E.READOUT and E.READOUT[0] == "mean6"
+    np.testing.assert_array_equal(feats, E.quantise(feats))  # float16-exact: the cache stores float16
+    np.testing.assert_allclose(feats[:, :384], embedder.embed_batch(texts), atol=1e-3)
+    norms = np.linalg.norm(feats.reshape(len(texts), len(E.READOUT), 384), axis=2)
+    np.testing.assert_allclose(norms, 1.0, atol=2e-3)
+    ref = np.array([item["embedding"] for item in reference["items"]], dtype=np.float64)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    got = feats[:, :384] / np.linalg.norm(feats[:, :384], axis=1, keepdims=True)
+    assert float(np.min(np.sum(ref * got, axis=1))) >= MIN_COSINE, "the float16 embedding block still matches"
+
+
+def test_features_of_a_batch_equal_one_by_one(embedder: E.Embedder, reference: dict) -> None:
+    texts = [item["text"] for item in reference["items"]][:8]
+    batch = embedder.features_batch(texts)
+    single = np.concatenate([embedder.features_batch([t]) for t in texts])
+    np.testing.assert_allclose(batch, single, atol=2e-3)
+    assert embedder.features_batch([]).shape == (0, embedder.feature_dim)
+
+
+def test_unknown_word_piece_rate(embedder: E.Embedder) -> None:
+    rates = embedder.unknown_rates(["what is my balance", "", "ǂǂǂ balance"])
+    assert rates[0] == 0.0 and rates[1] == 0.0 and 0.0 < rates[2] <= 1.0
+
+
 def test_export_loads_with_tensorflow_hub(embedder: E.Embedder) -> None:
     import tensorflow as tf
 

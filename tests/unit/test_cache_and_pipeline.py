@@ -19,7 +19,7 @@ VERSION = "fake-v1"
 
 
 class FakeEmbedder:
-    """Embed each distinct text as a fixed unit vector; record every call."""
+    """Give each distinct text a fixed unit vector as its features; record every call."""
 
     def __init__(self, version: str = VERSION, dim: int = DIM) -> None:
         self.version, self.dim = version, dim
@@ -36,7 +36,11 @@ class FakeEmbedder:
         out[row % self.dim] = 1.0 if row < self.dim else -1.0
         return out
 
-    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+    @property
+    def feature_dim(self) -> int:
+        return self.dim
+
+    def features_batch(self, texts: Sequence[str]) -> np.ndarray:
         self.calls.append(list(texts))
         return np.stack([self.vector(t) for t in texts]).astype(np.float32)
 
@@ -72,9 +76,11 @@ class FakeHead:
 
     ref: FakeRef
     calls: list[np.ndarray] = field(default_factory=list)
+    texts: list[list[str] | None] = field(default_factory=list)
 
-    def predict(self, vectors: np.ndarray, top_k: int) -> list[FakeAnswer]:
+    def predict(self, vectors: np.ndarray, top_k: int, texts: Sequence[str] | None = None) -> list[FakeAnswer]:
         self.calls.append(np.array(vectors))
+        self.texts.append(None if texts is None else list(texts))
         answers = []
         for v in vectors:
             best = int(np.argmax(v))
@@ -137,18 +143,41 @@ def test_miss_then_hit() -> None:
     assert (c.hits, c.misses) == (1, 1)
 
 
-def test_put_stores_float32_bytes_under_cache_key() -> None:
+def test_put_stores_float16_bytes_under_cache_key() -> None:
     data: dict[str, bytes] = {}
     c = cache(backend=MappingBackend(data))
-    c.put("a", np.arange(DIM, dtype=np.float64))
-    assert data == {cache_key(VERSION, "a"): np.arange(DIM, dtype=np.float32).tobytes()}
+    c.put("a", np.arange(DIM, dtype=np.float64) + 0.1)
+    assert data == {cache_key(VERSION, "a"): (np.arange(DIM, dtype=np.float16) + np.float16(0.1)).tobytes()}
+    assert len(data[cache_key(VERSION, "a")]) == DIM * 2
 
 
-def test_entry_of_wrong_size_is_a_miss() -> None:
-    data = {cache_key(VERSION, "a"): np.zeros(DIM - 1, dtype=np.float32).tobytes()}
+@pytest.mark.parametrize("raw", [
+    np.zeros(DIM - 1, dtype=np.float16).tobytes(),  # too short
+    np.zeros(DIM, dtype=np.float32).tobytes(),  # an old float32 entry: twice the size
+    b"",
+])
+def test_entry_of_wrong_size_is_a_miss(raw: bytes) -> None:
+    data = {cache_key(VERSION, "a"): raw}
     c = cache(backend=MappingBackend(data))
     assert c.get("a") is None
-    assert c.misses == 1
+    assert (c.hits, c.misses) == (0, 1)
+    assert len(c) == 0, "a miss is not tracked"
+
+
+def test_get_returns_float32_equal_to_the_float16_rounded_input() -> None:
+    from models.embedder import quantise
+
+    c = cache()
+    vector = np.random.default_rng(0).normal(size=DIM).astype(np.float32)
+    c.put("a", vector)
+    found = c.get("a")
+    assert found is not None and found.dtype == np.float32 and found.shape == (DIM,)
+    np.testing.assert_array_equal(found, vector.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(found, quantise(vector))
+    assert not np.array_equal(found, vector), "this vector is not float16-exact, so rounding is visible"
+    # a float16-exact vector (what the embedder gives) comes back exactly
+    c.put("b", quantise(vector))
+    np.testing.assert_array_equal(c.get("b"), quantise(vector))
 
 
 def test_other_embedder_version_does_not_hit() -> None:
@@ -203,7 +232,7 @@ def test_max_entries_zero_disables_cache() -> None:
 
 
 def test_max_entries_zero_ignores_existing_backend_entries() -> None:
-    backend = MappingBackend({cache_key(VERSION, "a"): unit(0).tobytes()})
+    backend = MappingBackend({cache_key(VERSION, "a"): unit(0).astype(np.float16).tobytes()})
     assert cache(max_entries=0, backend=backend).get("a") is None
 
 
@@ -327,6 +356,23 @@ def test_classify_runs_each_head_once_on_its_rows() -> None:
     np.testing.assert_array_equal(oos.calls[0], np.stack([unit(1), unit(2)]))
 
 
+def test_classify_passes_each_rows_clean_text_to_the_head_in_row_order() -> None:
+    heads = heads_for({"global": ["intent", "oos"], "eu": ["intent"]})
+    phrases = [
+        phrase("p0", "first text", ["oos", "intent"]),
+        phrase("p1", "second", ["intent"], region="eu"),
+        phrase("p2", "third one", ["intent"]),
+        phrase("p3", "fourth", ["oos"]),
+        phrase("p4", "first text", ["intent"]),
+    ]
+    embedded = Embedded(np.stack([unit(i) for i in range(5)]), [False] * 5)
+    classify(phrases, embedded, heads, VERSION, top_k=2)
+    assert heads["global"]["intent"].texts == [["first text", "third one", "first text"]]
+    assert heads["global"]["oos"].texts == [["first text", "fourth"]]
+    assert heads["eu"]["intent"].texts == [["second"]]
+    np.testing.assert_array_equal(heads["global"]["intent"].calls[0], np.stack([unit(0), unit(2), unit(4)]))
+
+
 def test_classify_fields_come_from_head_ref_phrase_and_embedder() -> None:
     ts = datetime(2026, 1, 1, tzinfo=UTC)
     p = CleanedPhrase(id="p0", region="global", models=["intent"], clean_text="hi", received_at=utcnow(), ts=ts)
@@ -413,7 +459,7 @@ def test_cache_bound_holds_through_embed_with_cache(max_entries: int) -> None:
 
 
 def test_adopted_entries_are_evicted_before_entries_used_since_start():
-    store: dict = {cache_key("v1", t): np.ones(4, np.float32).tobytes() for t in ("old-a", "old-b")}
+    store: dict = {cache_key("v1", t): np.ones(4, np.float16).tobytes() for t in ("old-a", "old-b")}
     cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=3)
     cache.put("new", np.ones(4, np.float32))
     assert cache.adopt(list(store)) == 0
@@ -422,7 +468,7 @@ def test_adopted_entries_are_evicted_before_entries_used_since_start():
 
 
 def test_adopt_evicts_entries_of_another_embedder_version_first():
-    store: dict = {cache_key("v1", "kept"): b"x" * 16, cache_key("v0", "stale"): b"x" * 16}
+    store: dict = {cache_key("v1", "kept"): b"x" * 8, cache_key("v0", "stale"): b"x" * 8}
     cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=1)
     assert cache.adopt(list(store)) == 1
     assert list(store) == [cache_key("v1", "kept")]
@@ -430,14 +476,14 @@ def test_adopt_evicts_entries_of_another_embedder_version_first():
 
 
 def test_adopt_keeps_other_versions_while_under_the_bound():
-    store: dict = {cache_key("v0", "other-worker"): b"x" * 16}
+    store: dict = {cache_key("v0", "other-worker"): b"x" * 8}
     cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=5)
     assert cache.adopt(list(store)) == 0
     assert list(store) == [cache_key("v0", "other-worker")]
 
 
 def test_a_hit_on_an_untracked_entry_keeps_the_bound():
-    store: dict = {cache_key("v1", t): np.ones(4, np.float32).tobytes() for t in ("a", "b", "c")}
+    store: dict = {cache_key("v1", t): np.ones(4, np.float16).tobytes() for t in ("a", "b", "c")}
     cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=2)
     for text in ("a", "b", "c"):
         assert cache.get(text) is not None
@@ -450,10 +496,10 @@ def test_a_hit_on_an_untracked_entry_keeps_the_bound():
 class PoisonEmbedder(FakeEmbedder):
     """Fail any batch that holds the text "poison"."""
 
-    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+    def features_batch(self, texts: Sequence[str]) -> np.ndarray:
         if "poison" in texts:
             raise RuntimeError("the embedder choked")
-        return super().embed_batch(texts)
+        return super().features_batch(texts)
 
 
 def serve(values: list[bytes], embedder: FakeEmbedder, heads: dict) -> Served:

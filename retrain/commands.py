@@ -1,0 +1,151 @@
+"""The training commands behind ``phrasestream train --data`` and ``phrasestream report``.
+
+Both print progress to standard error and their result to standard output; bad input is
+one line on standard error and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.heads import EVAL_PREDICTIONS_FILE, LABELS_FILE, HeadError, HeadRef, LabelEncoder, verify_head
+from models.registry import Registry
+
+USAGE_ERROR = 2
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    return USAGE_ERROR
+
+
+def _load_config(path: str | None, overrides: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
+    from retrain.config import TrainConfig
+
+    base: dict[str, Any] = {}
+    if path:
+        try:
+            base = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read the training configuration {path}: {exc}") from None
+        if not isinstance(base, dict):
+            raise ValueError(f"the training configuration {path} is not a JSON object")
+    data = {**base.get("data", {}), **{k: v for k, v in overrides.pop("data").items() if v is not None}}
+    merged = {**base, **{k: v for k, v in overrides.items() if v is not None}, "data": data}
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise ValueError(f"bad training configuration: {where}: {first['msg']}") from None
+
+
+def train_command(settings: Any, *, data: str, eval_path: str | None, text_col: str | None, label_col: str | None,
+                  region: str | None, model: str | None, config_path: str | None, activate: bool, as_json: bool,
+                  progress: bool) -> int:
+    """Train one head on a CSV/JSONL file; print its figures; return the exit code."""
+    from retrain.data import DataError, read_labeled
+
+    if not region or not model:
+        return _fail("--data needs --region and --model (or a --config that names them)")
+    try:
+        config = _load_config(config_path, {"region": region, "model": model, "data": {
+            "path": data, "eval_path": eval_path, "text_col": text_col, "label_col": label_col}})
+    except ValueError as exc:
+        return _fail(str(exc))
+    src = config.data
+    try:
+        train = read_labeled(src.path, src.text_col, src.label_col)
+        evald = read_labeled(src.eval_path, src.text_col, src.label_col, min_classes=1) if src.eval_path else None
+    except DataError as exc:
+        return _fail(str(exc))
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    summary = train.summary()
+    say(f"read {summary['n_rows']} rows of {summary['n_classes']} classes from {src.path}"
+        + (f"; dropped {train.n_empty_text} with an empty text or label" if train.n_empty_text else "")
+        + (f"; {summary['n_singletons']} classes have a single example" if train.singletons else ""))
+    if evald is not None:
+        say(f"read {len(evald.rows)} evaluation rows from {src.eval_path}"
+            + (f"; dropped {evald.n_empty_text} with an empty text or label" if evald.n_empty_text else ""))
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from models.embedder import load_embedder
+    from retrain.train import make_trainer
+
+    embedder = load_embedder(settings)
+    try:
+        trained = make_trainer(config).train(
+            settings.models_root, embedder, train.rows, evald.rows if evald else None, progress=progress,
+            data_summary={"train": summary, "eval": evald.summary() if evald else None})
+    except ValueError as exc:
+        return _fail(str(exc))
+    if activate:
+        Registry(settings.models_root).activate(trained.ref)
+    result = {**trained.summary(), "active": activate, "path": str(trained.path),
+              "n_empty_text": train.n_empty_text, "n_singletons": len(train.singletons), **trained.notes}
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:<24} {value}")
+        if not activate:
+            print(f"not active: activate it with `phrasestream train ... --activate`, or promote {trained.ref}")
+    return 0
+
+
+def _pick_version(registry: Registry, region: str, model: str, version: str | None) -> HeadRef:
+    versions = registry.versions(region, model)
+    if not versions:
+        known = sorted({f"{r}/{m}" for r, ms in registry.active().items() for m in ms})
+        raise LookupError(f"no head {region}/{model} is built; known heads: {known}")
+    if version:
+        ref = HeadRef(region, model, version)
+        if ref not in versions:
+            raise LookupError(f"{region}/{model} has no version {version!r}; built: {[v.version for v in versions]}")
+        return ref
+    return registry.active_ref(region, model) or versions[-1]
+
+
+def report_command(settings: Any, *, region: str, model: str, version: str | None, out: str) -> int:
+    """Write the error-analysis page of one head; print where; return the exit code."""
+    from retrain.artifacts import read_jsonl_gz
+    from retrain.report import EvalRows, write_report
+
+    registry = Registry(settings.models_root)
+    try:
+        ref = _pick_version(registry, region, model, version)
+    except (LookupError, ValueError) as exc:
+        return _fail(str(exc))
+    path = registry.path_of(ref)
+    try:
+        meta = verify_head(path)
+    except HeadError as exc:
+        return _fail(str(exc))
+    if not (path / EVAL_PREDICTIONS_FILE).is_file():
+        return _fail(f"{ref} has no {EVAL_PREDICTIONS_FILE} (made by an older version): train it again")
+    encoder = LabelEncoder.from_json((path / LABELS_FILE).read_text(encoding="utf-8"))
+    rows = read_jsonl_gz(path / EVAL_PREDICTIONS_FILE)
+    classes = list(encoder.labels) + sorted({r["label"] for r in rows} - set(encoder.labels))
+    ev = EvalRows(texts=[r["text"] for r in rows], y_true=[r["label"] for r in rows],
+                  y_pred=[r["pred"] for r in rows], confidence=np.array([r["confidence"] for r in rows]),
+                  top_k=[[tuple(p) for p in r["top_k"]] for r in rows])
+    oos = meta.get("config", {}).get("oos", {}).get("label", "oos")
+    scores = [r.get("oos_score") for r in rows]
+    has_scores = oos in classes and all(s is not None for s in scores)
+    threshold = meta.get("training", {}).get("oos_threshold")
+    summary = {"head": str(ref), "created_at": meta.get("created_at"), "embedder": meta.get("embedder_version"),
+               "live": registry.active_ref(region, model) == ref, **(meta.get("metrics", {}).get("eval") or {}),
+               "oos_threshold": threshold}
+    page = write_report(out, title=f"{ref}: errors on the evaluation data", classes=classes, rows=ev,
+                        oos_label=oos if oos in classes else None, oos_threshold=threshold,
+                        oos_scores=np.array(scores, dtype=float) if has_scores else None, summary=summary)
+    print(page)
+    return 0
