@@ -5,8 +5,14 @@ The file is small JSON::
     {
       "format": 1,
       "active": {"global": {"intent": "global/intent:20261127T130501Z-1a2b3c", ...}, ...},
-      "history": [{"ref": "global/intent:20261127T130501Z-1a2b3c", "activated_at": "2026-11-27T13:05:09+00:00"}, ...]
+      "history": [{"ref": "global/intent:20261127T130501Z-1a2b3c", "activated_at": "2026-11-27T13:05:09+00:00",
+                   "action": "promote", "from": "global/intent:20261120T...", "reason": "...",
+                   "metrics": {"accuracy": ..., "weighted_f1": ..., ...}}, ...]
     }
+
+``action`` is ``activate`` (``train --activate``, the demo heads), ``promote`` or ``rollback``;
+``from`` is the version that was live before (null for the first); ``metrics`` are the new
+version's evaluation metrics at the time.
 
 Every change is a read-modify-write under an exclusive ``flock`` on ``registry.lock``, written
 to a temporary file and moved into place with ``os.replace``: readers never see a partial file.
@@ -126,7 +132,8 @@ class Registry:
             tmp.unlink(missing_ok=True)
             raise
 
-    def activate(self, ref: HeadRef | str) -> HeadRef:
+    def activate(self, ref: HeadRef | str, *, action: str = "activate", reason: str | None = None,
+                 explicit: bool = False) -> HeadRef:
         """Make ``ref`` the active head of its (region, model) and record it in the history.
 
         The head folder must exist and its metadata must name the same ref. (Checksums are
@@ -143,12 +150,61 @@ class Registry:
         with self._locked():
             data = self._read()
             data["format"] = FORMAT_VERSION
+            before = data["active"].get(ref.region, {}).get(ref.model)
             data["active"].setdefault(ref.region, {})[ref.model] = str(ref)
-            data["history"].append(
-                {"ref": str(ref), "activated_at": datetime.now(UTC).isoformat(timespec="seconds")}
-            )
+            data["history"].append({
+                "ref": str(ref), "activated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "action": action, "from": before, "reason": reason, **({"explicit": True} if explicit else {}),
+                "metrics": (meta.get("metrics") or {}).get("eval") or (meta.get("metrics") or {}).get("test") or {},
+            })
             self._write(data)
         return ref
+
+    def live_sequence(self, region: str, model: str) -> list[HeadRef]:
+        """Return the versions that were live for (region, model), oldest first (repeats kept)."""
+        out = []
+        for item in self.history():
+            ref = HeadRef.parse(item["ref"])
+            if ref.key == (region, model):
+                out.append(ref)
+        return out
+
+    def rollback(self, region: str, model: str, to: str | None = None, reason: str | None = None) -> HeadRef:
+        """Make the previous live version (or version ``to``) active again; return it.
+
+        "Previous" is the version that was live before the current one took over, so two
+        rollbacks in a row step back twice rather than toggling.
+        """
+        current = self.active_ref(region, model)
+        if current is None:
+            raise RegistryError(f"{region}/{model} has no live version to roll back")
+        if to is not None:
+            target = HeadRef(region, model, to)
+            if target not in self.versions(region, model):
+                raise RegistryError(f"{region}/{model} has no version {to!r}; built: "
+                                    f"{[v.version for v in self.versions(region, model)]}")
+        else:
+            target = self._previous(region, model, current)
+        return self.activate(target, action="rollback", reason=reason, explicit=to is not None)
+
+    def _previous(self, region: str, model: str, current: HeadRef) -> HeadRef:
+        """Replay the history as a stack (a plain rollback pops it) and return the version under the top."""
+        stack: list[str] = []
+        for item in self.history():
+            if HeadRef.parse(item["ref"]).key != (region, model):
+                continue
+            if item.get("action") == "rollback" and not item.get("explicit"):
+                while stack and stack[-1] != item["ref"]:
+                    stack.pop()
+                if not stack:
+                    stack.append(item["ref"])
+            else:
+                stack.append(item["ref"])
+        built = set(self.versions(region, model))
+        for ref in reversed(stack[:-1]):
+            if ref != str(current) and HeadRef.parse(ref) in built:
+                return HeadRef.parse(ref)
+        raise RegistryError(f"{region}/{model}: no earlier live version to roll back to")
 
     # -- loading ---------------------------------------------------------------------------
 

@@ -510,11 +510,12 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     """Return the project topics: name -> (partitions, topic configs)."""
     days = lambda n: str(n * DAY_MS)  # noqa: E731
     return {
-        # inputs and labels are kept 30 days so a retraining run can replay them
         settings.topic_in: (settings.partitions_in, {"cleanup.policy": "delete", "retention.ms": days(30)}),
         settings.topic_out: (settings.partitions_out, {"cleanup.policy": "delete", "retention.ms": days(7)}),
         settings.topic_dlq: (1, {"cleanup.policy": "delete", "retention.ms": days(14)}),
-        settings.topic_labeled: (settings.partitions_in, {"cleanup.policy": "delete", "retention.ms": days(30)}),
+        # labelled examples are the history retraining replays: kept for good by default
+        settings.topic_labeled: (settings.partitions_in, {"cleanup.policy": "delete",
+                                                          "retention.ms": str(settings.labeled_retention_ms)}),
     }
 
 
@@ -542,6 +543,7 @@ def create_topic(settings: Settings, name: str, partitions: int, config: dict[st
         if have < partitions:
             admin.create_partitions([NewPartitions(name, partitions)])[name].result(30)
             log.info("topic %s: grew from %d to %d partitions", name, have, partitions)
+        _align_configs(admin, name, dict(config or {}))
         return False
     fut = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=rf,
                                         config=dict(config or {}))], operation_timeout=30, request_timeout=30)
@@ -561,6 +563,27 @@ def create_topic(settings: Settings, name: str, partitions: int, config: dict[st
         time.sleep(0.2)
     log.info("topic %s: created with %d partitions", name, partitions)
     return True
+
+
+def _align_configs(admin, name: str, config: dict[str, str]) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Set the configs of an existing topic that differ from ``config``; return what changed.
+
+    The settings are the truth: a topic made by an older version (say, ``phrases.labeled``
+    with 30 days of retention) gets today's values at the next ``up``.
+    """
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    if not config:
+        return {}
+    res = ConfigResource(ConfigResource.Type.TOPIC, name)
+    current = admin.describe_configs([res])[res].result(30)
+    changes = {k: v for k, v in config.items() if k in current and current[k].value != v}
+    if changes:
+        alter = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in changes.items()])
+        admin.incremental_alter_configs([alter])[alter].result(30)
+        log.warning("topic %s: set %s", name, ", ".join(f"{k}={v}" for k, v in sorted(changes.items())))
+    return changes
 
 
 def create_topics(settings: Settings) -> dict[str, bool]:

@@ -149,3 +149,95 @@ def report_command(settings: Any, *, region: str, model: str, version: str | Non
                         oos_scores=np.array(scores, dtype=float) if has_scores else None, summary=summary)
     print(page)
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# the lifecycle: which versions exist, which is live, promote and roll back
+
+
+METRIC_KEYS = ("accuracy", "weighted_f1", "macro_f1", "in_scope_accuracy", "oos_recall")
+
+
+def version_rows(registry: Registry, region: str | None = None) -> list[dict[str, Any]]:
+    """Return one dict per built version (oldest first within each head), with ``live``."""
+    from models.heads import read_metadata
+
+    rows = []
+    root = registry.heads_dir
+    regions = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if root.is_dir() else []
+    active = registry.active()
+    for reg in regions:
+        if region is not None and reg != region:
+            continue
+        for model_dir in sorted(p for p in (root / reg).iterdir() if p.is_dir()):
+            for ref in registry.versions(reg, model_dir.name):
+                try:
+                    meta = read_metadata(registry.path_of(ref))
+                except HeadError:
+                    continue
+                metrics = (meta.get("metrics") or {}).get("eval") or (meta.get("metrics") or {}).get("test") or {}
+                training = meta.get("training") or {}
+                rows.append({
+                    "region": ref.region, "model": ref.model, "version": ref.version,
+                    "live": active.get(ref.region, {}).get(ref.model) == ref,
+                    "created_at": meta.get("created_at"), "format": meta.get("format"),
+                    "n_classes": meta.get("n_classes"), "n_train": training.get("n_train"),
+                    "n_eval": training.get("n_eval", training.get("n_test")),
+                    **{k: metrics.get(k) for k in METRIC_KEYS},
+                })
+    return rows
+
+
+def models_command(settings: Any, *, region: str | None, as_json: bool) -> int:
+    """List the built versions with their metrics and which one is live."""
+    registry = Registry(settings.models_root)
+    rows = version_rows(registry, region)
+    if region is not None and not rows:
+        return _fail(f"no heads in region {region!r}; regions with heads: "
+                     f"{sorted({r['region'] for r in version_rows(registry)})}")
+    if as_json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'region':<10} {'model':<14} {'version':<24} {'live':<4} {'accuracy':>8} {'w-F1':>6} "
+          f"{'in-scope':>8} {'oos rec':>7}  created")
+    for r in rows:
+        def f(x: Any) -> str:
+            return "-" if x is None else f"{x:.4f}"
+        print(f"{r['region']:<10} {r['model']:<14} {r['version']:<24} {'*' if r['live'] else '':<4} "
+              f"{f(r['accuracy']):>8} {f(r['weighted_f1']):>6} {f(r['in_scope_accuracy']):>8} "
+              f"{f(r['oos_recall']):>7}  {r['created_at']}")
+    return 0
+
+
+def promote_command(settings: Any, *, region: str, model: str, version: str, reason: str | None) -> int:
+    """Make one built version live, after checking its files; say what was live before."""
+    from models.registry import RegistryError
+
+    registry = Registry(settings.models_root)
+    try:
+        ref = _pick_version(registry, region, model, version)
+        verify_head(registry.path_of(ref))
+        before = registry.active_ref(region, model)
+        registry.activate(ref, action="promote", reason=reason)
+    except (LookupError, ValueError, RegistryError, HeadError) as exc:
+        return _fail(str(exc))
+    print(f"promoted {ref}" + (f" (was {before.version})" if before and before != ref else ""))
+    return 0
+
+
+def rollback_command(settings: Any, *, region: str, model: str, to: str | None, reason: str | None) -> int:
+    """Make the previous live version (or ``to``) live again."""
+    from models.registry import RegistryError
+
+    registry = Registry(settings.models_root)
+    try:
+        if not registry.versions(region, model):
+            raise LookupError(f"no head {region}/{model} is built")
+        before = registry.active_ref(region, model)
+        target = registry.rollback(region, model, to=to, reason=reason)
+        verify_head(registry.path_of(target))
+    except (LookupError, ValueError, RegistryError, HeadError) as exc:
+        return _fail(str(exc))
+    print(f"rolled back {region}/{model} to {target.version}" + (f" (was {before.version})" if before else ""))
+    return 0

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     partitions_out: int = Field(default=4, ge=1, description="partitions of predictions.out")
     replication_factor: int = Field(default=1, ge=1, description="replication of the topics phrasestream creates")
     app_id: str = Field(default="phrasestream", description="Faust app id: consumer group and internal topic prefix")
+    labeled_retention_ms: int = Field(default=-1, ge=-1,
+                                      description="retention of phrases.labeled, ms; -1 keeps every example")
 
     # PostgreSQL
     pg_dsn: SecretStr = Field(default=SecretStr(""), description="external server DSN; empty: start the embedded one")

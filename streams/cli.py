@@ -4,6 +4,8 @@
     phrasestream train           build the embedder and train the demo heads if none are active
     phrasestream train --data F  train a head on your own labelled phrases (CSV or JSONL)
     phrasestream report          write the error-analysis page of a head (HTML)
+    phrasestream models          the built head versions, their metrics, which one is live
+    phrasestream promote|rollback  change which version is live (workers follow within 10 s)
     phrasestream worker          run the stream worker (foreground)
     phrasestream sink            run the PostgreSQL sink (foreground)
     phrasestream run             all of the above in the background, a demo feed, a live table
@@ -206,8 +208,60 @@ def cmd_sink(settings: Settings, _: argparse.Namespace) -> int:
 # produce / consume
 
 
+def labeled_messages(rows, region: str, model: str) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """Turn ``retrain.data.Row`` rows into ``phrases.labeled`` messages (a row's ``ts`` is kept)."""
+    from schemas.messages import LabeledPhrase
+
+    out = []
+    for row in rows:
+        body: dict = {"text": row.text, "label": row.label, "region": region, "model": model}
+        if row.ts:
+            body["ts"] = row.ts
+        out.append(LabeledPhrase.model_validate(body).to_bytes())
+    return out
+
+
+def cmd_produce_labeled(settings: Settings, args: argparse.Namespace) -> int:
+    from confluent_kafka import Producer
+    from pydantic import ValidationError
+
+    from models.heads import HeadRef
+    from retrain.data import DataError, read_labeled
+
+    if not args.data or not args.model:
+        print("error: --labeled needs --data PATH, --region R and --model M", file=sys.stderr)
+        return 2
+    try:
+        HeadRef(args.region, args.model, "v1")
+        data = read_labeled(args.data, args.text_col or "text", args.label_col or "label", min_classes=1)
+        messages = labeled_messages(data.rows, args.region, args.model)
+    except (DataError, ValueError) as exc:
+        reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        print(f"error: {reason}", file=sys.stderr)
+        return 2
+    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True,
+                         "compression.type": "zstd", "linger.ms": 20})
+    key = f"{args.region}/{args.model}".encode()
+    for value in messages:
+        while True:
+            try:
+                producer.produce(settings.topic_labeled, key=key, value=value)
+                break
+            except BufferError:  # the local queue is full: let it drain
+                producer.poll(0.5)
+        producer.poll(0)
+    left = producer.flush(60)
+    print(f"produced {len(messages) - left} labelled example(s) of {args.region}/{args.model} to "
+          f"{settings.topic_labeled}" + (f"; dropped {data.n_empty_text} row(s) with an empty text or label"
+                                         if data.n_empty_text else ""), file=sys.stderr)
+    return 0 if left == 0 else 1
+
+
 def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     from confluent_kafka import Producer
+
+    if args.labeled:
+        return cmd_produce_labeled(settings, args)
 
     producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True})
     if args.text is not None:
@@ -327,6 +381,24 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     return report_command(settings, region=args.region, model=args.model, version=args.version, out=args.out)
 
 
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    from retrain.commands import models_command
+
+    return models_command(settings, region=args.region, as_json=args.json)
+
+
+def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
+    from retrain.commands import promote_command
+
+    return promote_command(settings, region=args.region, model=args.model, version=args.version, reason=args.reason)
+
+
+def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from retrain.commands import rollback_command
+
+    return rollback_command(settings, region=args.region, model=args.model, to=args.to, reason=args.reason)
+
+
 def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
     from ops.services import status
 
@@ -391,6 +463,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="default: the live version (else the newest)")
     p.add_argument("--out", required=True, help="folder to write index.html into")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("models", help="the built head versions, their metrics, and which is live")
+    p.add_argument("--region")
+    p.add_argument("--json", action="store_true", help="a JSON list, one object per version")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("promote", help="make a built version live (workers follow within 10 s)")
+    p.add_argument("--region", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--reason", help="why, kept in the history")
+    p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("rollback", help="make the previous live version (or --to V) live again")
+    p.add_argument("--region", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--to", help="the version to go back to (default: the one live before)")
+    p.add_argument("--reason", help="why, kept in the history")
+    p.set_defaults(func=cmd_rollback)
     for name, func in (("worker", cmd_worker), ("sink", cmd_sink)):
         p = sub.add_parser(name, help=f"run the {name} in the foreground")
         p.add_argument("--daemon-id", help=argparse.SUPPRESS)
@@ -405,11 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7,
                    help="which test phrases (the same seed repeats phrases, so the cache answers)")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("produce", help="produce phrases: JSON lines on stdin, or --text")
+    p = sub.add_parser("produce", help="produce phrases: JSON lines on stdin, or --text; --labeled: examples")
     p.add_argument("--text")
     p.add_argument("--region", default="global")
     p.add_argument("--id")
     p.add_argument("--topic")
+    p.add_argument("--labeled", action="store_true",
+                   help="produce labelled examples from --data (CSV or JSONL) to phrases.labeled, for retraining")
+    p.add_argument("--data", help="with --labeled: the labelled phrases")
+    p.add_argument("--model", help="with --labeled: the model the labels are for")
+    p.add_argument("--text-col", help="with --labeled: column of the text (default: text)")
+    p.add_argument("--label-col", help="with --labeled: column of the label (default: label)")
     p.set_defaults(func=cmd_produce)
     p = sub.add_parser("consume", help="print predictions (or --topic) as they arrive")
     p.add_argument("--topic")

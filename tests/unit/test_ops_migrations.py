@@ -74,11 +74,13 @@ def test_topic_specs_follow_settings():
     assert specs["t.dlq"][0] == 1
     default = services.topic_specs(Settings(_env_file=None))
     assert default[Settings.model_fields["topic_in"].default][0] >= 4
-    for _, cfg in specs.values():
+    for name, (_, cfg) in specs.items():
         assert cfg["cleanup.policy"] == "delete"
-        assert int(cfg["retention.ms"]) > 0
+        assert int(cfg["retention.ms"]) > 0 or name == "t.lab"
     assert int(specs["t.in"][1]["retention.ms"]) >= 30 * services.DAY_MS
-    assert int(specs["t.lab"][1]["retention.ms"]) >= 30 * services.DAY_MS
+    assert specs["t.lab"][1]["retention.ms"] == "-1", "labelled examples are kept for good by default"
+    kept_90_days = services.topic_specs(Settings(topic_labeled="t.lab", labeled_retention_ms=90 * services.DAY_MS))
+    assert kept_90_days["t.lab"][1]["retention.ms"] == str(90 * services.DAY_MS)
 
 
 def test_kafka_config_is_single_node_kraft(tmp_path: Path):
