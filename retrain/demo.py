@@ -98,16 +98,6 @@ def demo_rows(pairs: Sequence[tuple[str, str]]) -> list[Row]:
     return [Row(text=t, clean_text=clean(t), label=label, line=i + 1) for i, (t, label) in enumerate(pairs)]
 
 
-def demo_texts(specs: Sequence[DemoHead] = DEMO_HEADS) -> list[str]:
-    """Return the sorted distinct cleaned texts of every split of every demo head."""
-    seen: set[str] = set()
-    for spec in specs:
-        data = demo_data(spec)
-        for rows in (data.train, data.test):
-            seen.update(clean(text) for text, _ in rows)
-    return sorted(seen)
-
-
 # --------------------------------------------------------------------------------------------
 # Training
 

@@ -149,6 +149,9 @@ class Trainer:
         _, val_rows = stratified_split(train_rows, cfg.selection.val_fraction, seed=cfg.seed + 1)
         val_ids = {id(r) for r in val_rows}
         val_idx = np.array([i for i, r in enumerate(train_rows) if id(r) in val_ids], dtype=np.int64)
+        if not len(val_idx):
+            raise ValueError("no validation rows can be held out: every class has a single training example "
+                             "(or one distinct text); give more examples per class")
         f0 = time.perf_counter()
         fitted = recipe.fit(train_set, encoder, embedder.readout, cfg.head, cfg.selection, cfg.oos,
                             val_idx=val_idx, progress=progress)

@@ -673,15 +673,3 @@ def test_demo_heads_with_fake_embedder(tmp_path, monkeypatch):  # type: ignore[n
     assert again.skipped and again.refs == run.refs and again.trained == []
     assert len(emb.calls) == calls
     assert demo.train_demo_heads(settings, emb, progress=False) == run.refs
-
-
-def test_demo_texts_are_the_sorted_distinct_cleaned_texts(monkeypatch):  # type: ignore[no-untyped-def]
-    from retrain import demo
-
-    monkeypatch.setattr(demo, "demo_data", small_demo_data)
-    texts = demo.demo_texts()
-    expected = set()
-    for spec in demo.DEMO_HEADS:
-        data = small_demo_data(spec)
-        expected |= {clean(t) for t, _ in data.train + data.test}
-    assert texts == sorted(expected)

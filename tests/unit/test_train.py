@@ -218,3 +218,12 @@ def test_the_snapshot_keeps_ts_and_region(tmp_path: Path):
     with gzip.open(head.path / TRAIN_DATA_FILE, "rt") as fh:
         first = json.loads(fh.readline())
     assert first["ts"] == "2026-01-02T03:04:05Z" and first["region"] == "eu"
+
+
+def test_training_rows_with_only_single_examples_are_refused(tmp_path: Path):
+    rows = [{"utterance": f"phrase number {i}", "intent": f"class{i}"} for i in range(6)]
+    train = read_labeled(write_csv(tmp_path / "t.csv", rows), "utterance", "intent")
+    evald = read_labeled(write_csv(tmp_path / "e.csv", rows[:2]), "utterance", "intent")
+    with pytest.raises(ValueError, match="single training example"):
+        make_trainer(small_config()).train(tmp_path / "m", FakeEmbedder(), train.rows[2:], evald.rows,
+                                           progress=False)
