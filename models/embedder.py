@@ -466,13 +466,14 @@ class Embedder:
 
     def features_batch(self, texts: Sequence[str]) -> np.ndarray:
         """Return the readout of ``texts`` in input order; ``n == 0`` gives ``(0, feature_dim)``."""
+        return self._in_chunks(texts, self.feature_dim, lambda batch: quantise(self.model.features(batch).numpy()))
+
+    def _in_chunks(self, texts: Sequence[str], width: int, run: Any) -> np.ndarray:
+        """Run ``run`` on length-sorted chunks of ``texts`` (as UTF-8); return rows in input order."""
         texts = list(texts)
-        out = np.empty((len(texts), self.feature_dim), dtype=np.float32)
-        if not texts:
-            return out
+        out = np.empty((len(texts), width), dtype=np.float32)
         for idx in length_chunks(texts, self.chunk_size):
-            batch = np.array([texts[i].encode("utf-8", "replace") for i in idx], dtype=object)
-            out[idx] = quantise(self.model.features(batch).numpy())
+            out[idx] = run(np.array([texts[i].encode("utf-8", "replace") for i in idx], dtype=object))
         return out
 
     def unknown_rates(self, texts: Sequence[str]) -> np.ndarray:
@@ -487,16 +488,7 @@ class Embedder:
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts``; rows are L2-normalised and in input order; ``n == 0`` gives (0, 384)."""
-        texts = list(texts)
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        for idx in length_chunks(texts, self.chunk_size):
-            batch = np.array(
-                [texts[i].encode("utf-8", "replace") for i in idx], dtype=object
-            )
-            out[idx] = self.model(batch).numpy()
-        return out
+        return self._in_chunks(texts, self.dim, lambda batch: self.model(batch).numpy())
 
     def token_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Return the padded word-piece ids and attention mask the export computes (for checks)."""
@@ -521,7 +513,7 @@ def load_embedder(settings: Settings) -> Embedder:
     model = hub.load(str(export_dir))
     readout = tuple(manifest.get("readout") or ("mean6",))
     embedder = Embedder(version=manifest["version"], path=export_dir, model=model, readout=readout)
-    embedder.embed_batch(["warm up"])  # the first call optimises the graph (~1 s): do it here
+    # the first call optimises the graph (~1 s): do it here, for what serving and training call
     embedder.features_batch(["warm up"])
     return embedder
 

@@ -160,15 +160,6 @@ class Registry:
             self._write(data)
         return ref
 
-    def live_sequence(self, region: str, model: str) -> list[HeadRef]:
-        """Return the versions that were live for (region, model), oldest first (repeats kept)."""
-        out = []
-        for item in self.history():
-            ref = HeadRef.parse(item["ref"])
-            if ref.key == (region, model):
-                out.append(ref)
-        return out
-
     def rollback(self, region: str, model: str, to: str | None = None, reason: str | None = None) -> HeadRef:
         """Make the previous live version (or version ``to``) active again; return it.
 

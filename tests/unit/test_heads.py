@@ -6,7 +6,6 @@ The numpy ``Head`` is also tested on hand-made arrays, with no training at all.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import zipfile
@@ -14,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import ReadoutEmbedder as FakeEmbedder
 
 from models.checksums import sha256_file
 from models.datasets import OOS, SPLITS, load_clinc150, load_domain_lists
-from models.embedder import READOUT, quantise
+from models.embedder import READOUT
 from models.heads import (
     BLOCK_DIM,
     FORMAT_VERSION,
@@ -42,35 +42,6 @@ from retrain.train import make_trainer
 from schemas.cleaning import clean
 
 DIM = BLOCK_DIM
-
-
-class FakeEmbedder:
-    """Each word has a fixed random vector per block; a text's block is the normalised mean."""
-
-    readout = READOUT
-
-    def __init__(self, version: str = "fake-v1") -> None:
-        self.version = version
-        self.calls: list[list[str]] = []
-
-    @property
-    def feature_dim(self) -> int:
-        return DIM * len(self.readout)
-
-    def _word(self, word: str) -> np.ndarray:
-        seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
-        return np.random.default_rng(seed).normal(size=self.feature_dim)
-
-    def features_batch(self, texts):  # type: ignore[no-untyped-def]
-        self.calls.append(list(texts))
-        out = np.zeros((len(texts), self.feature_dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            v = np.mean([self._word(w) for w in text.split() or ["<empty>"]], axis=0).reshape(len(self.readout), DIM)
-            out[i] = (v / np.linalg.norm(v, axis=1, keepdims=True)).reshape(-1)
-        return quantise(out)
-
-    def unknown_rates(self, texts):  # type: ignore[no-untyped-def]
-        return np.zeros(len(texts))
 
 
 WORDS = {

@@ -8,14 +8,13 @@ not the encoder.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import ReadoutEmbedder as FakeEmbedder
 
-from models.embedder import READOUT, quantise
 from models.heads import (
     EVAL_PREDICTIONS_FILE,
     REFERENCE_FILE,
@@ -31,37 +30,6 @@ from retrain.reference import reference_stats
 from retrain.train import make_trainer
 
 DIM = 384
-
-
-class FakeEmbedder:
-    """Each word has a fixed random vector per block; a text's block is the normalised mean."""
-
-    version = "fake-embedder-1"
-    readout = READOUT
-
-    @property
-    def feature_dim(self) -> int:
-        return DIM * len(self.readout)
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-
-    def _word(self, word: str) -> np.ndarray:
-        seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
-        return np.random.default_rng(seed).normal(size=self.feature_dim)
-
-    def features_batch(self, texts):  # type: ignore[no-untyped-def]
-        self.calls.append(list(texts))
-        out = np.zeros((len(texts), self.feature_dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            words = text.split() or ["<empty>"]
-            v = np.mean([self._word(w) for w in words], axis=0).reshape(len(self.readout), DIM)
-            v /= np.linalg.norm(v, axis=1, keepdims=True)
-            out[i] = v.reshape(-1)
-        return quantise(out)
-
-    def unknown_rates(self, texts):  # type: ignore[no-untyped-def]
-        return np.array([0.5 if "zzz" in t else 0.0 for t in texts])
 
 
 TOPICS = {
