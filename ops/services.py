@@ -516,6 +516,8 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         # labelled examples are the history retraining replays: kept for good by default
         settings.topic_labeled: (settings.partitions_in, {"cleanup.policy": "delete",
                                                           "retention.ms": str(settings.labeled_retention_ms)}),
+        # the live version of each head: compaction keeps the newest pointer per region/model
+        settings.topic_registry: (1, {"cleanup.policy": "compact", "retention.ms": "-1"}),
     }
 
 

@@ -88,7 +88,13 @@ def train_command(settings: Any, *, data: str, eval_path: str | None, text_col: 
     except ValueError as exc:
         return _fail(str(exc))
     if activate:
-        Registry(settings.models_root).activate(trained.ref)
+        from retrain.lifecycle import LifecycleError, change
+
+        try:
+            change(settings, trained.ref, action="activate", reason="phrasestream train --activate")
+        except LifecycleError as exc:
+            print(f"error: {trained.ref} was built in {trained.path} but not made live: {exc}", file=sys.stderr)
+            return 1
     result = {**trained.summary(), "active": activate, "path": str(trained.path),
               "n_empty_text": train.n_empty_text, "n_singletons": len(train.singletons), **trained.notes}
     if as_json:
@@ -158,86 +164,107 @@ def report_command(settings: Any, *, region: str, model: str, version: str | Non
 METRIC_KEYS = ("accuracy", "weighted_f1", "macro_f1", "in_scope_accuracy", "oos_recall")
 
 
-def version_rows(registry: Registry, region: str | None = None) -> list[dict[str, Any]]:
-    """Return one dict per built version (oldest first within each head), with ``live``."""
+def version_rows(settings: Any, region: str | None = None) -> list[dict[str, Any]]:
+    """Return one dict per version built here or stored in PostgreSQL, with ``live`` from the registry topic."""
+    from models.bundles import BundleStore
     from models.heads import read_metadata
+    from retrain.lifecycle import _local_refs, live_pointers
 
+    metas: dict[HeadRef, dict[str, Any]] = {}
+    where: dict[HeadRef, str] = {}
+    for ref in _local_refs(settings):
+        if region is None or ref.region == region:
+            try:
+                metas[ref] = read_metadata(ref.path(settings.models_root))
+                where[ref] = "here"
+            except HeadError:
+                continue
+    for stored in BundleStore(settings).list(region):
+        metas.setdefault(stored.ref, stored.metadata)
+        where[stored.ref] = "both" if where.get(stored.ref) == "here" else "database"
+    live = live_pointers(settings)
     rows = []
-    root = registry.heads_dir
-    regions = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-        if root.is_dir() else []
-    active = registry.active()
-    for reg in regions:
-        if region is not None and reg != region:
-            continue
-        for model_dir in sorted(p for p in (root / reg).iterdir() if p.is_dir()):
-            for ref in registry.versions(reg, model_dir.name):
-                try:
-                    meta = read_metadata(registry.path_of(ref))
-                except HeadError:
-                    continue
-                metrics = (meta.get("metrics") or {}).get("eval") or (meta.get("metrics") or {}).get("test") or {}
-                training = meta.get("training") or {}
-                rows.append({
-                    "region": ref.region, "model": ref.model, "version": ref.version,
-                    "live": active.get(ref.region, {}).get(ref.model) == ref,
-                    "created_at": meta.get("created_at"), "format": meta.get("format"),
-                    "n_classes": meta.get("n_classes"), "n_train": training.get("n_train"),
-                    "n_eval": training.get("n_eval", training.get("n_test")),
-                    **{k: metrics.get(k) for k in METRIC_KEYS},
-                })
+    for ref in sorted(metas, key=lambda r: (r.region, r.model, r.version)):
+        meta = metas[ref]
+        metrics = (meta.get("metrics") or {}).get("eval") or (meta.get("metrics") or {}).get("test") or {}
+        training = meta.get("training") or {}
+        pointer = live.get(ref.key)
+        rows.append({
+            "region": ref.region, "model": ref.model, "version": ref.version,
+            "live": pointer is not None and pointer.version == ref.version,
+            "live_since": pointer.at.isoformat() if pointer is not None and pointer.version == ref.version else None,
+            "created_at": meta.get("created_at"), "format": meta.get("format"),
+            "embedder_version": meta.get("embedder_version"), "stored": where[ref],
+            "n_classes": meta.get("n_classes"), "n_train": training.get("n_train"),
+            "n_eval": training.get("n_eval", training.get("n_test")),
+            **{k: metrics.get(k) for k in METRIC_KEYS},
+        })
     return rows
 
 
+def _lifecycle_errors() -> tuple[type[Exception], ...]:
+    import psycopg2
+
+    from models.bundles import BundleError
+    from retrain.lifecycle import LifecycleError
+
+    return LifecycleError, BundleError, psycopg2.Error
+
+
 def models_command(settings: Any, *, region: str | None, as_json: bool) -> int:
-    """List the built versions with their metrics and which one is live."""
-    registry = Registry(settings.models_root)
-    rows = version_rows(registry, region)
-    if region is not None and not rows:
-        return _fail(f"no heads in region {region!r}; regions with heads: "
-                     f"{sorted({r['region'] for r in version_rows(registry)})}")
+    """List the versions with their metrics and which one is live."""
+    from retrain.lifecycle import UnknownHead
+
+    try:
+        rows = version_rows(settings, region)
+        if region is not None and not rows:
+            raise UnknownHead(f"no heads in region {region!r}; regions with heads: "
+                              f"{sorted({r['region'] for r in version_rows(settings)})}")
+    except UnknownHead as exc:
+        return _fail(str(exc))
+    except _lifecycle_errors() as exc:
+        print(f"error: {str(exc).strip()}", file=sys.stderr)
+        return 1
     if as_json:
         print(json.dumps(rows))
         return 0
     print(f"{'region':<10} {'model':<14} {'version':<24} {'live':<4} {'accuracy':>8} {'w-F1':>6} "
-          f"{'in-scope':>8} {'oos rec':>7}  created")
+          f"{'in-scope':>8} {'oos rec':>7}  {'stored':<8}  created")
     for r in rows:
         def f(x: Any) -> str:
             return "-" if x is None else f"{x:.4f}"
         print(f"{r['region']:<10} {r['model']:<14} {r['version']:<24} {'*' if r['live'] else '':<4} "
               f"{f(r['accuracy']):>8} {f(r['weighted_f1']):>6} {f(r['in_scope_accuracy']):>8} "
-              f"{f(r['oos_recall']):>7}  {r['created_at']}")
+              f"{f(r['oos_recall']):>7}  {r['stored']:<8}  {r['created_at']}")
     return 0
 
 
 def promote_command(settings: Any, *, region: str, model: str, version: str, reason: str | None) -> int:
-    """Make one built version live, after checking its files; say what was live before."""
-    from models.registry import RegistryError
+    """Make one version live on every worker, after checking its files; say what was live before."""
+    from retrain.lifecycle import RefusedHead, UnknownHead, change
 
-    registry = Registry(settings.models_root)
     try:
-        ref = _pick_version(registry, region, model, version)
-        verify_head(registry.path_of(ref))
-        before = registry.active_ref(region, model)
-        registry.activate(ref, action="promote", reason=reason)
-    except (LookupError, ValueError, RegistryError, HeadError) as exc:
+        done = change(settings, HeadRef(region, model, version), action="promote", reason=reason)
+    except (UnknownHead, RefusedHead, ValueError) as exc:
         return _fail(str(exc))
-    print(f"promoted {ref}" + (f" (was {before.version})" if before and before != ref else ""))
+    except _lifecycle_errors() as exc:
+        print(f"error: {str(exc).strip()}", file=sys.stderr)
+        return 1
+    print(f"promoted {done.ref}" + (f" (was {done.before})" if done.before and done.before != version else ""))
     return 0
 
 
 def rollback_command(settings: Any, *, region: str, model: str, to: str | None, reason: str | None) -> int:
-    """Make the previous live version (or ``to``) live again."""
-    from models.registry import RegistryError
+    """Make the previous live version (or ``to``) live again on every worker."""
+    from retrain.lifecycle import NothingToRollBack, RefusedHead, UnknownHead, rollback
 
-    registry = Registry(settings.models_root)
     try:
-        if not registry.versions(region, model):
-            raise LookupError(f"no head {region}/{model} is built")
-        before = registry.active_ref(region, model)
-        target = registry.rollback(region, model, to=to, reason=reason)
-        verify_head(registry.path_of(target))
-    except (LookupError, ValueError, RegistryError, HeadError) as exc:
+        HeadRef(region, model, to or "v")
+        done = rollback(settings, region, model, to=to, reason=reason)
+    except (UnknownHead, NothingToRollBack, RefusedHead, ValueError) as exc:
         return _fail(str(exc))
-    print(f"rolled back {region}/{model} to {target.version}" + (f" (was {before.version})" if before else ""))
+    except _lifecycle_errors() as exc:
+        print(f"error: {str(exc).strip()}", file=sys.stderr)
+        return 1
+    print(f"rolled back {region}/{model} to {done.ref.version}" + (f" (was {done.before})" if done.before else ""))
     return 0

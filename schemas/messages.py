@@ -6,6 +6,7 @@ Each message carries ``schema_version``; a reader refuses a version it does not 
 - ``predictions.out``: :class:`Prediction`, one per (phrase, model).
 - ``phrases.dlq``: :class:`DeadLetter`, every message that could not be served.
 - ``phrases.labeled``: :class:`LabeledPhrase`, labelled examples for retraining.
+- ``models.registry``: :class:`RegistryPointer`, the live version of each head (compacted).
 """
 
 from __future__ import annotations
@@ -192,3 +193,36 @@ class LabeledPhrase(_Message):
     region: Name
     model: Name
     ts: AwareDatetime = Field(default_factory=utcnow)
+
+
+RegistryAction = Literal["activate", "promote", "rollback", "retrain"]
+
+
+class RegistryPointer(_Message):
+    """The live version of one (region, model), on the compacted topic ``models.registry``.
+
+    The key is ``region/model``; compaction keeps the newest pointer of each key. Workers
+    fetch the version's bundle (``bundle_sha256``, ``bundle_bytes``) from PostgreSQL when
+    their models folder lacks it. ``stack`` lists the versions that were live before, oldest
+    first: a plain rollback returns to its last entry. ``seq`` counts the changes of the key.
+    """
+
+    schema_version: Literal[1] = 1
+    region: Name
+    model: Name
+    version: StrictStr = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    action: RegistryAction
+    from_version: StrictStr | None = None
+    reason: StrictStr | None = Field(default=None, max_length=2000)
+    at: AwareDatetime = Field(default_factory=utcnow)
+    seq: int = Field(ge=1)
+    bundle_sha256: StrictStr = Field(pattern=r"^[0-9a-f]{64}$")
+    bundle_bytes: int = Field(ge=1)
+    embedder_version: StrictStr | None = None
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+    stack: list[StrictStr] = Field(default_factory=list, max_length=100)
+
+    @property
+    def key(self) -> bytes:
+        """Return the topic key, ``region/model``."""
+        return f"{self.region}/{self.model}".encode()

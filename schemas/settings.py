@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     topic_out: str = Field(default="predictions.out", description="predictions topic")
     topic_dlq: str = Field(default="phrases.dlq", description="dead-letter topic")
     topic_labeled: str = Field(default="phrases.labeled", description="labelled examples topic")
+    topic_registry: str = Field(default="models.registry", description="live head versions (compacted)")
     partitions_in: int = Field(default=4, ge=1, description="partitions of phrases.in and the internal topics")
     partitions_out: int = Field(default=4, ge=1, description="partitions of predictions.out")
     replication_factor: int = Field(default=1, ge=1, description="replication of the topics phrasestream creates")
@@ -50,6 +51,8 @@ class Settings(BaseSettings):
     embed_batch_max: int = Field(default=64, ge=1, description="largest embedding batch")
     embed_batch_within_ms: int = Field(default=50, ge=1, description="longest wait to fill a batch, ms")
     top_k: int = Field(default=3, ge=1, description="(label, probability) pairs per prediction")
+    registry_retry_seconds: float = Field(default=30.0, gt=0,
+                                          description="longest wait between fetches of a head the database could not give")
     cache_max_entries: int = Field(default=100_000, ge=0, description="embedding cache size; 0 disables it")
 
     # Input limits

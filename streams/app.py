@@ -1,7 +1,7 @@
 """Wire the stream: the one place that builds the Faust app and everything its agents use.
 
-``build_app(settings)`` builds, once: the shared embedder, the head set (active heads of
-every region, re-read when the registry changes), the embedding cache (a Faust table), the
+``build_app(settings)`` builds, once: the shared embedder, the head set (the live heads of
+every region, following the registry topic ``models.registry``), the embedding cache (a Faust table), the
 topics, and the two agents:
 
 1. ``validate_and_clean`` reads raw bytes from ``phrases.in``; each message becomes either a
@@ -22,13 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
+import time
 from pathlib import Path
 
 import faust
 
-from models.heads import Head
-from models.registry import Registry
-from schemas.messages import DeadLetter, ErrorKind
+from models.heads import Head, HeadError, HeadRef, load_head
+from models.pointers import Follower, read_all
+from schemas.messages import DeadLetter, ErrorKind, RegistryPointer
 from schemas.settings import Settings
 from streams.cache import LRUCache, MappingBackend
 from streams.decode import Limits, Source, decode_phrase
@@ -38,36 +40,125 @@ log = logging.getLogger("phrasestream.worker")
 
 
 class HeadSet:
-    """Hold the active heads of every region; re-read them when the registry file changes."""
+    """The heads every batch is served with, following the registry topic ``models.registry``.
 
-    def __init__(self, registry: Registry, embedder_version: str) -> None:
-        self._registry = registry
+    ``heads`` (region -> model -> :class:`Head`) is replaced whole, never changed in place:
+    a batch takes it once and is served by one consistent set, and a swap is one assignment.
+    New versions are fetched (from PostgreSQL when this machine lacks their files), verified
+    and loaded in the registry follower's thread, off the event loop.
+
+    A version that fails to load or fails its checksums is refused with one log line and is
+    not tried again (until it is promoted anew); the previous version keeps serving. A
+    version whose bundle cannot be fetched because the database does not answer is tried
+    again with a growing pause (up to ``registry_retry_seconds``), logged when it starts
+    waiting and when it loads.
+    """
+
+    def __init__(self, settings: Settings, embedder_version: str) -> None:
+        self._settings = settings
         self._embedder_version = embedder_version
-        self._stamp: float | None = None
+        self._changing = threading.Lock()  # one load at a time (follower thread, retry timer)
         self.heads: dict[str, dict[str, Head]] = {}
-        self.reload()
+        self.pointers: dict[tuple[str, str], RegistryPointer] = {}
+        self.refused: dict[tuple[str, str, int], str] = {}
+        self._pending: dict[tuple[str, str], tuple[RegistryPointer, float, float]] = {}
+        self._follower: Follower | None = None
 
     @property
     def known(self) -> dict[str, list[str]]:
-        """Map each region to the names of its active heads."""
+        """Map each region to the names of its live heads."""
         return {region: sorted(models) for region, models in self.heads.items()}
 
-    def _registry_stamp(self) -> float | None:
-        path = self._registry.path
-        return path.stat().st_mtime if path.exists() else None
+    def start(self, wait_s: float = 60.0) -> None:
+        """Load the live version of every head, then follow the registry topic in a thread."""
+        for pointer in read_all(self._settings).values():
+            self.offer(pointer)
+        deadline = time.monotonic() + wait_s
+        while self._pending and not self.heads and time.monotonic() < deadline:
+            time.sleep(1.0)
+            self.retry_pending(force=True)
+        if not self.heads:
+            why = "; ".join(self.refused.values()) or "the registry topic names none"
+            raise RuntimeError(f"no live head could be loaded from {self._settings.topic_registry} ({why}); "
+                               "run `phrasestream train`, or promote a version")
+        self._follower = Follower(self._settings, self.offer)
+        self._follower.start()
 
-    def reload(self) -> bool:
-        """Load the active heads again if the registry changed; say whether it did."""
-        stamp = self._registry_stamp()
-        if stamp == self._stamp and self.heads:
+    def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+
+    def _serving(self, key: tuple[str, str]) -> str:
+        current = self.pointers.get(key)
+        return f"still serving {current.version}" if current else "no version of it is served"
+
+    @property
+    def waiting(self) -> bool:
+        """Say whether a version waits for the database."""
+        return bool(self._pending)
+
+    def offer(self, pointer: RegistryPointer) -> bool:
+        """Serve ``pointer``'s version if it is new and loads; say whether the heads changed."""
+        with self._changing:
+            return self._offer(pointer)
+
+    def _offer(self, pointer: RegistryPointer) -> bool:
+        key = (pointer.region, pointer.model)
+        current = self.pointers.get(key)
+        if current is not None and pointer.seq <= current.seq:
+            return False  # a replayed or older pointer
+        if (*key, pointer.seq) in self.refused:
             return False
-        heads = self._registry.load_active(embedder_version=self._embedder_version)
-        if not heads:
-            msg = f"no active heads under {self._registry.path}; run `phrasestream train` first"
-            raise RuntimeError(msg)
-        self.heads, self._stamp = heads, stamp
-        log.info("active heads: %s", {r: {m: str(h.ref) for m, h in ms.items()} for r, ms in heads.items()})
+        if current is not None and current.version == pointer.version:
+            self.pointers = {**self.pointers, key: pointer}
+            return False
+        self._pending.pop(key, None)
+        return self._load(pointer)
+
+    def _load(self, pointer: RegistryPointer, retries: int = 0) -> bool:
+        import psycopg2
+
+        from models.bundles import BundleError
+        from retrain.lifecycle import head_folder
+
+        key = (pointer.region, pointer.model)
+        ref = HeadRef(pointer.region, pointer.model, pointer.version)
+        try:
+            folder = head_folder(self._settings, ref, want_sha256=pointer.bundle_sha256)
+            head = load_head(folder, embedder_version=self._embedder_version)
+            if head.ref != ref:
+                raise HeadError(f"the files of {ref} hold head {head.ref}")
+        except psycopg2.Error as exc:
+            pause = min(self._settings.registry_retry_seconds, 2.0 * 2 ** retries)
+            if retries == 0:
+                log.warning("cannot fetch head %s yet: PostgreSQL: %s; %s; trying again every %.0f s at most",
+                            ref, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                            self._serving(key), self._settings.registry_retry_seconds)
+            self._pending[key] = (pointer, time.monotonic() + pause, retries + 1)
+            return False
+        except (BundleError, HeadError, OSError, ValueError) as exc:
+            reason = f"refused head {ref} ({pointer.action} #{pointer.seq}): {exc}"
+            self.refused[(*key, pointer.seq)] = reason
+            log.error("%s; %s", reason, self._serving(key))
+            return False
+        # the swap: a new dict, assigned at once; a batch in flight keeps the one it took
+        heads = {region: dict(models) for region, models in self.heads.items()}
+        heads.setdefault(pointer.region, {})[pointer.model] = head
+        previous = self.pointers.get(key)
+        self.heads, self.pointers = heads, {**self.pointers, key: pointer}
+        log.info("now serving head %s (%s%s%s)", ref, pointer.action,
+                 f", was {previous.version}" if previous else "",
+                 f": {pointer.reason}" if pointer.reason else "")
         return True
+
+    def retry_pending(self, force: bool = False) -> None:
+        """Try again the versions that waited for the database, when their pause is over."""
+        with self._changing:
+            for key, (pointer, due, retries) in list(self._pending.items()):
+                if force or time.monotonic() >= due:
+                    self._pending.pop(key, None)
+                    if self._load(pointer, retries):
+                        log.info("head %s/%s: fetched after %d tries", *key, retries + 1)
 
 
 def faust_broker_url(bootstrap: str) -> str:
@@ -87,14 +178,14 @@ async def changelog_metadata(app: faust.App, topic: str) -> None:
     await producer.partitions_for(topic)
 
 
-def build_app(settings: Settings, embedder: Embedder | None = None, registry: Registry | None = None) -> faust.App:
+def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App:
     """Build the Faust app with its embedder, heads, cache and agents (see the module doc)."""
     if embedder is None:
         from models.embedder import load_embedder
 
         embedder = load_embedder(settings)
-    registry = registry or Registry(settings.models_root)
-    head_set = HeadSet(registry, embedder.version)
+    head_set = HeadSet(settings, embedder.version)
+    head_set.start()
     limits = Limits(settings.max_text_chars, settings.max_message_bytes)
 
     datadir = Path(settings.home).expanduser().resolve() / "faust" / settings.app_id
@@ -184,12 +275,10 @@ def build_app(settings: Settings, embedder: Embedder | None = None, registry: Re
                 await topic_out.send(key=prediction.id.encode(), value=prediction.to_bytes())
             counts["predictions"] += len(served.predictions)
 
-    @app.timer(interval=10.0)
-    async def reload_heads() -> None:
-        try:  # loading heads reads and hashes files: keep it off the event loop
-            await asyncio.get_running_loop().run_in_executor(None, head_set.reload)
-        except Exception:  # a broken new version must not stop serving the old one
-            log.exception("could not reload heads; serving the previous ones")
+    @app.timer(interval=2.0)
+    async def fetch_waiting_heads() -> None:
+        if head_set.waiting:  # fetching and loading read and hash files: off the event loop
+            await asyncio.get_running_loop().run_in_executor(None, head_set.retry_pending)
 
     @app.timer(interval=60.0)
     async def report() -> None:

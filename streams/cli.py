@@ -6,6 +6,7 @@
     phrasestream report          write the error-analysis page of a head (HTML)
     phrasestream models          the built head versions, their metrics, which one is live
     phrasestream promote|rollback  change which version is live (workers follow within 10 s)
+    phrasestream retrain         retrain a head on a window of phrases.labeled; promote it if no worse
     phrasestream worker          run the stream worker (foreground)
     phrasestream sink            run the PostgreSQL sink (foreground)
     phrasestream run             all of the above in the background, a demo feed, a live table
@@ -57,11 +58,13 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def active_heads(settings: Settings) -> dict[str, list[str]]:
-    """Map each region to its active head names (from the registry)."""
-    from models.registry import Registry
+    """Map each region to its live head names (from the registry topic)."""
+    from retrain.lifecycle import live_pointers
 
-    active = Registry(settings.models_root).active()
-    return {region: sorted(models) for region, models in active.items()}
+    out: dict[str, list[str]] = {}
+    for region, model in sorted(live_pointers(settings)):
+        out.setdefault(region, []).append(model)
+    return out
 
 
 def ensure_demo_heads(settings: Settings, progress: bool = True, force: bool = False) -> None:
@@ -71,9 +74,14 @@ def ensure_demo_heads(settings: Settings, progress: bool = True, force: bool = F
     """
     from models.embedder import current_version, load_embedder
     from retrain.demo import demo_heads_current, train_demo_heads
+    from retrain.lifecycle import change, publish_local
 
     if force or not demo_heads_current(settings, current_version()):
-        train_demo_heads(settings, load_embedder(settings), progress=progress, force=force)
+        for ref in train_demo_heads(settings, load_embedder(settings), progress=progress, force=force):
+            change(settings, ref, action="activate", reason="demo head trained on CLINC150")
+    for ref in publish_local(settings):  # heads active here that the registry topic does not name yet
+        if progress:
+            _say(f"published {ref} to {settings.topic_registry}")
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
@@ -92,8 +100,15 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         flags = ", ".join("--" + f.replace("_", "-") for f in given) or "--activate/--json"
         print(f"error: {flags} only go with --data (without it, train builds the demo heads)", file=sys.stderr)
         return 2
-    ensure_demo_heads(settings, progress=not args.quiet, force=args.force)
-    for region, models in active_heads(settings).items():
+    from retrain.lifecycle import LifecycleError
+
+    try:
+        ensure_demo_heads(settings, progress=not args.quiet, force=args.force)
+        live = active_heads(settings)
+    except LifecycleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for region, models in live.items():
         print(f"active heads of {region}: {', '.join(models)}")
     return 0
 
@@ -208,8 +223,14 @@ def cmd_sink(settings: Settings, _: argparse.Namespace) -> int:
 # produce / consume
 
 
-def labeled_messages(rows, region: str, model: str) -> list[bytes]:  # type: ignore[no-untyped-def]
-    """Turn ``retrain.data.Row`` rows into ``phrases.labeled`` messages (a row's ``ts`` is kept)."""
+def labeled_messages(rows, region: str, model: str) -> list[tuple[bytes, int]]:  # type: ignore[no-untyped-def]
+    """Turn ``retrain.data.Row`` rows into ``phrases.labeled`` messages and their record timestamps.
+
+    Each message comes with its ``ts`` in milliseconds since the epoch, the Kafka record
+    timestamp it is produced with, so that a replay window (``phrasestream retrain``) selects
+    examples by the time they were labelled. A row without ``ts`` gets the time now.
+    """
+    from retrain.replay import epoch_ms
     from schemas.messages import LabeledPhrase
 
     out = []
@@ -217,7 +238,8 @@ def labeled_messages(rows, region: str, model: str) -> list[bytes]:  # type: ign
         body: dict = {"text": row.text, "label": row.label, "region": region, "model": model}
         if row.ts:
             body["ts"] = row.ts
-        out.append(LabeledPhrase.model_validate(body).to_bytes())
+        msg = LabeledPhrase.model_validate(body)
+        out.append((msg.to_bytes(), epoch_ms(msg.ts)))
     return out
 
 
@@ -242,19 +264,29 @@ def cmd_produce_labeled(settings: Settings, args: argparse.Namespace) -> int:
     producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True,
                          "compression.type": "zstd", "linger.ms": 20})
     key = f"{args.region}/{args.model}".encode()
-    for value in messages:
+    failed: list[str] = []  # the broker refuses, e.g., a timestamp more than message.timestamp.after.max.ms ahead
+
+    def delivered(err, _msg) -> None:  # type: ignore[no-untyped-def]
+        if err is not None:
+            failed.append(err.str())
+
+    for value, timestamp_ms in messages:
         while True:
             try:
-                producer.produce(settings.topic_labeled, key=key, value=value)
+                producer.produce(settings.topic_labeled, key=key, value=value, timestamp=timestamp_ms,
+                                 on_delivery=delivered)
                 break
             except BufferError:  # the local queue is full: let it drain
                 producer.poll(0.5)
         producer.poll(0)
     left = producer.flush(60)
-    print(f"produced {len(messages) - left} labelled example(s) of {args.region}/{args.model} to "
+    print(f"produced {len(messages) - left - len(failed)} labelled example(s) of {args.region}/{args.model} to "
           f"{settings.topic_labeled}" + (f"; dropped {data.n_empty_text} row(s) with an empty text or label"
                                          if data.n_empty_text else ""), file=sys.stderr)
-    return 0 if left == 0 else 1
+    if failed:
+        print(f"error: {len(failed)} example(s) were refused by the broker, the first: {failed[0]} "
+              "(a ts far in the future is refused)", file=sys.stderr)
+    return 0 if left == 0 and not failed else 1
 
 
 def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
@@ -399,6 +431,15 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
     return rollback_command(settings, region=args.region, model=args.model, to=args.to, reason=args.reason)
 
 
+def cmd_retrain(settings: Settings, args: argparse.Namespace) -> int:
+    from retrain.retrain_command import retrain_command
+
+    return retrain_command(settings, region=args.region, model=args.model, since=args.since, date_from=args.date_from,
+                           date_to=args.date_to, compare=args.compare_windows, tolerance=args.tolerance,
+                           test_fraction=args.test_fraction, config_path=args.config, reason=args.reason,
+                           as_json=args.json, progress=not args.quiet)
+
+
 def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
     from ops.services import status
 
@@ -479,6 +520,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", help="the version to go back to (default: the one live before)")
     p.add_argument("--reason", help="why, kept in the history")
     p.set_defaults(func=cmd_rollback)
+    p = sub.add_parser("retrain", help="retrain a head on a window of phrases.labeled; promote it if it is no worse",
+                       description="Replay the labelled examples of --region/--model from phrases.labeled over a "
+                       "window [start, end) of record timestamps, drop duplicate texts (the newest label wins), test "
+                       "on the newest --test-fraction, train a candidate on the rest, score it and the live head on "
+                       "the same test slice, and promote the candidate if its weighted F1 >= the live one's - "
+                       "--tolerance. Dates are ISO 8601; without an offset they are UTC.")
+    p.add_argument("--region", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--since", metavar="DURATION", help="history length ending now: 90d, 12w, 1y, 48h, or all")
+    p.add_argument("--from", dest="date_from", metavar="DATE", help="window start (included), e.g. 2026-01-01 or 2026-01-01T08:00Z")
+    p.add_argument("--to", dest="date_to", metavar="DATE", help="window end (excluded); default: now")
+    p.add_argument("--compare-windows", metavar="LIST", help="e.g. 30d,90d,1y,all: one candidate per window, one test slice; "
+                   "promotes nothing")
+    p.add_argument("--tolerance", type=float, default=0.005, metavar="F1",
+                   help="how much lower the candidate's weighted F1 may be (default 0.005)")
+    p.add_argument("--test-fraction", type=float, default=0.2, metavar="SHARE",
+                   help="the newest share of the examples to test on (default 0.2)")
+    p.add_argument("--config", help="training configuration (JSON of retrain.config.TrainConfig)")
+    p.add_argument("--reason", help="why, kept in the history with the promotion")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object of figures")
+    p.add_argument("--quiet", action="store_true", help="no progress on standard error (warnings stay)")
+    p.set_defaults(func=cmd_retrain)
     for name, func in (("worker", cmd_worker), ("sink", cmd_sink)):
         p = sub.add_parser(name, help=f"run the {name} in the foreground")
         p.add_argument("--daemon-id", help=argparse.SUPPRESS)

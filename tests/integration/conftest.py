@@ -22,6 +22,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from psycopg2 import sql
 
+from models.pointers import publish, read_all
 from ops.services import apply_migrations, create_topics, kafka_answers, pg_answers
 from schemas.settings import Settings
 
@@ -134,14 +135,15 @@ class Stack:
         return rows
 
 
-@pytest.fixture
-def stack(base_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
+def make_stack(base_settings: Settings, tmp_path: Path, seed_registry: bool) -> Iterator[Stack]:
+    """Build one test's stack; with ``seed_registry`` its registry topic names the suite's live heads."""
     suffix = uuid.uuid4().hex[:10]
     overrides = {
         "PHRASESTREAM_TOPIC_IN": f"test-{suffix}.phrases.in",
         "PHRASESTREAM_TOPIC_OUT": f"test-{suffix}.predictions.out",
         "PHRASESTREAM_TOPIC_DLQ": f"test-{suffix}.phrases.dlq",
         "PHRASESTREAM_TOPIC_LABELED": f"test-{suffix}.phrases.labeled",
+        "PHRASESTREAM_TOPIC_REGISTRY": f"test-{suffix}.models.registry",
         "PHRASESTREAM_APP_ID": f"test-{suffix}",
         "PHRASESTREAM_SINK_GROUP": f"test-{suffix}-sink",
         "PHRASESTREAM_PG_SCHEMA": f"test_{suffix}",
@@ -152,6 +154,9 @@ def stack(base_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     settings = Settings(**{k.removeprefix("PHRASESTREAM_").lower(): v for k, v in overrides.items()})
     create_topics(settings)
     apply_migrations(settings)
+    if seed_registry:  # the suite's live heads (`make train`), as pointers; their files are in the shared models folder
+        for pointer in read_all(base_settings).values():
+            publish(settings, pointer)
     st = Stack(settings, env, tmp_path)
     try:
         yield st
@@ -160,3 +165,15 @@ def stack(base_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
             st.stop(name)
         with psycopg2.connect(settings.dsn) as conn, conn.cursor() as cur:
             cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.pg_schema)))
+
+
+@pytest.fixture
+def stack(base_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
+    """A stack whose registry topic names the suite's live demo heads."""
+    yield from make_stack(base_settings, tmp_path, seed_registry=True)
+
+
+@pytest.fixture
+def bare_stack(base_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
+    """A stack with an empty registry topic and empty bundle and history tables."""
+    yield from make_stack(base_settings, tmp_path, seed_registry=False)
