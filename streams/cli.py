@@ -207,6 +207,7 @@ def wait_worker_ready(settings: Settings, timeout: float = 300.0) -> None:
 def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     from streams.app import run_worker
 
+    _setup_logging(settings)  # the heads load before Faust sets up its logging
     run_worker(settings)
     return 0
 

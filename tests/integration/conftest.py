@@ -48,12 +48,17 @@ class Stack:
     logs: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def start(self, name: str, ready: str | None = None, timeout: float = 240.0, **extra_env: str) -> subprocess.Popen:
-        """Start ``phrasestream <name>`` with this stack's settings; wait for ``ready`` in its log."""
+    def start(self, command: str, ready: str | None = None, timeout: float = 240.0, label: str | None = None,
+              **extra_env: str) -> subprocess.Popen:
+        """Start ``phrasestream <command>`` with this stack's settings; wait for ``ready`` in its log.
+
+        The process and its log (``<label>.log``) are known by ``label``, the command by default.
+        """
+        name = label or command
         log_path = self.logs / f"{name}.log"
         env = {**self.env, **extra_env}
         with open(log_path, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", name], env=env, stdout=out,
+            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", command], env=env, stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs[name] = proc
         if ready is not None:
