@@ -204,6 +204,9 @@ def score_live(settings: Any, region: str, model: str, embedder: Any, features: 
     checks, has no score (the reason says which). Raise :class:`LiveUnknown` when the live
     version or its files cannot be fetched: then nothing is decided.
     """
+    import psycopg2
+
+    from models.bundles import BundleError
     from models.heads import EmbedderMismatch, HeadError, read_metadata
     from retrain.lifecycle import LifecycleError, head_folder, live_ref
 
@@ -215,7 +218,7 @@ def score_live(settings: Any, region: str, model: str, embedder: Any, features: 
         return None, None, f"no head of {region}/{model} is live"
     try:
         folder = head_folder(settings, ref)
-    except Exception as exc:  # noqa: BLE001 - the fetch raises its store's and its database driver's errors
+    except (BundleError, HeadError, OSError, psycopg2.Error) as exc:
         raise LiveUnknown(f"cannot fetch the files of the live head {ref}: {exc}") from None
     try:
         return ref, _score_folder(folder, embedder, ref, features, test), None

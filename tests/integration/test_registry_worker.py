@@ -9,6 +9,7 @@ export and feature cache are linked, as the embedder is rebuilt from its package
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -173,7 +174,7 @@ def test_a_live_worker_follows_promote_then_rollback_without_a_restart(bare_stac
     # version, and a swap happens between batches
     versions = [p["model_version"] for p in sorted(preds.got, key=lambda p: (p["predicted_at"], p["id"]))]
     assert set(versions) == {v1.version, v2.version}
-    runs = [versions[0]] + [v for prev, v in zip(versions, versions[1:]) if v != prev]
+    runs = [k for k, _ in itertools.groupby(versions)]
     assert runs == [v1.version, v2.version, v1.version], runs[:10]
     assert worker.poll() is None, "the worker was never restarted"
     log = (bare_stack.logs / "worker.log").read_text(errors="replace")
