@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import faust
 
@@ -32,7 +33,7 @@ from models.heads import Head, HeadError, HeadRef, load_head
 from models.pointers import Follower, read_all
 from schemas.messages import DeadLetter, ErrorKind, RegistryPointer
 from schemas.settings import Settings
-from streams.cache import LRUCache, MappingBackend
+from streams.cache import LRUCache, MappingBackend, cache_key
 from streams.decode import Limits, Source, decode_phrase
 from streams.pipeline import Embedder, serve_batch
 
@@ -161,6 +162,70 @@ class HeadSet:
                         log.info("head %s/%s: fetched after %d tries", *key, retries + 1)
 
 
+class Outbox:
+    """Produce messages with confluent-kafka; :meth:`flush` returns once the broker has them all.
+
+    Why not Faust's ``topic.send``: it awaits every message through Faust's producer buffer
+    (which blocks all streams beyond 100 waiting messages) and aiokafka; librdkafka queues a
+    message in about a microsecond and batches in its own thread. At-least-once holds because
+    an agent calls :meth:`flush` after each batch, before it takes the next one (which is when
+    Faust acks the batch's input events): a message that failed is produced again, and
+    ``flush`` does not return until every message is acknowledged (acks=all, idempotent).
+    While the broker is away it waits, and says so once.
+    """
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        from confluent_kafka import Producer
+
+        self.name = name
+        self._failed: list[tuple[str, bytes | None, bytes]] = []
+        self._producer = Producer({
+            "bootstrap.servers": settings.bootstrap,
+            "client.id": f"{settings.app_id}-{name}",
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 1,  # a batch arrives at once; a short linger fills Kafka batches
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 500000,
+            "message.timeout.ms": 0,  # never give a message up; flush waits for the broker
+            # the Java clients' (and aiokafka's, so Faust's table's) partitioner: murmur2 of the key
+            "partitioner": "murmur2_random",
+        })
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failed.append((msg.topic(), msg.key(), msg.value()))
+
+    def put(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Queue one message (blocks only while librdkafka's own queue is full)."""
+        while True:
+            try:
+                self._producer.produce(topic, value, key, on_delivery=self._delivered)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def flush(self) -> None:
+        """Block until every queued message is acknowledged, producing failed ones again."""
+        waited = 0.0
+        while True:
+            left = self._producer.flush(5.0)
+            if self._failed:
+                failed, self._failed = self._failed, []
+                log.warning("%s: %d message(s) failed to reach the broker; producing them again", self.name,
+                            len(failed))
+                for topic, key, value in failed:
+                    self.put(topic, key, value)
+                continue
+            if left == 0:
+                if waited:
+                    log.info("%s: the broker took the waiting messages after %.0f s", self.name, waited)
+                return
+            if not waited:
+                log.warning("%s: %d message(s) wait for the broker; the stream waits with them", self.name, left)
+            waited += 5.0
+
+
 def faust_broker_url(bootstrap: str) -> str:
     """Return Faust's broker URL for comma-separated ``host:port`` servers."""
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip())
@@ -206,10 +271,12 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
         key_serializer="raw",
         value_serializer="raw",
         table_standby_replicas=0,
+        # Faust's own producer now carries only the cache's changelog (entries of 3.8 KB):
+        # aiokafka's default batch of 16 KB would hold four of them.
+        producer_linger_ms=5,
+        producer_max_batch_size=512 * 1024,
     )
     topic_in = app.topic(settings.topic_in, key_type=bytes, value_type=bytes)
-    topic_out = app.topic(settings.topic_out, key_type=bytes, value_type=bytes)
-    topic_dlq = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
     topic_cleaned = app.topic(
         f"{settings.app_id}-phrases.cleaned",
         key_type=bytes,
@@ -229,51 +296,69 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
     cache = LRUCache(cache_backend, embedder.version, embedder.feature_dim, settings.cache_max_entries)
     counts = {"phrases": 0, "dlq": 0, "predictions": 0}
 
-    async def dead_letter(letter: DeadLetter) -> None:
+    loop_box: dict[str, asyncio.AbstractEventLoop] = {}
+
+    def offload(fn, *args):  # type: ignore[no-untyped-def]
+        """Run a blocking step (embedding, heads, waiting for the broker) in a thread."""
+        return loop_box.setdefault("loop", asyncio.get_running_loop()).run_in_executor(None, fn, *args)
+
+    cleaned_topic = topic_cleaned.get_topic_name()
+    # Each agent produces its outputs with a producer of its own and waits, after each batch,
+    # until the broker has every message of it (see Outbox): only then does the loop go on and
+    # Faust ack the batch's input events, so a commit never gets ahead of the outputs.
+    clean_out = Outbox(settings, "clean")
+    serve_out = Outbox(settings, "serve")
+
+    def dead_letter(outbox: Outbox, letter: DeadLetter) -> None:
         counts["dlq"] += 1
-        key = letter.id.encode() if letter.id else None
         log.info("dead letter %s: %s", letter.error_kind.value, letter.reason)
-        await topic_dlq.send(key=key, value=letter.to_bytes())
+        outbox.put(settings.topic_dlq, letter.id.encode() if letter.id else None, letter.to_bytes())
+
+    within = settings.embed_batch_within_ms / 1000.0
 
     @app.agent(topic_in)
     async def validate_and_clean(stream):  # type: ignore[no-untyped-def]
-        async for event in stream.events():
-            message = event.message
-            source = Source(message.topic, message.partition, message.offset)
-            try:
-                result = decode_phrase(event.value, head_set.known, source, limits)
-            except Exception as exc:  # a bug, not bad input: keep the message and go on
-                log.exception("decode failed")
-                result = DeadLetter.of(ErrorKind.INTERNAL, f"internal error while decoding: {exc!r}",
-                                       event.value, source.topic, source.partition, source.offset)
-            if isinstance(result, DeadLetter):
-                await dead_letter(result)
-            else:
-                counts["phrases"] += 1
-                await topic_cleaned.send(key=result.id.encode(), value=result.to_bytes())
+        # Batches, not single events: one wait for the broker per batch, and no await per message.
+        async for events in stream.take_events(settings.embed_batch_max, within=within):
+            known = head_set.known
+            for event in events:
+                message = event.message
+                source = Source(message.topic, message.partition, message.offset)
+                try:
+                    result = decode_phrase(event.value, known, source, limits)
+                except Exception as exc:  # a bug, not bad input: keep the message and go on
+                    log.exception("decode failed")
+                    result = DeadLetter.of(ErrorKind.INTERNAL, f"internal error while decoding: {exc!r}",
+                                           event.value, source.topic, source.partition, source.offset)
+                if isinstance(result, DeadLetter):
+                    dead_letter(clean_out, result)
+                else:
+                    counts["phrases"] += 1
+                    # Keyed by the cache key of the cleaned text: the phrase lands on the partition
+                    # whose changelog holds its cache entry (same key bytes, same murmur2
+                    # partitioner), so with several workers each one serves the phrases it caches.
+                    clean_out.put(cleaned_topic, cache_key(embedder.version, result.clean_text).encode(),
+                                  result.to_bytes())
+            await offload(clean_out.flush)
 
     @app.agent(topic_cleaned)
     async def embed_and_classify(stream):  # type: ignore[no-untyped-def]
-        loop = asyncio.get_running_loop()
-
-        def offload(fn, *args):  # type: ignore[no-untyped-def]
-            return loop.run_in_executor(None, fn, *args)
-
-        within = settings.embed_batch_within_ms / 1000.0
-        cleaned_topic = topic_cleaned.get_topic_name()
         await changelog_metadata(app, table.changelog_topic.get_topic_name())
-        adopted = False
+        adopted: set = set()
         async for values in stream.take(settings.embed_batch_max, within=within):
-            if not adopted:  # the table is recovered before the first event flows
-                adopted = True
+            assigned = frozenset(app.consumer.assignment())
+            if assigned != adopted:  # the table is recovered before events flow; again after a rebalance
+                adopted = set(assigned)
                 evicted = cache.adopt(cache_backend.keys())
-                log.info("embedding cache: %d entries recovered, %d evicted", len(cache), evicted)
+                log.info("embedding cache: %d entries held, %d evicted", len(cache), evicted)
             served = await serve_batch(values, embedder, cache, head_set.heads, settings.top_k, offload)
             for failure in served.failures:
-                await dead_letter(DeadLetter.of(failure.kind, failure.reason, failure.raw, cleaned_topic, id=failure.id))
-            for prediction in served.predictions:
-                await topic_out.send(key=prediction.id.encode(), value=prediction.to_bytes())
-            counts["predictions"] += len(served.predictions)
+                dead_letter(serve_out, DeadLetter.of(failure.kind, failure.reason, failure.raw, cleaned_topic,
+                                                     id=failure.id))
+            for key, value in served.payloads:
+                serve_out.put(settings.topic_out, key, value)
+            counts["predictions"] += len(served.payloads)
+            await offload(serve_out.flush)
 
     @app.timer(interval=2.0)
     async def fetch_waiting_heads() -> None:

@@ -99,7 +99,10 @@ class LRUCache:
         self._touch(key)
 
     def adopt(self, keys: Iterable[str]) -> int:
-        """Track entries the backend already holds (a table recovered from its changelog).
+        """Track exactly the entries the backend holds (after a recovery or a rebalance).
+
+        Entries the backend no longer holds (their partition moved to another worker) are
+        forgotten, so the bound counts only what this worker keeps.
 
         They count as older than anything used since start, so they are evicted first, and
         entries of another embedder version (never read again by this worker, but maybe by
@@ -107,6 +110,10 @@ class LRUCache:
         evicted to keep the bound.
         """
         prefix = f"{self._version}:"
+        keys = list(keys)
+        held = set(keys)
+        for gone in [k for k in self._order if k not in held]:  # partitions revoked by a rebalance
+            del self._order[gone]
         fresh = [k for k in keys if k not in self._order]
         ours = [k for k in fresh if k.startswith(prefix)]
         others = [k for k in fresh if not k.startswith(prefix)]

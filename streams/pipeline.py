@@ -191,6 +191,20 @@ class Served:
 
     predictions: list[Prediction] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    payloads: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """(key, value) of each prediction, serialised for ``predictions.out``."""
+
+
+def _compute(phrases: Sequence[CleanedPhrase], vectors: np.ndarray, hits: list[bool], embedder: Embedder,
+             heads: Mapping[str, Mapping[str, Head]], top_k: int) -> tuple[list[int], Served]:
+    """Embed the misses and run the heads: the blocking part of a batch, for a worker thread."""
+    texts = [p.clean_text for p in phrases]
+    rows = embed_misses(texts, vectors, hits, embedder)
+    predictions, gone = classify(phrases, Embedded(vectors, hits), heads, embedder.version, top_k)
+    served = Served(predictions=predictions,
+                    failures=[Failure(p.to_bytes(), ErrorKind.UNKNOWN_MODEL, reason, p.id) for p, reason in gone],
+                    payloads=[(p.id.encode(), p.to_bytes()) for p in predictions])
+    return rows, served
 
 
 async def serve_batch(
@@ -202,6 +216,10 @@ async def serve_batch(
     offload: Offload | None = None,
 ) -> Served:
     """Embed and classify a batch of cleaned-phrase messages; never raise for a bad one.
+
+    The cache is read and written in the caller's thread (a Faust table belongs to the
+    event loop); embedding the misses, the heads and the serialisation of the predictions run
+    through ``offload`` when given, so the event loop keeps consuming meanwhile.
 
     A message that does not parse is a failure on its own. When the batch fails as a
     whole, each phrase is tried alone, so one bad phrase cannot take its batch with it.
@@ -216,8 +234,13 @@ async def serve_batch(
     if not phrases:
         return served
     try:
-        embedded = await embed_with_cache([p.clean_text for p in phrases], embedder, cache, offload)
-        predictions, gone = classify(phrases, embedded, heads, embedder.version, top_k)
+        texts = [p.clean_text for p in phrases]
+        vectors, hits = _lookup_or_miss(texts, cache, embedder.feature_dim)
+        if offload is None:
+            rows, done = _compute(phrases, vectors, hits, embedder, heads, top_k)
+        else:
+            rows, done = await offload(_compute, phrases, vectors, hits, embedder, heads, top_k)
+        _store_or_skip(texts, vectors, rows, cache)
     except Exception as exc:  # a bug or a bad phrase: isolate it, keep the rest
         if len(phrases) == 1:
             log.exception("embedding or classification failed for phrase %s", phrases[0].id)
@@ -228,7 +251,9 @@ async def serve_batch(
             alone = await serve_batch([phrase.to_bytes()], embedder, cache, heads, top_k, offload)
             served.predictions += alone.predictions
             served.failures += alone.failures
+            served.payloads += alone.payloads
         return served
-    served.predictions += predictions
-    served.failures += [Failure(p.to_bytes(), ErrorKind.UNKNOWN_MODEL, reason, p.id) for p, reason in gone]
+    served.predictions += done.predictions
+    served.failures += done.failures
+    served.payloads += done.payloads
     return served

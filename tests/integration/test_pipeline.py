@@ -115,4 +115,4 @@ def test_a_restarted_worker_gets_its_embedding_cache_back_from_the_changelog(sta
     after = next(p for p in both if p["id"] == "after-restart")
     assert before["cache_hit"] is False
     assert after["cache_hit"] is True
-    assert re.search(r"\b1 entries recovered", (stack.logs / "worker.log").read_text())
+    assert re.search(r"\b1 entries held", (stack.logs / "worker.log").read_text())

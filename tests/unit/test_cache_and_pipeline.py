@@ -529,3 +529,29 @@ def test_serve_batch_reports_a_head_that_is_gone_as_unknown_model():
     served = serve([phrase("x", "hello", ["domain"]).to_bytes()], FakeEmbedder(), heads)
     assert served.predictions == []
     assert [(f.kind, f.id) for f in served.failures] == [(ErrorKind.UNKNOWN_MODEL, "x")]
+
+
+def test_serve_batch_serialises_each_prediction_keyed_by_its_id_through_the_offload():
+    heads = heads_for({"global": ["intent", "domain"]})
+    calls: list[str] = []
+
+    async def offload(fn, *args):  # type: ignore[no-untyped-def]
+        calls.append(fn.__name__)
+        return fn(*args)
+
+    values = [phrase(f"p{i}", f"text {i}", ["intent", "domain"]).to_bytes() for i in range(3)]
+    served = asyncio.run(serve_batch(values, FakeEmbedder(), cache(), heads, top_k=2, offload=offload))
+    assert calls == ["_compute"], "embedding, heads and serialisation run in one offloaded call"
+    assert len(served.predictions) == 6
+    assert served.payloads == [(p.id.encode(), p.to_bytes()) for p in served.predictions]
+
+
+def test_adopt_forgets_entries_of_partitions_that_moved_away():
+    backend = MappingBackend({})
+    lru = LRUCache(backend, "v1", 4, max_entries=10)
+    for text in ("a", "b", "c"):
+        lru.put(text, np.ones(4, dtype=np.float32))
+    kept = [k for k in backend.keys() if k != cache_key("v1", "b")]
+    backend.delete(cache_key("v1", "b"))  # a rebalance took its partition
+    assert lru.adopt(kept) == 0
+    assert len(lru) == 2, "the bound counts only what this worker holds"
