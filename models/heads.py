@@ -25,14 +25,18 @@ TensorFlow, cheap enough to run beside the event loop.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -262,11 +266,20 @@ class TextFeatures:
 
     The vocabulary and idf are the ones scikit-learn's ``TfidfVectorizer`` learned at training
     time; serving gives them back to a ``TfidfVectorizer``, so both compute the same function.
+
+    scikit-learn's analyzers run in Python (tens of microseconds per text and vectorizer: the
+    largest cost of serving a cached phrase), so each vectorizer remembers the rows of the last
+    ``MEMO_ROWS`` texts it transformed, least recently used out first. Heads whose vectorizers
+    are identical (the same settings, vocabulary and idf: heads trained on the same texts)
+    share one instance through :meth:`shared`, hence one memo and one transform per text.
     """
 
     SETTINGS = ("analyzer", "ngram_range", "lowercase", "sublinear_tf", "norm", "token_pattern", "binary")
+    MEMO_ROWS = 50_000
+    _instances: ClassVar[weakref.WeakValueDictionary[str, TextFeatures]] = weakref.WeakValueDictionary()
+    _instances_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], memo_rows: int | None = None) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         settings = {k: spec[k] for k in self.SETTINGS if k in spec}
@@ -278,10 +291,45 @@ class TextFeatures:
         self.vectorizer = TfidfVectorizer(vocabulary=vocab, dtype=np.float32, **settings)
         self.vectorizer.idf_ = np.asarray(spec["idf"], dtype=np.float64)
         self.dim = len(vocab)
+        self._memo_rows = self.MEMO_ROWS if memo_rows is None else memo_rows
+        self._memo: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, spec: dict[str, Any]) -> TextFeatures:
+        """Return the one live instance for this spec (kept weakly: it goes with the last head using it)."""
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode("utf-8")).hexdigest()
+        with cls._instances_lock:
+            found = cls._instances.get(digest)
+            if found is None:
+                found = cls._instances[digest] = cls(spec)
+            return found
 
     def transform(self, texts: Sequence[str]) -> Any:
         """Return a CSR matrix ``[n, dim]`` (float32)."""
-        return self.vectorizer.transform(list(texts))
+        from scipy.sparse import csr_matrix
+
+        texts = list(texts)
+        if self._memo_rows <= 0:
+            return self.vectorizer.transform(texts)
+        with self._lock:
+            rows = [self._memo.get(t) for t in texts]
+            missing = list(dict.fromkeys(t for t, r in zip(texts, rows) if r is None))
+            if missing:
+                fresh = self.vectorizer.transform(missing)
+                for i, t in enumerate(missing):
+                    lo, hi = fresh.indptr[i], fresh.indptr[i + 1]
+                    self._memo[t] = (fresh.indices[lo:hi].copy(), fresh.data[lo:hi].copy())
+            for i, t in enumerate(texts):
+                rows[i] = self._memo[t]
+                self._memo.move_to_end(t)
+            while len(self._memo) > self._memo_rows:
+                self._memo.popitem(last=False)
+        indptr = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum([len(r[0]) for r in rows], out=indptr[1:])
+        indices = np.concatenate([r[0] for r in rows]) if rows else np.zeros(0, dtype=np.int32)
+        data = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0, dtype=np.float32)
+        return csr_matrix((data, indices, indptr), shape=(len(texts), self.dim))
 
 
 @dataclass
@@ -342,7 +390,7 @@ class Head:
         self.feature_dim = BLOCK_DIM * len(self.readout)
         self.mean = arrays.get("dense.mean")
         self.scale = arrays.get("dense.scale")
-        self.text = {name: TextFeatures(spec) for name, spec in config.get("text_features", {}).items()}
+        self.text = {name: TextFeatures.shared(spec) for name, spec in config.get("text_features", {}).items()}
         self.members = []
         for m in config["members"]:
             prefix = f"{m['name']}."

@@ -644,3 +644,25 @@ def test_demo_heads_with_fake_embedder(tmp_path, monkeypatch):  # type: ignore[n
     assert again.skipped and again.refs == run.refs and again.trained == []
     assert len(emb.calls) == calls
     assert demo.train_demo_heads(settings, emb, progress=False) == run.refs
+
+
+def test_text_features_memo_gives_exactly_the_vectorizer_rows_and_identical_specs_share_one_instance():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from models.heads import TextFeatures
+
+    corpus = ["what is my balance", "freeze my card", "transfer money to mom", "card is lost", "balance please"]
+    fitted = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), dtype=np.float32).fit(corpus)
+    spec = {"analyzer": "char_wb", "ngram_range": [2, 4], "vocabulary": {k: int(v) for k, v in fitted.vocabulary_.items()},
+            "idf": fitted.idf_.tolist()}
+    memo = TextFeatures(spec, memo_rows=3)
+    plain = TextFeatures(spec, memo_rows=0)
+    batches = [["freeze my card", "what is my balance", "freeze my card"], ["card is lost", "unknown words here"],
+               ["what is my balance", "balance please", "freeze my card", "transfer money to mom"]]
+    for batch in batches:  # repeats within a batch, hits, evictions (3 rows kept)
+        got, want = memo.transform(batch), plain.transform(batch)
+        assert got.shape == want.shape and (got != want).nnz == 0
+    assert len(memo._memo) == 3
+    assert memo.transform([]).shape == (0, plain.dim)
+    a, b = TextFeatures.shared(spec), TextFeatures.shared(json.loads(json.dumps(spec)))
+    assert a is b, "heads trained on the same texts share one vectorizer and its memo"
