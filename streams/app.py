@@ -35,7 +35,7 @@ from schemas.messages import DeadLetter, ErrorKind, RegistryPointer
 from schemas.settings import Settings
 from streams.cache import LRUCache, MappingBackend, cache_key
 from streams.decode import Limits, Source, decode_phrase
-from streams.pipeline import Embedder, serve_batch
+from streams.pipeline import AnswerMemo, Embedder, serve_batch
 
 log = logging.getLogger("phrasestream.worker")
 
@@ -188,6 +188,7 @@ class Outbox:
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 500000,
             "message.timeout.ms": 0,  # never give a message up; flush waits for the broker
+            "delivery.report.only.error": True,  # only failures come back (to be produced again)
             # the Java clients' (and aiokafka's, so Faust's table's) partitioner: murmur2 of the key
             "partitioner": "murmur2_random",
         })
@@ -303,6 +304,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
         return loop_box.setdefault("loop", asyncio.get_running_loop()).run_in_executor(None, fn, *args)
 
     cleaned_topic = topic_cleaned.get_topic_name()
+    memo = AnswerMemo(settings.answer_memo_entries)
     # Each agent produces its outputs with a producer of its own and waits, after each batch,
     # until the broker has every message of it (see Outbox): only then does the loop go on and
     # Faust ack the batch's input events, so a commit never gets ahead of the outputs.
@@ -351,7 +353,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
                 adopted = set(assigned)
                 evicted = cache.adopt(cache_backend.keys())
                 log.info("embedding cache: %d entries held, %d evicted", len(cache), evicted)
-            served = await serve_batch(values, embedder, cache, head_set.heads, settings.top_k, offload)
+            served = await serve_batch(values, embedder, cache, head_set.heads, settings.top_k, offload, memo)
             for failure in served.failures:
                 dead_letter(serve_out, DeadLetter.of(failure.kind, failure.reason, failure.raw, cleaned_topic,
                                                      id=failure.id))

@@ -14,7 +14,8 @@ The cache is an optimisation: when it fails, the batch is embedded without it.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -125,17 +126,62 @@ async def embed_with_cache(
     return Embedded(vectors, hits)
 
 
+class AnswerMemo:
+    """The last answers of each head for each cleaned text, least recently used out first.
+
+    Serving, a head is a deterministic function of the cleaned text: its features come from
+    the text alone (the embedder it was built for, float16-exact whether cached or computed)
+    and so do its TF-IDF rows. A phrase seen before by the same head version (``ref``) gets
+    the remembered answer without the head's matrix products, which are most of the cost of a
+    cached phrase. A promoted or rolled-back version has another ``ref``, so it is never
+    answered from its predecessor's memo. ``max_entries=0`` turns it off.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._answers: OrderedDict[tuple[str, str, int], Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def answer(self, head: Head, features: np.ndarray, texts: Sequence[str], top_k: int) -> list[Any]:
+        """Return ``head``'s answers for these rows, from the memo where it has them."""
+        if self._max <= 0:
+            return head.predict(features, top_k, texts=texts)
+        ref = str(head.ref)
+        with self._lock:
+            found = [self._answers.get((ref, t, top_k)) for t in texts]
+            for t, a in zip(texts, found):
+                if a is not None:
+                    self._answers.move_to_end((ref, t, top_k))
+        todo = [i for i, a in enumerate(found) if a is None]
+        self.hits += len(texts) - len(todo)
+        if todo:
+            fresh = head.predict(features[todo], top_k, texts=[texts[i] for i in todo])
+            with self._lock:
+                for i, a in zip(todo, fresh):
+                    found[i] = a
+                    self._answers[(ref, texts[i], top_k)] = a
+                while len(self._answers) > self._max:
+                    self._answers.popitem(last=False)
+        return found
+
+
 def classify(
     phrases: Sequence[CleanedPhrase],
     embedded: Embedded,
     heads: Mapping[str, Mapping[str, Head]],
     embedder_version: str,
     top_k: int,
+    memo: AnswerMemo | None = None,
 ) -> tuple[list[Prediction], list[tuple[CleanedPhrase, str]]]:
     """Run each phrase's heads on its vector; return predictions and (phrase, reason) failures.
 
-    Each head runs once per batch, on the rows of the phrases that asked for it. A phrase
-    whose head is no longer active is returned as a failure, not dropped.
+    Each head runs once per batch, on the rows of the phrases that asked for it (through
+    ``memo`` when given). A phrase whose head is no longer active is returned as a failure,
+    not dropped.
     """
     rows_by_head: dict[tuple[str, str], list[int]] = defaultdict(list)
     failures: list[tuple[CleanedPhrase, str]] = []
@@ -150,7 +196,11 @@ def classify(
     predictions: list[Prediction] = []
     for (region, model), rows in rows_by_head.items():
         head = heads[region][model]
-        answers = head.predict(embedded.vectors[rows], top_k, texts=[phrases[r].clean_text for r in rows])
+        texts = [phrases[r].clean_text for r in rows]
+        if memo is None:
+            answers = head.predict(embedded.vectors[rows], top_k, texts=texts)
+        else:
+            answers = memo.answer(head, embedded.vectors[rows], texts, top_k)
         now = utcnow()
         for row, answer in zip(rows, answers):
             phrase = phrases[row]
@@ -196,11 +246,11 @@ class Served:
 
 
 def _compute(phrases: Sequence[CleanedPhrase], vectors: np.ndarray, hits: list[bool], embedder: Embedder,
-             heads: Mapping[str, Mapping[str, Head]], top_k: int) -> tuple[list[int], Served]:
+             heads: Mapping[str, Mapping[str, Head]], top_k: int, memo: AnswerMemo | None) -> tuple[list[int], Served]:
     """Embed the misses and run the heads: the blocking part of a batch, for a worker thread."""
     texts = [p.clean_text for p in phrases]
     rows = embed_misses(texts, vectors, hits, embedder)
-    predictions, gone = classify(phrases, Embedded(vectors, hits), heads, embedder.version, top_k)
+    predictions, gone = classify(phrases, Embedded(vectors, hits), heads, embedder.version, top_k, memo)
     served = Served(predictions=predictions,
                     failures=[Failure(p.to_bytes(), ErrorKind.UNKNOWN_MODEL, reason, p.id) for p, reason in gone],
                     payloads=[(p.id.encode(), p.to_bytes()) for p in predictions])
@@ -214,6 +264,7 @@ async def serve_batch(
     heads: Mapping[str, Mapping[str, Head]],
     top_k: int,
     offload: Offload | None = None,
+    memo: AnswerMemo | None = None,
 ) -> Served:
     """Embed and classify a batch of cleaned-phrase messages; never raise for a bad one.
 
@@ -237,9 +288,9 @@ async def serve_batch(
         texts = [p.clean_text for p in phrases]
         vectors, hits = _lookup_or_miss(texts, cache, embedder.feature_dim)
         if offload is None:
-            rows, done = _compute(phrases, vectors, hits, embedder, heads, top_k)
+            rows, done = _compute(phrases, vectors, hits, embedder, heads, top_k, memo)
         else:
-            rows, done = await offload(_compute, phrases, vectors, hits, embedder, heads, top_k)
+            rows, done = await offload(_compute, phrases, vectors, hits, embedder, heads, top_k, memo)
         _store_or_skip(texts, vectors, rows, cache)
     except Exception as exc:  # a bug or a bad phrase: isolate it, keep the rest
         if len(phrases) == 1:
@@ -248,7 +299,7 @@ async def serve_batch(
             return served
         log.warning("a batch of %d failed (%r); trying its phrases one by one", len(phrases), exc)
         for phrase in phrases:
-            alone = await serve_batch([phrase.to_bytes()], embedder, cache, heads, top_k, offload)
+            alone = await serve_batch([phrase.to_bytes()], embedder, cache, heads, top_k, offload, memo)
             served.predictions += alone.predictions
             served.failures += alone.failures
             served.payloads += alone.payloads

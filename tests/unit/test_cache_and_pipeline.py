@@ -555,3 +555,24 @@ def test_adopt_forgets_entries_of_partitions_that_moved_away():
     backend.delete(cache_key("v1", "b"))  # a rebalance took its partition
     assert lru.adopt(kept) == 0
     assert len(lru) == 2, "the bound counts only what this worker holds"
+
+
+def test_the_answer_memo_gives_the_heads_answers_and_never_those_of_another_version():
+    from streams.pipeline import AnswerMemo
+
+    v7 = FakeHead(FakeRef("global", "intent", "v7"))
+    v8 = FakeHead(FakeRef("global", "intent", "v8"))
+    memo = AnswerMemo(max_entries=3)
+    texts = ["a", "b", "a", "c"]  # serving, a text's features are a function of the text
+    vectors = np.eye(DIM, dtype=np.float32)[[0, 1, 0, 2]]
+    first = memo.answer(v7, vectors, texts, 2)
+    assert first == v7.predict(vectors, 2, texts=texts)
+    assert [len(c) for c in v7.calls[:1]] == [4]
+    again = memo.answer(v7, vectors[:2], ["a", "b"], 2)
+    assert again == first[:2] and memo.hits == 2 and len(v7.calls) == 2, "remembered: the head is not called"
+    other = memo.answer(v8, vectors[:1], ["a"], 2)
+    assert len(v8.calls) == 1 and other[0].label == first[0].label, "a new version computes its own answers"
+    assert len(memo) == 3, "bounded"
+    off = AnswerMemo(0)
+    off.answer(v7, vectors[:1], ["a"], 2)
+    assert len(v7.calls) == 3 and len(off) == 0
