@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 COUNT ?= 2000
 PYTEST_ARGS ?=
 
-.PHONY: install setup up train run test unit lint demo stop status clean clean-all
+.PHONY: install setup up train run test unit lint demo bench stop status clean clean-all
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ lint: install
 
 demo: install
 	$(BIN)/phrasestream demo --count $(COUNT) --json
+
+# Every speed figure in one run on this machine; the last line is one JSON object (a few minutes).
+bench: install
+	$(BIN)/phrasestream bench --json
 
 status: install
 	$(BIN)/phrasestream status

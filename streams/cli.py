@@ -312,6 +312,24 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if left == 0 else 1
 
 
+def cmd_loadgen(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.loadgen import LoadgenError, run
+
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    try:
+        figures = run(settings, count=args.count, duration=args.duration, rate=args.rate, zipf=args.zipf,
+                      new_share=args.new_share, variants=args.variants, region=args.region, seed=args.seed,
+                      cache_size=args.cache_size, topic=args.topic, allow_remote=args.allow_remote, say=say)
+    except LoadgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.json:
+        for key, value in figures.items():
+            print(f"{key:>22}: {value}")
+    print(json.dumps(figures), flush=True)
+    return 0 if figures["failed"] == 0 else 1
+
+
 TABLE_HEADER = f"{'id':<22} {'region':<8} {'model':<7} {'label':<26} {'prob':>5} {'ms':>7} {'cache':<5}  text"
 
 
@@ -439,6 +457,15 @@ def cmd_retrain(settings: Settings, args: argparse.Namespace) -> int:
                            date_to=args.date_to, compare=args.compare_windows, tolerance=args.tolerance,
                            test_fraction=args.test_fraction, config_path=args.config, reason=args.reason,
                            as_json=args.json, progress=not args.quiet)
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from ops.services import up
+    from streams.bench import bench_command
+
+    up(settings)  # the bench starts its own workers, in scratch topics; the demo's worker may idle
+    ensure_demo_heads(settings, progress=True)
+    return bench_command(settings, count=args.count, as_json=args.json)
 
 
 def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
@@ -577,6 +604,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max", type=int)
     p.add_argument("--timeout", type=float)
     p.set_defaults(func=cmd_consume)
+    p = sub.add_parser("loadgen", help="send realistic, bounded benchmark traffic to phrases.in",
+                       description="Send phrases drawn with Zipf popularity from the CLINC150 test split, with "
+                       "variants the cleaner folds together and a share of never-seen phrases, to phrases.in (or "
+                       "--topic) on a local broker. Stops after --count messages or --duration seconds, whichever "
+                       "comes first; prints what it sent and the cache hit rate to expect.")
+    p.add_argument("--count", type=int, default=10_000, help="most messages to send (default 10000, at most 5000000)")
+    p.add_argument("--duration", type=float, default=60.0, metavar="S",
+                   help="most seconds to send (default 60, at most 3600)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, metavar="R", help="messages per second, paced (catches up when behind)")
+    pace.add_argument("--max-rate", action="store_true", help="as fast as possible (the default without --rate)")
+    p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of phrase popularity (default 1.1)")
+    p.add_argument("--new-share", type=float, default=0.03, metavar="SHARE",
+                   help="share of never-seen phrases (default 0.03)")
+    p.add_argument("--variants", type=float, default=0.3, metavar="SHARE",
+                   help="share of pool draws sent as a case/punctuation/space variant (default 0.3)")
+    p.add_argument("--region", default="global")
+    p.add_argument("--seed", type=int, default=7, help="same seed, same messages and ids lg-<seed>-<i> (default 7)")
+    p.add_argument("--cache-size", type=int, metavar="N",
+                   help="LRU size for the expected hit rate (default: PHRASESTREAM_CACHE_MAX_ENTRIES)")
+    p.add_argument("--topic", help="default: phrases.in (PHRASESTREAM_TOPIC_IN)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a broker that is not 127.0.0.1/localhost")
+    p.add_argument("--json", action="store_true", help="print only the JSON figures (one line)")
+    p.set_defaults(func=cmd_loadgen)
+    p = sub.add_parser("bench", help="measure every speed figure in one run (the last line is JSON)")
+    p.add_argument("--count", type=int, default=20_000, help="phrases per traffic burst")
+    p.add_argument("--json", action="store_true", help="print only the JSON line")
+    p.set_defaults(func=cmd_bench)
     sub.add_parser("status", help="what runs").set_defaults(func=cmd_status)
     p = sub.add_parser("stop", help="stop worker, sink, Kafka and PostgreSQL started by the project")
     p.add_argument("--keep-services", action="store_true", help="stop only the worker and the sink")
