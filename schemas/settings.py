@@ -50,9 +50,14 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(default=None, description="heads and embedder export; default <home>/models")
     embed_batch_max: int = Field(default=64, ge=1, description="largest embedding batch")
     embed_batch_within_ms: int = Field(default=50, ge=1, description="longest wait to fill a batch, ms")
+    embed_precision: str = Field(default="auto", pattern=r"^(auto|fp32|bf16)$",
+                                 description="embedder dense layers in fp32 or bf16; auto: bf16 where the CPU "
+                                 "has avx512_bf16 or amx_bf16")
     top_k: int = Field(default=3, ge=1, description="(label, probability) pairs per prediction")
     registry_retry_seconds: float = Field(default=30.0, gt=0,
                                           description="longest wait between fetches of a head the database could not give")
+    answer_memo_entries: int = Field(default=100_000, ge=0,
+                                     description="answers remembered per (head version, cleaned text); 0 disables it")
     cache_max_entries: int = Field(default=100_000, ge=0, description="embedding cache size; 0 disables it")
 
     # Input limits
@@ -61,7 +66,7 @@ class Settings(BaseSettings):
 
     # Sink
     sink_group: str = Field(default="phrasestream-sink", description="consumer group of the PostgreSQL sink")
-    sink_batch_max: int = Field(default=500, ge=1, description="largest batch the sink writes at once")
+    sink_batch_max: int = Field(default=5000, ge=1, description="largest batch the sink writes at once")
     sink_retry_seconds: float = Field(default=60.0, gt=0, description="retry one batch this long before re-reading it")
 
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
