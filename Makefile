@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 COUNT ?= 2000
 PYTEST_ARGS ?=
+# The suite runs in two processes, one test file each at a time: most integration tests wait on a
+# worker or the broker, so two overlap well on two cores (PYTEST_WORKERS=0: one process).
+PYTEST_WORKERS ?= 2
 
 .PHONY: install setup up train run test unit lint demo bench stop status clean clean-all
 
@@ -31,7 +34,7 @@ run: install
 	$(BIN)/phrasestream run
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,10 +10,9 @@ from streams import cli
 
 
 @pytest.fixture
-def home(tmp_path: Path):  # type: ignore[no-untyped-def]
-    os.environ["PHRASESTREAM_HOME"] = str(tmp_path)
-    yield tmp_path
-    del os.environ["PHRASESTREAM_HOME"]
+def home(tmp_path: Path, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PHRASESTREAM_HOME", str(tmp_path))
+    return tmp_path
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]

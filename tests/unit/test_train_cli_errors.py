@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -9,14 +12,23 @@ import pytest
 from streams import cli
 
 
-def run(capsys, tmp_path: Path, *args: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
-    import os
-
-    os.environ["PHRASESTREAM_HOME"] = str(tmp_path / "home")
+@contextmanager
+def home_at(path: Path) -> Iterator[None]:
+    """Point PHRASESTREAM_HOME at ``path``, and give back whatever it was (or nothing) after."""
+    before = os.environ.get("PHRASESTREAM_HOME")
+    os.environ["PHRASESTREAM_HOME"] = str(path)
     try:
-        code = cli.main(["train", *args, "--quiet"])
+        yield
     finally:
-        del os.environ["PHRASESTREAM_HOME"]
+        if before is None:
+            os.environ.pop("PHRASESTREAM_HOME", None)
+        else:
+            os.environ["PHRASESTREAM_HOME"] = before
+
+
+def run(capsys, tmp_path: Path, *args: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    with home_at(tmp_path / "home"):
+        code = cli.main(["train", *args, "--quiet"])
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -88,12 +100,7 @@ def test_data_flags_without_data_are_refused(capsys, tmp_path: Path):  # type: i
 
 
 def test_report_of_an_unknown_head_is_refused(capsys, tmp_path: Path):  # type: ignore[no-untyped-def]
-    import os
-
-    os.environ["PHRASESTREAM_HOME"] = str(tmp_path / "home")
-    try:
+    with home_at(tmp_path / "home"):
         code = cli.main(["report", "--region", "nowhere", "--model", "m", "--out", str(tmp_path / "r")])
-    finally:
-        del os.environ["PHRASESTREAM_HOME"]
     err = capsys.readouterr().err
     assert code == 2 and "no head nowhere/m" in one_error_line(err)
