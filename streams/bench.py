@@ -229,33 +229,34 @@ def through_worker(settings: Settings, messages: list[tuple[str, bytes]], heads_
     seen: dict[str, int] = {}
     hits = total = 0
     latencies: list[float] = []
-    start = time.perf_counter()
     figures: dict[str, Any] = {}
     sender = threading.Thread(target=lambda: figures.update(send(settings, messages, rate=rate, duration=timeout_s)))
+    start_wall = time.time()
     sender.start()
-    complete, last = 0, start
+    complete, last_ms = 0, start_wall * 1000.0
     deadline = time.monotonic() + timeout_s
     while complete < len(ids) and time.monotonic() < deadline:
-        for msg in consumer.consume(2000, timeout=0.5):
+        # short polls: a consumer that waits to fill its batch would only delay the reading
+        for msg in consumer.consume(2000, timeout=0.05):
             if msg.error() is not None:
                 continue
-            now_wall = time.time()
             p = json.loads(msg.value())
             if p["id"] not in ids:
                 continue
+            published_ms = float(msg.timestamp()[1])  # the record's time: when the worker produced it
             total += 1
             hits += bool(p["cache_hit"])
             if p.get("ts"):
-                latencies.append((now_wall - datetime.fromisoformat(p["ts"]).timestamp()) * 1000.0)
+                latencies.append(published_ms - datetime.fromisoformat(p["ts"]).timestamp() * 1000.0)
             seen[p["id"]] = seen.get(p["id"], 0) + 1
             if seen[p["id"]] == heads_per_phrase:
                 complete += 1
-                last = time.perf_counter()
+                last_ms = max(last_ms, published_ms)
     sender.join()
     consumer.close()
     if complete < len(ids):
         raise RuntimeError(f"only {complete} of {len(ids)} phrases were answered within {timeout_s:.0f} s")
-    return Run(complete, last - start, hits / total if total else 0.0, latencies)
+    return Run(complete, last_ms / 1000.0 - start_wall, hits / total if total else 0.0, latencies)
 
 
 def fill_cache_changelog(settings: Settings, embedder_version: str, dim: int, entries: int) -> None:
