@@ -2,13 +2,16 @@
 
 The reference embeddings in tests/fixtures/minilm_reference.json (see MINILM_REFERENCE.md) were
 computed by sentence-transformers + PyTorch from the same weights. Every text, the empty one and
-the one longer than 256 word pieces included, must reach cosine >= 0.999.
+the one longer than 256 word pieces included, must reach cosine >= 0.999, in every precision the
+embedder ships (``fp32``, and ``bf16`` where the CPU multiplies bfloat16 natively) and on every
+path: a whole batch, one text at a time, and the readout ``features``.
 
 Needs no broker or database: it builds the export once into a temporary models folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -35,9 +38,34 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(models_dir=tmp_path_factory.mktemp("models"))
 
 
+CPU_HAS_BF16 = E.cpu_has_bf16(E.read_cpu_flags())
+NO_BF16 = ("this CPU has neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo, so embed_precision=auto "
+           "never runs bf16 here; run on such a CPU to test it")
+BF16 = pytest.param("bf16", marks=pytest.mark.skipif(not CPU_HAS_BF16, reason=NO_BF16))
+
+
 @pytest.fixture(scope="module")
 def embedder(settings: Settings) -> E.Embedder:
-    return E.load_embedder(settings)
+    """The float32 embedder: the reference path, whatever this CPU offers."""
+    return E.load_embedder(settings, precision="fp32")
+
+
+@pytest.fixture(scope="module", params=["fp32", BF16])
+def each_precision(request: pytest.FixtureRequest, embedder: E.Embedder) -> E.Embedder:
+    """The same loaded export, run in each precision the embedder ships."""
+    return E.Embedder(version=embedder.version, path=embedder.path, model=embedder.model,
+                      readout=embedder.readout, precision=request.param)
+
+
+def _reference_unit(reference: dict) -> np.ndarray:
+    ref = np.asarray([item["embedding"] for item in reference["items"]], dtype=np.float64)
+    return ref / np.linalg.norm(ref, axis=1, keepdims=True)
+
+
+def _low_cosines(texts: list[str], got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    got = got.astype(np.float64) / np.linalg.norm(got, axis=1, keepdims=True)
+    cosines = (got * ref).sum(axis=1)
+    return {t[:60]: round(float(c), 6) for t, c in zip(texts, cosines) if c < MIN_COSINE}
 
 
 def test_fixture_covers_the_hard_cases(reference: dict) -> None:
@@ -47,19 +75,45 @@ def test_fixture_covers_the_hard_cases(reference: dict) -> None:
     assert reference["dim"] == 384
 
 
-def test_every_fixture_text_matches_the_reference(embedder: E.Embedder, reference: dict) -> None:
+def test_every_fixture_text_matches_the_reference_in_one_batch(each_precision: E.Embedder, reference: dict) -> None:
     texts = [item["text"] for item in reference["items"]]
-    ref = np.asarray([item["embedding"] for item in reference["items"]], dtype=np.float64)
-    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
-    got = embedder.embed_batch(texts)
+    got = each_precision.embed_batch(texts)
     assert got.shape == (len(texts), 384) and got.dtype == np.float32
-    cosines = (got.astype(np.float64) * ref).sum(axis=1)
-    low = {t[:60]: round(float(c), 6) for t, c in zip(texts, cosines) if c < MIN_COSINE}
-    assert not low, f"cosine below {MIN_COSINE}: {low}"
+    low = _low_cosines(texts, got, _reference_unit(reference))
+    assert not low, f"{each_precision.precision}: cosine below {MIN_COSINE}: {low}"
 
 
-def test_embeddings_are_unit_norm(embedder: E.Embedder, reference: dict) -> None:
-    got = embedder.embed_batch([item["text"] for item in reference["items"]])
+def test_every_fixture_text_matches_the_reference_one_at_a_time(each_precision: E.Embedder, reference: dict) -> None:
+    texts = [item["text"] for item in reference["items"]]
+    got = np.concatenate([each_precision.embed_batch([t]) for t in texts])
+    low = _low_cosines(texts, got, _reference_unit(reference))
+    assert not low, f"{each_precision.precision}: cosine below {MIN_COSINE}: {low}"
+
+
+def test_every_fixture_text_matches_the_reference_in_the_readout(each_precision: E.Embedder, reference: dict) -> None:
+    texts = [item["text"] for item in reference["items"]]
+    feats = each_precision.features_batch(texts)
+    low = _low_cosines(texts, feats[:, :384], _reference_unit(reference))
+    assert not low, f"{each_precision.precision}: cosine below {MIN_COSINE}: {low}"
+
+
+@pytest.mark.skipif(not CPU_HAS_BF16, reason=NO_BF16)
+def test_bf16_readout_agrees_with_fp32_in_every_block(embedder: E.Embedder, reference: dict) -> None:
+    from models.datasets import load_clinc150
+
+    texts = [item["text"] for item in reference["items"]] + [t for t, _ in load_clinc150("full").test[::45]]
+    bf16 = E.Embedder(version=embedder.version, path=embedder.path, model=embedder.model, precision="bf16")
+    shape = (len(texts), len(E.READOUT), 384)
+    a = embedder.features_batch(texts).reshape(shape).astype(np.float64)
+    b = bf16.features_batch(texts).reshape(shape).astype(np.float64)
+    cosines = (a * b).sum(axis=2) / np.linalg.norm(a, axis=2) / np.linalg.norm(b, axis=2)
+    worst = np.unravel_index(np.argmin(cosines), cosines.shape)
+    assert cosines.min() >= MIN_COSINE, (
+        f"bf16 block {E.READOUT[worst[1]]} of {texts[worst[0]][:60]!r}: cosine {cosines.min():.6f} to fp32")
+
+
+def test_embeddings_are_unit_norm(each_precision: E.Embedder, reference: dict) -> None:
+    got = each_precision.embed_batch([item["text"] for item in reference["items"]])
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
@@ -133,17 +187,23 @@ def test_export_is_self_contained_and_cached(embedder: E.Embedder, settings: Set
     manifest = json.loads((path / E.MANIFEST_NAME).read_text())
     assert manifest["version"] == embedder.version
     assert {"saved_model.pb", "variables/variables.index"} <= set(manifest["sha256"])
+    assert manifest["precisions"] == list(E.PRECISIONS) == ["fp32", "bf16"]
+    assert callable(embedder.model.features) and callable(embedder.model.features_bf16)
     mtime = (path / "saved_model.pb").stat().st_mtime_ns
     assert E.build_embedder(settings, progress=False) == path  # idempotent: no rebuild
     assert (path / "saved_model.pb").stat().st_mtime_ns == mtime
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_version_is_stable_across_loads(embedder: E.Embedder, settings: Settings) -> None:
-    again = E.load_embedder(settings)
-    assert again.version == embedder.version == E.current_version()
+def test_version_is_stable_across_loads_and_auto_precision_follows_the_cpu(
+    embedder: E.Embedder, settings: Settings
+) -> None:
+    again = E.load_embedder(settings)  # embed_precision "auto"
+    assert again.precision == E.choose_precision("auto", E.read_cpu_flags())
+    assert again.version == embedder.version == E.current_version()  # precision is not part of it
     assert again.dim == embedder.dim == 384
-    np.testing.assert_allclose(again.embed_batch(["card"]), embedder.embed_batch(["card"]), atol=1e-6)
+    again_fp32 = dataclasses.replace(again, precision="fp32")
+    np.testing.assert_allclose(again_fp32.embed_batch(["card"]), embedder.embed_batch(["card"]), atol=1e-6)
 
 
 def test_tampered_export_is_refused(embedder: E.Embedder, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Pure parts of models.embedder: version hash, checksums, chunking, locating the weights.
+"""Pure parts of models.embedder: version hash, checksums, chunking, locating the weights,
+CPU flags and the precision they choose, threads, the throughput helper.
 
 Nothing here builds or loads the TensorFlow model.
 """
@@ -7,8 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from models import embedder as E
@@ -99,3 +103,139 @@ def test_length_chunks_cover_all_indices_sorted_by_length() -> None:
     assert sorted(flat) == list(range(len(texts)))
     assert [len(texts[i]) for i in flat] == sorted(len(t) for t in texts)
     assert E.length_chunks([], size=4) == []
+
+
+# --------------------------------------------------------------------------- CPU flags, precision, threads
+
+CPUINFO_BF16 = """processor\t: 0
+vendor_id\t: GenuineIntel
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile
+bogomips\t: 4599.99
+
+processor\t: 1
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile
+"""
+
+
+def test_cpu_flags_are_read_from_the_first_flags_line() -> None:
+    flags = E.parse_cpu_flags(CPUINFO_BF16)
+    assert flags == {"fpu", "sse2", "avx2", "avx512f", "avx512_bf16", "amx_tile"}
+
+
+def test_cpu_without_a_flags_line_has_no_flags(tmp_path: Path) -> None:
+    assert E.parse_cpu_flags("processor\t: 0\nFeatures\t: fp asimd bf16\n") == frozenset()  # aarch64
+    assert E.read_cpu_flags(tmp_path / "no-cpuinfo") == frozenset()
+    (tmp_path / "cpuinfo").write_text(CPUINFO_BF16)
+    assert "avx512_bf16" in E.read_cpu_flags(tmp_path / "cpuinfo")
+
+
+@pytest.mark.parametrize(("flags", "has"), [({"avx512f", "avx512_bf16"}, True), ({"amx_bf16", "amx_tile"}, True),
+                                            ({"avx512f", "avx512_vnni", "avx2"}, False), (set(), False)])
+def test_bf16_is_detected_from_avx512_bf16_or_amx_bf16(flags: set[str], has: bool) -> None:
+    assert E.cpu_has_bf16(flags) is has
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(E, "BF16_ON_AUTO", True)
+    assert E.choose_precision("auto", {"avx512f", "avx512_bf16"}) == "bf16"
+    assert E.choose_precision("auto", {"avx512f"}) == "fp32"
+    monkeypatch.setattr(E, "BF16_ON_AUTO", False)
+    assert E.choose_precision("auto", {"avx512f", "avx512_bf16"}) == "fp32"
+
+
+def test_a_forced_precision_is_kept_whatever_the_cpu() -> None:
+    assert E.choose_precision("fp32", {"avx512_bf16"}) == "fp32"
+    assert E.choose_precision("bf16", set()) == "bf16"
+
+
+def test_unknown_precision_is_a_clear_error() -> None:
+    with pytest.raises(E.EmbedderError, match=r"unknown embed precision 'fp16'; expected one of auto, fp32, bf16"):
+        E.choose_precision("fp16", set())
+    with pytest.raises(E.EmbedderError, match="unknown embed precision"):
+        E.Embedder(version="v", path=Path("."), model=None, precision="auto")
+
+
+def test_settings_default_to_auto_precision_and_refuse_other_values() -> None:
+    from pydantic import ValidationError
+
+    assert E.Settings(_env_file=None).embed_precision == "auto"
+    assert E.Settings(embed_precision="bf16").embed_precision == "bf16"
+    with pytest.raises(ValidationError, match="embed_precision"):
+        E.Settings(embed_precision="fp16")
+
+
+def test_usable_cpus_is_the_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(E.os, "sched_getaffinity", lambda pid: {0, 5, 7}, raising=False)
+    assert E.usable_cpus() == 3
+
+
+class _FakeModel:
+    """Stands in for the loaded export: each function answers with its own constant."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def _answer(self, name: str, value: float) -> Any:
+        def run(batch: np.ndarray) -> Any:
+            self.calls.append(name)
+            out = np.full((len(batch), 384 * len(E.READOUT)), value, dtype=np.float32)
+            return type("T", (), {"numpy": lambda self: out})()
+        return run
+
+    @property
+    def features(self) -> Any:
+        return self._answer("features", 0.25)
+
+    @property
+    def features_bf16(self) -> Any:
+        return self._answer("features_bf16", 0.5)
+
+    @property
+    def features_single(self) -> Any:
+        return self._answer("features_single", 0.125)
+
+
+@pytest.mark.parametrize(("precision", "texts", "function", "value"), [
+    ("fp32", ["a", "bb"], "features", 0.25),
+    ("fp32", ["a"], "features_single", 0.125),
+    ("bf16", ["a", "bb"], "features_bf16", 0.5),
+    ("bf16", ["a"], "features_bf16", 0.5),
+])
+def test_the_embedder_runs_the_export_function_of_its_precision_and_batch_size(
+    precision: str, texts: list[str], function: str, value: float
+) -> None:
+    model = _FakeModel()
+    emb = E.Embedder(version="v", path=Path("."), model=model, precision=precision)
+    assert emb.features_batch(texts).tolist() == [[value] * emb.feature_dim] * len(texts)
+    assert emb.embed_batch(texts).tolist() == [[value] * 384] * len(texts)
+    assert model.calls == [function, function]
+
+
+class _CountingEmbedder:
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def features_batch(self, texts: Sequence[str]) -> np.ndarray:
+        self.batches.append(len(texts))
+        return np.zeros((len(texts), 4), dtype=np.float32)
+
+
+def test_measure_throughput_times_every_repeat_after_an_untimed_warm_up() -> None:
+    fake = _CountingEmbedder()
+    ticks = iter([0.0, 2.0, 10.0, 14.0, 20.0, 21.0])  # passes of 2 s, 4 s and 1 s
+    rate = E.measure_throughput(fake, ["x"] * 100, 32, repeats=3, clock=lambda: next(ticks))
+    assert rate == 100 / 2.0  # the median pass
+    assert fake.batches == [32, 32, 32] + [32, 32, 32, 4] * 3
+
+
+def test_measure_throughput_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        E.measure_throughput(_CountingEmbedder(), ["x"], 0)
+    with pytest.raises(ValueError, match="texts"):
+        E.measure_throughput(_CountingEmbedder(), [], 1)
+
+
+def test_threads_use_every_usable_cpu_within_an_op_and_one_op_at_a_time() -> None:
+    assert E.thread_counts(2) == (2, 1)
+    assert E.thread_counts(16) == (16, 1)
+    assert E.thread_counts(1) == (1, 1)
