@@ -24,6 +24,32 @@ The export is built once and cached under ``<settings.models_root>/embedder/<ver
 SHA-256 checksums of the export's files, checked on every load. It is loaded with
 ``tensorflow_hub.load``.
 
+Speed. What runs is chosen when the export is loaded, from the CPU this process has. Each lever
+was measured on the CLINC150 test phrases (11 word pieces on average, 30 at most) on a 2-core
+Intel Xeon with AVX512_BF16 but no AMX, against the previous code in the same process, round
+after round (the machine was shared with other work: only such ratios mean anything):
+
+* **Packed tokens** (``features``, batches): the dense layers skip padding (see ``_readout``).
+  Phrases/s x1.4-1.5 at batch 32 and 128.
+* **One text alone** (``features_single``): the encoder compiled by XLA, the length padded to a
+  multiple of :data:`SINGLE_PAD`; x1.8 at batch 1. Batches stay on the packed graph: XLA there
+  was x0.3-0.75 (and would compile once per batch shape).
+* **Threads** (:func:`configure_threads`, before TensorFlow runs anything): intra-op threads =
+  the CPUs of this process's affinity mask (2 against 1: x1.3-1.5 at batch 128), one inter-op
+  thread (1 or 2 made no difference that the noise let us see).
+* **Precision** (``PHRASESTREAM_EMBED_PRECISION``): ``features_bf16`` runs the dense layers on
+  bfloat16 operands (float32 sums, layer norms, GELU and softmax). ``auto`` stays ``fp32``
+  (:data:`BF16_ON_AUTO`): with AVX512_BF16 but no AMX, oneDNN's bf16 matmul is slower than
+  float32 (x0.55-0.6 at batch 32 and 128). ``bf16`` can be forced; not measured on AMX.
+* Measured and left out: length buckets within a batch (sort by word pieces, sub-batches of 8
+  or 16 padded to their own longest: x0.7-0.8 on top of packing; on the padded graph less than
+  packing alone), XLA or padding to multiples of 16 for batches, the weights as graph constants.
+
+The version does not depend on the precision: a head trained on fp32 features is served with
+bf16 ones, and the feature cache is shared, because the two agree (cosine >= 0.9999 per text,
+and >= 0.999 to the reference; tests/integration/test_embedder_equivalence.py proves it on
+every machine whose CPU offers bf16).
+
 CLI: ``python -m models.embedder build`` builds the export and prints its version and path.
 """
 
@@ -211,7 +237,11 @@ def usable_cpus() -> int:
 
 
 def thread_counts(cpus: int) -> tuple[int, int]:
-    """Return (intra-op, inter-op) TensorFlow threads for ``cpus`` usable CPUs."""
+    """Return (intra-op, inter-op) TensorFlow threads for ``cpus`` usable CPUs.
+
+    The encoder is a chain of ops, each of which (matmuls above all) oneDNN spreads over the
+    intra-op threads; a second inter-op thread would only let two ops fight for the same CPUs.
+    """
     return cpus, 1
 
 
@@ -219,9 +249,10 @@ def configure_threads(cpus: int | None = None) -> tuple[int, int] | None:
     """Size TensorFlow's thread pools for the CPUs this process may use; call before TF runs.
 
     Returns the (intra, inter) counts set, or None when TensorFlow already ran something in
-    this process (its pools are then fixed; a warning is logged). Why: TensorFlow sizes its
-    pools from the machine's CPU count, not from the affinity mask a container or ``taskset``
-    gives, and oversubscribes the CPUs a worker was given.
+    this process (its pools are then fixed; a warning is logged). Why: the sizes are then a
+    stated choice, logged at load (:func:`thread_counts`), taken from the CPUs this process may
+    use (``taskset``, a container's cpuset), instead of TensorFlow's defaults, which also run
+    as many inter-op threads as CPUs, each op spreading over all of them.
     """
     import tensorflow as tf
 
@@ -436,7 +467,12 @@ def _make_module(weights: dict[str, np.ndarray], vocab_path: Path) -> Any:
                 real = tf.where(mask > 0)  # [N, 2] (row, position), row-major
                 rows = tf.cast(real[:, 0], tf.int32)
                 positions = tf.cast(real[:, 1], tf.int32)
-                flat = (rows * seq + positions)[:, tf.newaxis]  # where each real token sits in [B*T]
+                n_real = tf.shape(rows)[0]
+                flat = rows * seq + positions  # where each real token sits in [B*T]
+                # for every slot of [B*T]: the row of its token in [N], or N (a zero row) for padding;
+                # a gather through it unpacks faster than ScatterNd, once per layer
+                slot = tf.tensor_scatter_nd_update(tf.fill([batch * seq], n_real), flat[:, tf.newaxis],
+                                                   tf.range(n_real))
                 x = tf.gather(w["word"], tf.gather_nd(ids, real)) + tf.gather(w["pos"], positions) + w["type0"]
             else:
                 x = tf.gather(w["word"], ids) + w["pos"][:seq][tf.newaxis] + w["type0"]
@@ -446,12 +482,14 @@ def _make_module(weights: dict[str, np.ndarray], vocab_path: Path) -> Any:
             bias = (1.0 - maskf)[:, tf.newaxis, tf.newaxis, :] * tf.float32.min  # [B,1,1,T]
             scale = 1.0 / float(np.sqrt(HEAD_DIM))
             counts = tf.maximum(tf.reduce_sum(maskf, axis=1, keepdims=True), 1e-9)
+            if packed:  # mean pooling as one small matmul: [B, N] weights 1/count on each text's tokens
+                pool = tf.one_hot(rows, batch, axis=0) / counts
             pools: dict[str, tf.Tensor] = {}
             last = max(int(b.removeprefix("mean").removeprefix("max")) for b in blocks)
             for i in range(last):
                 qkv = self._dense(x, f"{i}_qkv", precision)  # [N, 1152]
                 if packed:  # padding positions get zero keys and values; the -inf bias masks them anyway
-                    qkv = tf.scatter_nd(flat, qkv, tf.stack([batch * seq, 3 * DIM]))
+                    qkv = tf.gather(tf.concat([qkv, tf.zeros([1, 3 * DIM])], axis=0), slot)
                 qkv = tf.reshape(qkv, [batch, seq, 3, NUM_HEADS, HEAD_DIM])
                 qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, H, T, D]
                 q, k, v = qkv[0], qkv[1], qkv[2]
@@ -460,13 +498,13 @@ def _make_module(weights: dict[str, np.ndarray], vocab_path: Path) -> Any:
                 ctx = tf.matmul(probs, v)  # [B, H, T, D]
                 ctx = tf.reshape(tf.transpose(ctx, [0, 2, 1, 3]), [-1, DIM])
                 if packed:
-                    ctx = tf.gather_nd(ctx, flat)  # [N, 384]
+                    ctx = tf.gather(ctx, flat)  # [N, 384]
                 x = self._layer_norm(self._dense(ctx, f"{i}_ao", precision) + x, w[f"{i}_ln1_g"], w[f"{i}_ln1_b"])
                 h = tf.nn.gelu(self._dense(x, f"{i}_in", precision), approximate=False)
                 x = self._layer_norm(self._dense(h, f"{i}_out", precision) + x, w[f"{i}_ln2_g"], w[f"{i}_ln2_b"])
                 layer = i + 1
                 if packed and f"mean{layer}" in blocks:
-                    pools[f"mean{layer}"] = tf.math.unsorted_segment_sum(x, rows, batch) / counts
+                    pools[f"mean{layer}"] = tf.matmul(pool, x)
                 if packed and f"max{layer}" in blocks:
                     pools[f"max{layer}"] = tf.math.unsorted_segment_max(x, rows, batch)
                 if not packed and (f"mean{layer}" in blocks or f"max{layer}" in blocks):

@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     embed_batch_max: int = Field(default=64, ge=1, description="largest embedding batch")
     embed_batch_within_ms: int = Field(default=50, ge=1, description="longest wait to fill a batch, ms")
     embed_precision: str = Field(default="auto", pattern=r"^(auto|fp32|bf16)$",
-                                 description="embedder dense layers in fp32 or bf16; auto: bf16 where the CPU "
-                                 "has avx512_bf16 or amx_bf16")
+                                 description="embedder dense layers in fp32 or bf16; auto: "
+                                 "models.embedder.choose_precision (fp32 for now)")
     top_k: int = Field(default=3, ge=1, description="(label, probability) pairs per prediction")
     registry_retry_seconds: float = Field(default=30.0, gt=0,
                                           description="longest wait between fetches of a head the database could not give")
