@@ -172,6 +172,23 @@ def make_stack(base_settings: Settings, tmp_path: Path, seed_registry: bool) -> 
             cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.pg_schema)))
 
 
+def linked_models_folder(base: Path, target: Path) -> Path:
+    """A models folder of its own, with no head files; the suite's embedder export and feature
+    cache are links (the embedder is rebuilt from its package anyway, and CLINC150 texts are not
+    embedded twice)."""
+    target.mkdir(parents=True)
+    for name in ("embedder", "embcache"):
+        (base / name).mkdir(parents=True, exist_ok=True)
+        (target / name).symlink_to(base / name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def link_models():  # type: ignore[no-untyped-def]
+    """:func:`linked_models_folder`, for tests that need a models folder of their own."""
+    return linked_models_folder
+
+
 @pytest.fixture
 def stack(base_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     """A stack whose registry topic names the suite's live demo heads."""

@@ -6,7 +6,9 @@ import base64
 import json
 import re
 
+import psycopg2
 import pytest
+from psycopg2 import sql
 
 from streams.app import READY_LINE
 from streams.cli import active_heads
@@ -116,3 +118,34 @@ def test_a_restarted_worker_gets_its_embedding_cache_back_from_the_changelog(sta
     assert before["cache_hit"] is False
     assert after["cache_hit"] is True
     assert re.search(r"\b1 entries held", (stack.logs / "worker.log").read_text())
+
+
+def test_a_demo_stream_cold_then_cached_is_stored_exactly_once_with_the_demos_counts(stack, heads):
+    """After the batching changes (take() batches, the outbox, the answer memo), every valid demo
+    phrase still gets one prediction per requested head, each invalid one one dead letter, and
+    PostgreSQL holds each (id, model, version) once: first with every phrase new, then with the
+    same phrases again, all served from the cache."""
+    from streams.demo import demo_messages, run_demo
+
+    stack.start("worker", WORKER_READY)
+    stack.start("sink", SINK_READY)
+    count = 400  # 20 invalid, one of each kind in turn
+    runs = [run_demo(stack.settings, heads, count, timeout_s=240, seed=11) for _ in range(2)]
+
+    query = sql.SQL("SELECT id, model, model_version, count(*) FROM {}.inferences WHERE id LIKE %s "
+                    "GROUP BY id, model, model_version").format(sql.Identifier(stack.settings.pg_schema))
+    for figures in runs:
+        messages = list(demo_messages(figures["run"], count, heads, stack.settings.max_text_chars, seed=11))
+        wanted = {(m.key, model) for m in messages if m.valid for model in m.models}
+        invalid = sum(1 for m in messages if not m.valid)
+        assert figures["complete"], figures
+        assert (figures["predictions"], figures["dlq"]) == (len(wanted), invalid) == (figures["expected_predictions"], 20)
+        assert figures["db_rows"] == len(wanted)
+        with psycopg2.connect(stack.settings.dsn) as conn, conn.cursor() as cur:
+            cur.execute(query, (f"{figures['run']}-%",))
+            stored = cur.fetchall()
+        assert [row for row in stored if row[3] != 1] == []
+        assert {(row[0], row[1]) for row in stored} == wanted
+    cold, cached = runs
+    assert cached["cache_hits"] == cached["predictions"]  # the second run met only phrases the first one embedded
+    assert cold["cache_hits"] < cold["predictions"]

@@ -35,17 +35,8 @@ PHRASES = ["what is my balance", "send 20 dollars to my brother", "freeze my car
            "change the pin of my card", "someone used my card without me, report it"]
 
 
-def own_models_folder(base: Path, target: Path) -> Path:
-    """A models folder with no head files; the embedder export and feature cache are links."""
-    target.mkdir(parents=True)
-    for name in ("embedder", "embcache"):
-        (base / name).mkdir(parents=True, exist_ok=True)
-        (target / name).symlink_to(base / name)
-    return target
-
-
 @pytest.fixture(scope="module")
-def origin(base_settings, tmp_path_factory) -> tuple[Path, list[HeadRef]]:  # type: ignore[no-untyped-def]
+def origin(base_settings, link_models, tmp_path_factory) -> tuple[Path, list[HeadRef]]:  # type: ignore[no-untyped-def]
     """Train two versions of acme/intent (different halves of the data) in an origin models folder."""
     from models.datasets import load_clinc150
     from models.embedder import load_embedder
@@ -53,7 +44,7 @@ def origin(base_settings, tmp_path_factory) -> tuple[Path, list[HeadRef]]:  # ty
     from retrain.data import rows_from_records
     from retrain.train import make_trainer
 
-    root = own_models_folder(base_settings.models_root.resolve(), tmp_path_factory.mktemp("origin") / "models")
+    root = link_models(base_settings.models_root.resolve(), tmp_path_factory.mktemp("origin") / "models")
     settings = base_settings.model_copy(update={"models_dir": root})
     embedder = load_embedder(settings)
     pairs = [(t, label) for t, label in load_clinc150("full").train if label in INTENTS]
@@ -138,11 +129,11 @@ def promote(settings, ref: HeadRef, reason: str) -> None:  # type: ignore[no-unt
     lifecycle.promote(settings, ref, reason=reason)
 
 
-def test_a_live_worker_follows_promote_then_rollback_without_a_restart(bare_stack, origin, tmp_path: Path):
+def test_a_live_worker_follows_promote_then_rollback_without_a_restart(bare_stack, origin, link_models, tmp_path: Path):
     root, (v1, v2) = origin
     trainer = at(bare_stack, root)
     promote(trainer, v1, "first")
-    worker = start_worker(bare_stack, "worker", own_models_folder(root, tmp_path / "w"))
+    worker = start_worker(bare_stack, "worker", link_models(root, tmp_path / "w"))
     preds = Predictions(bare_stack.settings)
     try:
         with Traffic(bare_stack.settings) as traffic:
@@ -181,7 +172,7 @@ def test_a_live_worker_follows_promote_then_rollback_without_a_restart(bare_stac
     assert log.count(f"now serving head {v2}") == 1 and log.count(f"now serving head {v1}") == 2
 
 
-def test_a_corrupted_bundle_is_refused_once_and_the_old_head_keeps_serving(bare_stack, origin, tmp_path: Path):
+def test_a_corrupted_bundle_is_refused_once_and_the_old_head_keeps_serving(bare_stack, origin, link_models, tmp_path: Path):
     root, (v1, v2) = origin
     trainer = at(bare_stack, root)
     promote(trainer, v1, "first")
@@ -189,7 +180,7 @@ def test_a_corrupted_bundle_is_refused_once_and_the_old_head_keeps_serving(bare_
     with psycopg2.connect(bare_stack.settings.dsn) as conn, conn.cursor() as cur:  # bit rot in storage
         cur.execute(sql.SQL("UPDATE {} SET bundle = overlay(bundle PLACING %s FROM 5000) WHERE version = %s").format(
             sql.Identifier(bare_stack.settings.pg_schema, "model_bundles")), (b"\x00rot\x00", v2.version))
-    start_worker(bare_stack, "worker", own_models_folder(root, tmp_path / "w"))
+    start_worker(bare_stack, "worker", link_models(root, tmp_path / "w"))
     promote(trainer, v2, "its stored bundle is corrupted")
 
     preds = Predictions(bare_stack.settings)
@@ -211,11 +202,11 @@ def test_a_corrupted_bundle_is_refused_once_and_the_old_head_keeps_serving(bare_
     assert not v2.path(tmp_path / "w").exists(), "nothing of the corrupted bundle is kept"
 
 
-def test_a_second_worker_with_its_own_models_folder_gets_the_promoted_head(bare_stack, origin, tmp_path: Path):
+def test_a_second_worker_with_its_own_models_folder_gets_the_promoted_head(bare_stack, origin, link_models, tmp_path: Path):
     root, (v1, v2) = origin
     trainer = at(bare_stack, root)
     promote(trainer, v1, "first")
-    first, second = own_models_folder(root, tmp_path / "first"), own_models_folder(root, tmp_path / "second")
+    first, second = link_models(root, tmp_path / "first"), link_models(root, tmp_path / "second")
     start_worker(bare_stack, "worker", first)
     start_worker(bare_stack, "worker-2", second)
     promote(trainer, v2, "both workers follow")

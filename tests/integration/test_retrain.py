@@ -31,15 +31,6 @@ FAST_CONFIG = {"head": {"max_epochs": 8, "patience": 3, "batch_size": 64, "ensem
                "selection": {"candidates": [{}], "refit": False}, "oos": {"threshold": "off"}}
 
 
-def models_folder(base: Path, target: Path) -> Path:
-    """A models folder of its own that shares the suite's embedder export and feature cache (links)."""
-    target.mkdir(parents=True)
-    for name in ("embedder", "embcache"):
-        (base / name).mkdir(parents=True, exist_ok=True)
-        (target / name).symlink_to(base / name)
-    return target
-
-
 def clinc_rows(per_intent: int, skip: int = 0) -> list[tuple[str, str]]:
     """CLINC150 training phrases of ``INTENTS``, ``per_intent`` each from position ``skip``, mixed."""
     by_intent: dict[str, list[str]] = {i: [] for i in INTENTS}
@@ -136,8 +127,8 @@ def test_a_window_older_than_the_records_still_held_warns_with_the_real_start(st
 # the command
 
 
-def test_retrain_since_30d_end_to_end_from_produce_labeled(stack, base_settings, tmp_path: Path):
-    models = models_folder(base_settings.models_root.resolve(), tmp_path / "models")
+def test_retrain_since_30d_end_to_end_from_produce_labeled(stack, base_settings, link_models, tmp_path: Path):
+    models = link_models(base_settings.models_root.resolve(), tmp_path / "models")
     env = {**stack.env, "PHRASESTREAM_MODELS_DIR": str(models)}
     now = datetime.now(UTC)
     rows = clinc_rows(40)
@@ -205,8 +196,8 @@ def retrain(settings, embedder, tmp_path: Path, capsys) -> dict:  # type: ignore
 
 
 def test_a_candidate_trained_on_wrong_labels_is_refused_and_the_live_head_stays(
-        stack, base_settings, embedder, tmp_path: Path, capsys):  # type: ignore[no-untyped-def]
-    settings = stack.settings.model_copy(update={"models_dir": models_folder(base_settings.models_root.resolve(),
+        stack, base_settings, embedder, link_models, tmp_path: Path, capsys):  # type: ignore[no-untyped-def]
+    settings = stack.settings.model_copy(update={"models_dir": link_models(base_settings.models_root.resolve(),
                                                                              tmp_path / "models")})
     live_version = train_live(settings, embedder, clinc_rows(30, skip=60))
     now = datetime.now(UTC)
@@ -227,8 +218,8 @@ def test_a_candidate_trained_on_wrong_labels_is_refused_and_the_live_head_stays(
     assert Path(out["candidate"]["path"]).is_dir(), "the refused candidate stays built"
 
 
-def test_a_good_candidate_replaces_a_bad_live_head(stack, base_settings, embedder, tmp_path: Path, capsys):  # type: ignore[no-untyped-def]
-    settings = stack.settings.model_copy(update={"models_dir": models_folder(base_settings.models_root.resolve(),
+def test_a_good_candidate_replaces_a_bad_live_head(stack, base_settings, embedder, link_models, tmp_path: Path, capsys):  # type: ignore[no-untyped-def]
+    settings = stack.settings.model_copy(update={"models_dir": link_models(base_settings.models_root.resolve(),
                                                                              tmp_path / "models")})
     bad_version = train_live(settings, embedder, [(t, wrong(label)) for t, label in clinc_rows(30, skip=60)])
     rows = clinc_rows(40)
