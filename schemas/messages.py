@@ -7,6 +7,7 @@ Each message carries ``schema_version``; a reader refuses a version it does not 
 - ``phrases.dlq``: :class:`DeadLetter`, every message that could not be served.
 - ``phrases.labeled``: :class:`LabeledPhrase`, labelled examples for retraining.
 - ``models.registry``: :class:`RegistryPointer`, the live version of each head (compacted).
+- ``drift.alerts``: :class:`DriftAlert`, a drift flag that tripped (``phrasestream drift-watch``).
 """
 
 from __future__ import annotations
@@ -226,3 +227,35 @@ class RegistryPointer(_Message):
     def key(self) -> bytes:
         """Return the topic key, ``region/model``."""
         return f"{self.region}/{self.model}".encode()
+
+
+class DriftAlert(_Message):
+    """One drift flag that tripped, as ``phrasestream drift-watch`` publishes it to ``drift.alerts``.
+
+    The key is ``region/model``. ``value`` crossed ``threshold`` for ``metric`` (a key of the
+    report's ``metrics``: e.g. ``label_psi``) over ``[window_start, window_end)`` against
+    ``reference`` (``training``: the live head's reference statistics, or a window length such
+    as ``30d``: the window just before). ``report_path`` is the HTML page on the watcher's
+    machine; ``check_id`` is shared by the alerts of one round.
+    """
+
+    schema_version: Literal[1] = 1
+    check_id: StrictStr = Field(min_length=1, max_length=100)
+    at: AwareDatetime = Field(default_factory=utcnow)
+    region: Name
+    model: Name
+    model_version: StrictStr | None = None
+    metric: StrictStr = Field(min_length=1, max_length=100)
+    value: float
+    threshold: float
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    window: StrictStr
+    reference: StrictStr
+    rows: int = Field(ge=0)
+    report_path: StrictStr
+
+    @property
+    def key(self) -> str:
+        """Return the topic key, ``region/model``."""
+        return f"{self.region}/{self.model}"

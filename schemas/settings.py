@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     topic_dlq: str = Field(default="phrases.dlq", description="dead-letter topic")
     topic_labeled: str = Field(default="phrases.labeled", description="labelled examples topic")
     topic_registry: str = Field(default="models.registry", description="live head versions (compacted)")
+    topic_alerts: str = Field(default="drift.alerts", description="drift alerts of `phrasestream drift-watch`")
     partitions_in: int = Field(default=4, ge=1, description="partitions of phrases.in and the internal topics")
     partitions_out: int = Field(default=4, ge=1, description="partitions of predictions.out")
     replication_factor: int = Field(default=1, ge=1, description="replication of the topics phrasestream creates")
