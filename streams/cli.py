@@ -7,6 +7,7 @@
     phrasestream models          the built head versions, their metrics, which one is live
     phrasestream promote|rollback  change which version is live (workers follow within 10 s)
     phrasestream retrain         retrain a head on a window of phrases.labeled; promote it if no worse
+    phrasestream drift-report    compare a window of stored inferences with the head's reference (HTML, JSON)
     phrasestream worker          run the stream worker (foreground)
     phrasestream sink            run the PostgreSQL sink (foreground)
     phrasestream run             all of the above in the background, a demo feed, a live table
@@ -459,6 +460,70 @@ def cmd_retrain(settings: Settings, args: argparse.Namespace) -> int:
                            as_json=args.json, progress=not args.quiet)
 
 
+def cmd_drift_report(settings: Settings, args: argparse.Namespace) -> int:
+    """Write a drift report; exit 2 for an empty window, an unknown head or bad flags, 1 for services down."""
+    from retrain.drift_report import (
+        DriftReportError,
+        EmptyWindow,
+        ServicesDown,
+        UnknownHead,
+        build_report,
+        format_summary,
+    )
+    from retrain.replay import WindowError, parse_duration
+
+    if args.bench_rows is not None:
+        return _drift_bench(settings, args)
+    missing = [flag for flag, value in (("--region", args.region), ("--model", args.model),
+                                        ("--current", args.current), ("--out", args.out)) if not value]
+    if missing:
+        print(f"error: drift-report needs {', '.join(missing)} (or --bench-rows N)", file=sys.stderr)
+        return 2
+    try:
+        from models.heads import HeadRef
+
+        HeadRef(args.region, args.model, "v1")  # the names' rules
+        current = parse_duration(args.current)
+        if current is None:
+            raise WindowError("--current all is not a window: give a length like 7d or 12h")
+        summary = build_report(settings, args.region, args.model, current, args.reference, Path(args.out))
+    except (EmptyWindow, UnknownHead) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (WindowError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ServicesDown as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except DriftReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary) if args.json else format_summary(summary), flush=True)
+    return 0
+
+
+def _drift_bench(settings: Settings, args: argparse.Namespace) -> int:
+    import tempfile
+
+    import psycopg2
+
+    from retrain.drift_bench import run_bench
+
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    try:
+        out = args.out or tempfile.mkdtemp(prefix="drift-bench-")
+        figures = run_bench(settings, args.bench_rows, out, say=say)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except psycopg2.OperationalError as exc:
+        print(f"error: PostgreSQL: {str(exc).strip()} (start it: `phrasestream up`)", file=sys.stderr)
+        return 1
+    print(json.dumps(figures), flush=True)
+    return 0
+
+
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from ops.services import up
     from streams.bench import bench_command
@@ -570,6 +635,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="last line: one JSON object of figures")
     p.add_argument("--quiet", action="store_true", help="no progress on standard error (warnings stay)")
     p.set_defaults(func=cmd_retrain)
+    p = sub.add_parser("drift-report", help="compare a window of stored inferences with a reference: HTML and JSON",
+                       description="Compute, in PostgreSQL, the predicted-label mix, confidence, text length, "
+                       "unknown word pieces, embedding centroid, out-of-scope rate and operations figures of "
+                       "--region/--model over the last --current, compare them with the live head's training "
+                       "reference (or the window of length --reference just before), flag drift per metric, and "
+                       "write report.html and summary.json into --out. Exit 2: empty window, unknown head or bad "
+                       "flags; 1: services down.")
+    p.add_argument("--region")
+    p.add_argument("--model")
+    p.add_argument("--current", metavar="DURATION", help="the window ending now: 7d, 12h, 2w")
+    p.add_argument("--reference", default="training", metavar="training|DURATION",
+                   help="the live head's training reference (default), or the window of this length before --current")
+    p.add_argument("--out", metavar="DIR", help="folder for report.html and summary.json")
+    p.add_argument("--json", action="store_true", help="print only the JSON summary")
+    p.add_argument("--bench-rows", type=int, metavar="N",
+                   help="time the report on N synthetic rows in a scratch schema (dropped after); prints JSON")
+    p.set_defaults(func=cmd_drift_report)
     for name, func in (("worker", cmd_worker), ("sink", cmd_sink)):
         p = sub.add_parser(name, help=f"run the {name} in the foreground")
         p.add_argument("--daemon-id", help=argparse.SUPPRESS)
