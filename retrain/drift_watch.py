@@ -105,7 +105,7 @@ def check_round(settings: Any, current: timedelta, reference: str, out_root: Pat
             log.info("drift-watch %s/%s: %s", region, model, exc)
             done.empty.append((region, model))
             continue
-        except Exception as exc:  # one head's failure (a missing reference, a bug) must not stop the others
+        except Exception as exc:  # noqa: BLE001  one head's failure (no reference, a bug) must not stop the others
             log.warning("drift-watch %s/%s: the report failed: %s", region, model, exc)
             done.failed[f"{region}/{model}"] = str(exc)
             continue
@@ -150,7 +150,7 @@ def watch(settings: Any, every: timedelta, current: timedelta, reference: str, o
         try:
             done = check_round(settings, current, reference, out_root)
             publish_alerts(settings, done.alerts)
-        except Exception as exc:  # Kafka or PostgreSQL down: say so, try again next round
+        except Exception as exc:  # noqa: BLE001  Kafka or PostgreSQL down: say so, try again next round
             log.error("drift-watch: this round failed: %s", exc)
             done = Round(failed={"*": str(exc)})
         if on_round is not None:

@@ -8,6 +8,7 @@
     phrasestream promote|rollback  change which version is live (workers follow within 10 s)
     phrasestream retrain         retrain a head on a window of phrases.labeled; promote it if no worse
     phrasestream drift-report    compare a window of stored inferences with the head's reference (HTML, JSON)
+    phrasestream drift-watch     the drift report of every live head on a schedule; alerts to drift.alerts
     phrasestream worker          run the stream worker (foreground)
     phrasestream sink            run the PostgreSQL sink (foreground)
     phrasestream run             all of the above in the background, a demo feed, a live table
@@ -503,6 +504,39 @@ def cmd_drift_report(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift_watch(settings: Settings, args: argparse.Namespace) -> int:
+    """Check every live head now and every --every after (or --once); alerts go to drift.alerts."""
+    import signal
+    import threading
+
+    from retrain.drift_watch import watch
+    from retrain.replay import WindowError, parse_duration
+
+    try:
+        every, current = parse_duration(args.every), parse_duration(args.current)
+        if every is None or current is None:
+            raise WindowError("--every and --current need a length like 1h or 24h, not all")
+        if args.reference != "training" and parse_duration(args.reference) is None:
+            raise WindowError("--reference is training or a length like 30d")
+    except (WindowError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def report(done) -> None:  # type: ignore[no-untyped-def]
+        if args.json:
+            print(json.dumps(done.figures()), flush=True)
+        else:
+            print(f"drift-watch: {len(done.checked)} checked, {len(done.empty)} with an empty window, "
+                  f"{len(done.failed)} failed, {len(done.alerts)} alert(s) to {settings.topic_alerts}", flush=True)
+
+    out = Path(args.out) if args.out else Path(settings.home) / "drift"
+    done = watch(settings, every, current, args.reference, out, once=args.once, stop=stop, on_round=report)
+    return 1 if "*" in done.failed else 0
+
+
 def _drift_bench(settings: Settings, args: argparse.Namespace) -> int:
     import tempfile
 
@@ -652,6 +686,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench-rows", type=int, metavar="N",
                    help="time the report on N synthetic rows in a scratch schema (dropped after); prints JSON")
     p.set_defaults(func=cmd_drift_report)
+    p = sub.add_parser("drift-watch", help="the drift report of every live head on a schedule; alerts to drift.alerts",
+                       description="Every --every, build the drift report of each live head over the last --current "
+                       "(against --reference), write it under --out/<region>/<model>/<time>/, and publish one "
+                       "message to drift.alerts per metric whose flag tripped. --once: one round, then exit "
+                       "(for cron or a Kubernetes CronJob); exit 1 if that round could not reach the services.")
+    p.add_argument("--every", default="1h", metavar="DURATION", help="time between rounds (default 1h)")
+    p.add_argument("--current", default="24h", metavar="DURATION", help="the window ending now (default 24h)")
+    p.add_argument("--reference", default="training", metavar="training|DURATION",
+                   help="the live head's training reference (default), or the window of this length before")
+    p.add_argument("--out", metavar="DIR", help="where reports are written (default <home>/drift)")
+    p.add_argument("--once", action="store_true", help="one round, then exit")
+    p.add_argument("--json", action="store_true", help="one JSON line of figures per round")
+    p.set_defaults(func=cmd_drift_watch)
     for name, func in (("worker", cmd_worker), ("sink", cmd_sink)):
         p = sub.add_parser(name, help=f"run the {name} in the foreground")
         p.add_argument("--daemon-id", help=argparse.SUPPRESS)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import psycopg2
@@ -209,3 +210,37 @@ def test_the_training_reference_is_the_live_heads_reference_json(stack, tmp_path
     assert summary["rows"]["reference"] > 1000  # the head's evaluation rows
     assert summary["metrics"]["labels.js_distance"]["flag"] is True  # two labels against 151
     assert {x["label"] for x in summary["labels_moved"]["up"]} == {"balance", "pin_change"}
+
+
+def test_drift_watch_checks_every_live_head_once_and_publishes_one_alert_per_tripped_flag(stack, tmp_path):
+    """`drift-watch --once`: global/intent's last 24 h hold two labels only (drift), the other live
+    heads have no rows (skipped, not failed); each tripped flag is one message on drift.alerts."""
+    from models.pointers import read_all
+    from schemas.messages import DriftAlert
+
+    live = sorted(read_all(stack.settings))
+    if ("global", "intent") not in live:
+        pytest.fail("no live global/intent head: run `make train` (the test set-up does)")
+    now = datetime.now(UTC)
+    insert_rows(stack.settings, make_rows(np.random.default_rng(6), 600, ["balance", "pin_change"],
+                                          now - timedelta(hours=20), 18, "watch"))
+
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "drift-watch", "--once", "--current", "24h",
+                           "--out", str(tmp_path), "--json"], env=stack.env, capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["checked"] == ["global/intent"]
+    assert sorted(figures["empty"]) == sorted(f"{r}/{m}" for r, m in live if (r, m) != ("global", "intent"))
+    assert figures["failed"] == {}
+    flagged = {a["metric"] for a in figures["alerts"]}
+    assert {"labels.js_distance", "labels.psi"} <= flagged
+
+    on_topic = [DriftAlert.model_validate(m) for m in stack.read(stack.settings.topic_alerts, len(figures["alerts"]))]
+    assert sorted(a.metric for a in on_topic) == sorted(flagged)
+    assert {(a.region, a.model, a.reference, a.window, a.rows) for a in on_topic} == {("global", "intent", "training", "1d", 600)}  # 24h, as the report names it
+    assert len({a.check_id for a in on_topic}) == 1
+    for alert in on_topic:
+        assert alert.value >= alert.threshold
+        assert (tmp_path / "global" / "intent").exists() and alert.report_path.endswith("report.html")
+        assert json.loads((Path(alert.report_path).parent / "summary.json").read_text())["drift"] is True
