@@ -1259,9 +1259,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status", "topics", "migrate", "clean"])
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    from ops.logs import configure_logging
+
+    configure_logging(settings, level=logging.INFO if args.verbose else logging.WARNING)
     try:
         if args.command == "up":
             up(settings)

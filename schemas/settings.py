@@ -70,7 +70,16 @@ class Settings(BaseSettings):
     sink_batch_max: int = Field(default=5000, ge=1, description="largest batch the sink writes at once")
     sink_retry_seconds: float = Field(default=60.0, gt=0, description="retry one batch this long before re-reading it")
 
+    # Metrics and logs
+    metrics_host: str = Field(default="127.0.0.1",
+                              description="address the /metrics endpoints listen on; 0.0.0.0 for every interface")
+    worker_metrics_port: int = Field(default=19400, ge=0, le=65535,
+                                     description="port of the worker's /metrics; 0 disables it")
+    sink_metrics_port: int = Field(default=19401, ge=0, le=65535,
+                                   description="port of the sink's /metrics; 0 disables it")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: str = Field(default="text", pattern=r"^(text|json)$",
+                            description="text (readable lines) or json (one JSON object a line)")
 
     @property
     def local_kafka(self) -> bool:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,10 +30,12 @@ import faust
 
 from models.heads import Head, HeadError, HeadRef, load_head
 from models.pointers import Follower, read_all
+from ops.logs import always
 from schemas.messages import DeadLetter, ErrorKind, RegistryPointer
 from schemas.settings import Settings
 from streams.cache import LRUCache, MappingBackend, cache_key
 from streams.decode import Limits, Source, decode_phrase
+from streams.metrics import WorkerMetrics, serve_metrics
 from streams.pipeline import AnswerMemo, Embedder, serve_batch
 
 log = logging.getLogger("phrasestream.worker")
@@ -295,7 +296,8 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
     )
     cache_backend = MappingBackend(table, bytes_keys=True)
     cache = LRUCache(cache_backend, embedder.version, embedder.feature_dim, settings.cache_max_entries)
-    counts = {"phrases": 0, "dlq": 0, "predictions": 0}
+    metrics = WorkerMetrics()
+    metrics.watch(cache=cache, heads=lambda: head_set.heads)
 
     loop_box: dict[str, asyncio.AbstractEventLoop] = {}
 
@@ -312,7 +314,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
     serve_out = Outbox(settings, "serve")
 
     def dead_letter(outbox: Outbox, letter: DeadLetter) -> None:
-        counts["dlq"] += 1
+        metrics.dead_letter(letter.error_kind)
         log.info("dead letter %s: %s", letter.error_kind.value, letter.reason)
         outbox.put(settings.topic_dlq, letter.id.encode() if letter.id else None, letter.to_bytes())
 
@@ -323,6 +325,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
         # Batches, not single events: one wait for the broker per batch, and no await per message.
         async for events in stream.take_events(settings.embed_batch_max, within=within):
             known = head_set.known
+            metrics.phrases_read(len(events))
             for event in events:
                 message = event.message
                 source = Source(message.topic, message.partition, message.offset)
@@ -335,7 +338,6 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
                 if isinstance(result, DeadLetter):
                     dead_letter(clean_out, result)
                 else:
-                    counts["phrases"] += 1
                     # Keyed by the cache key of the cleaned text: the phrase lands on the partition
                     # whose changelog holds its cache entry (same key bytes, same murmur2
                     # partitioner), so with several workers each one serves the phrases it caches.
@@ -359,8 +361,9 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
                                                      id=failure.id))
             for key, value in served.payloads:
                 serve_out.put(settings.topic_out, key, value)
-            counts["predictions"] += len(served.payloads)
+            metrics.batch_served(len(values), served)
             await offload(serve_out.flush)
+            metrics.published(served.predictions)
 
     @app.timer(interval=2.0)
     async def fetch_waiting_heads() -> None:
@@ -369,30 +372,41 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
 
     @app.timer(interval=60.0)
     async def report() -> None:
-        log.info(
-            "phrases=%d predictions=%d dlq=%d cache_hits=%d cache_misses=%d",
-            counts["phrases"], counts["predictions"], counts["dlq"], cache.hits, cache.misses,
-        )
+        totals = metrics.summary()  # the /metrics counters, so the log and Prometheus agree
+        log.info("phrases=%d predictions=%d dlq=%d cache_hits=%d cache_misses=%d", totals["phrases_in"],
+                 totals["predictions"], totals["dead_letters"], totals["cache_hits"], totals["cache_misses"])
 
-    app.phrasestream = {"embedder": embedder, "heads": head_set, "cache": cache, "counts": counts}  # type: ignore[attr-defined]
+    app.phrasestream = {"embedder": embedder, "heads": head_set, "cache": cache, "metrics": metrics}  # type: ignore[attr-defined]
     return app
 
 
 READY_LINE = "phrasestream worker ready"
-"""Printed (whatever the log level) once the worker has recovered its table and consumes."""
+"""Logged (whatever the log level) once the worker has recovered its table and consumes."""
 
 
 class Worker(faust.Worker):
-    """Faust's worker, saying :data:`READY_LINE` on standard output when it is ready."""
+    """Faust's worker, logging :data:`READY_LINE` when it is ready."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # No terminal spinner: its cursor codes would land in the log. (Faust drops it itself only
+        # when it sets logging up, which it does not here: see run_worker.)
+        self.spinner = None
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
-        # Faust sends sys.stdout to its logger; the real stdout shows this at any log level.
-        print(READY_LINE, file=sys.__stdout__, flush=True)
+        always(log, READY_LINE)  # in the configured format (a JSON line too), at any log level
 
 
 def run_worker(settings: Settings) -> None:
-    """Build the app and run its worker until SIGINT/SIGTERM."""
+    """Build the app, serve its metrics, and run its worker until SIGINT/SIGTERM.
+
+    Logging is the caller's (``ops.logs.configure_logging``): ``override_logging=False`` keeps
+    Faust from replacing the root handler with its own, so Faust's, mode's and aiokafka's
+    records go through our formatter (text or JSON) like ours, and standard output stays ours.
+    """
     app = build_app(settings)
-    Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    serve_metrics(app.phrasestream["metrics"].registry, settings.metrics_host,  # type: ignore[attr-defined]
+                  settings.worker_metrics_port, "worker")
+    Worker(app, loglevel=settings.log_level.lower(), quiet=True, override_logging=False).execute_from_commandline()
 

@@ -41,11 +41,9 @@ def _settings() -> Settings:
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from ops.logs import configure_logging
+
+    configure_logging(settings)  # text or JSON lines (PHRASESTREAM_LOG_FORMAT), secrets redacted
 
 
 # ------------------------------------------------------------------------------------------
@@ -209,15 +207,13 @@ def wait_worker_ready(settings: Settings, timeout: float = 300.0) -> None:
 def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     from streams.app import run_worker
 
-    _setup_logging(settings)  # the heads load before Faust sets up its logging
-    run_worker(settings)
+    run_worker(settings)  # logging: configured by main(); Faust leaves it alone (see run_worker)
     return 0
 
 
 def cmd_sink(settings: Settings, _: argparse.Namespace) -> int:
     from streams.sink import run_sink
 
-    _setup_logging(settings)
     run_sink(settings)
     return 0
 
@@ -777,8 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of logs
     args = build_parser().parse_args(argv)
     settings = _settings()
-    if args.command not in ("worker",):
-        _setup_logging(settings)
+    _setup_logging(settings)  # every command, the worker too (Faust keeps our handler)
     return int(args.func(settings, args) or 0)
 
 

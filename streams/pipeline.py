@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from pydantic import ValidationError
@@ -169,6 +170,15 @@ class AnswerMemo:
         return found
 
 
+class HeadRun(NamedTuple):
+    """One head's run on the rows of a batch that asked for it: one prediction per row."""
+
+    region: str
+    model: str
+    rows: int
+    seconds: float
+
+
 def classify(
     phrases: Sequence[CleanedPhrase],
     embedded: Embedded,
@@ -176,12 +186,13 @@ def classify(
     embedder_version: str,
     top_k: int,
     memo: AnswerMemo | None = None,
+    runs: list[HeadRun] | None = None,
 ) -> tuple[list[Prediction], list[tuple[CleanedPhrase, str]]]:
     """Run each phrase's heads on its vector; return predictions and (phrase, reason) failures.
 
     Each head runs once per batch, on the rows of the phrases that asked for it (through
     ``memo`` when given). A phrase whose head is no longer active is returned as a failure,
-    not dropped.
+    not dropped. ``runs``, when given, gets a :class:`HeadRun` for each head run.
     """
     rows_by_head: dict[tuple[str, str], list[int]] = defaultdict(list)
     failures: list[tuple[CleanedPhrase, str]] = []
@@ -197,10 +208,13 @@ def classify(
     for (region, model), rows in rows_by_head.items():
         head = heads[region][model]
         texts = [phrases[r].clean_text for r in rows]
+        start = time.perf_counter()
         if memo is None:
             answers = head.predict(embedded.vectors[rows], top_k, texts=texts)
         else:
             answers = memo.answer(head, embedded.vectors[rows], texts, top_k)
+        if runs is not None:
+            runs.append(HeadRun(region, model, len(rows), time.perf_counter() - start))
         now = utcnow()
         for row, answer in zip(rows, answers):
             phrase = phrases[row]
@@ -243,17 +257,33 @@ class Served:
     failures: list[Failure] = field(default_factory=list)
     payloads: list[tuple[bytes, bytes]] = field(default_factory=list)
     """(key, value) of each prediction, serialised for ``predictions.out``."""
+    embed_seconds: list[float] = field(default_factory=list)
+    """The time of each embedder call (none when every text was cached), for the metrics."""
+    head_runs: list[HeadRun] = field(default_factory=list)
+    """Each head run (its rows and time), for the metrics."""
+
+    def add(self, other: Served) -> None:
+        """Append what ``other`` gave."""
+        self.predictions += other.predictions
+        self.failures += other.failures
+        self.payloads += other.payloads
+        self.embed_seconds += other.embed_seconds
+        self.head_runs += other.head_runs
 
 
 def _compute(phrases: Sequence[CleanedPhrase], vectors: np.ndarray, hits: list[bool], embedder: Embedder,
              heads: Mapping[str, Mapping[str, Head]], top_k: int, memo: AnswerMemo | None) -> tuple[list[int], Served]:
     """Embed the misses and run the heads: the blocking part of a batch, for a worker thread."""
     texts = [p.clean_text for p in phrases]
+    start = time.perf_counter()
     rows = embed_misses(texts, vectors, hits, embedder)
-    predictions, gone = classify(phrases, Embedded(vectors, hits), heads, embedder.version, top_k, memo)
+    embed_seconds = [time.perf_counter() - start] if rows else []
+    runs: list[HeadRun] = []
+    predictions, gone = classify(phrases, Embedded(vectors, hits), heads, embedder.version, top_k, memo, runs)
     served = Served(predictions=predictions,
                     failures=[Failure(p.to_bytes(), ErrorKind.UNKNOWN_MODEL, reason, p.id) for p, reason in gone],
-                    payloads=[(p.id.encode(), p.to_bytes()) for p in predictions])
+                    payloads=[(p.id.encode(), p.to_bytes()) for p in predictions],
+                    embed_seconds=embed_seconds, head_runs=runs)
     return rows, served
 
 
@@ -299,12 +329,7 @@ async def serve_batch(
             return served
         log.warning("a batch of %d failed (%r); trying its phrases one by one", len(phrases), exc)
         for phrase in phrases:
-            alone = await serve_batch([phrase.to_bytes()], embedder, cache, heads, top_k, offload, memo)
-            served.predictions += alone.predictions
-            served.failures += alone.failures
-            served.payloads += alone.payloads
+            served.add(await serve_batch([phrase.to_bytes()], embedder, cache, heads, top_k, offload, memo))
         return served
-    served.predictions += done.predictions
-    served.failures += done.failures
-    served.payloads += done.payloads
+    served.add(done)
     return served

@@ -466,8 +466,16 @@ class SinkRunner:
 
 
 def run_sink(settings: Settings) -> None:
-    """Run the PostgreSQL sink until SIGINT/SIGTERM."""
+    """Run the PostgreSQL sink, with its ``/metrics`` (``streams.metrics.SinkMetrics``), until SIGINT/SIGTERM."""
     from ops.services import apply_migrations
+    from streams.metrics import SinkMetrics, serve_metrics
 
+    metrics = SinkMetrics()
     sink = PostgresSink(settings.dsn, settings.pg_schema, on_connect=lambda: apply_migrations(settings))
-    SinkRunner(settings, sink).run()
+    # librdkafka's statistics (every 5 s, from within consume()) carry each partition's lag
+    consumer = Consumer({**consumer_config(settings), "statistics.interval.ms": 5000,
+                         "stats_cb": metrics.on_kafka_stats})
+    runner = SinkRunner(settings, metrics.timed(sink), consumer=consumer)
+    metrics.watch(lambda: runner.stats)
+    serve_metrics(metrics.registry, settings.metrics_host, settings.sink_metrics_port, "sink")
+    runner.run()

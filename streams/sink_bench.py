@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+from ops.logs import configure_logging
 from schemas.messages import Prediction
 from schemas.settings import Settings
 
@@ -241,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=200_000, help="predictions to produce and store")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    print(json.dumps(bench_sink(Settings(), args.rows, timeout_s=args.timeout)))
+    settings = Settings()
+    configure_logging(settings, level=logging.WARNING)
+    print(json.dumps(bench_sink(settings, args.rows, timeout_s=args.timeout)))
     return 0
 
 
