@@ -48,7 +48,7 @@ def test_a_round_skips_empty_windows_isolates_failures_and_collects_alerts(tmp_p
 
     calls = []
 
-    def report(settings, region, model, current, reference, out_dir, now):  # noqa: ANN001
+    def report(settings, region, model, current, reference, out_dir, now):
         calls.append((region, model, current, reference, Path(out_dir)))
         if model == "empty":
             raise EmptyWindow("no predictions in the window")
