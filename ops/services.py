@@ -518,6 +518,8 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
                                                           "retention.ms": str(settings.labeled_retention_ms)}),
         # the live version of each head: compaction keeps the newest pointer per region/model
         settings.topic_registry: (1, {"cleanup.policy": "compact", "retention.ms": "-1"}),
+        # serving rollups: a few small deltas per head and 10 s; kept long enough for a sink outage
+        settings.topic_rollups: (1, {"cleanup.policy": "delete", "retention.ms": days(14)}),
     }
 
 
