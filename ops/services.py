@@ -520,6 +520,8 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         settings.topic_registry: (1, {"cleanup.policy": "compact", "retention.ms": "-1"}),
         # drift alerts: few, read by on-call tooling; a month of history
         settings.topic_alerts: (1, {"cleanup.policy": "delete", "retention.ms": days(30)}),
+        # serving rollups: a few small deltas per head and 10 s; kept long enough for a sink outage
+        settings.topic_rollups: (1, {"cleanup.policy": "delete", "retention.ms": days(14)}),
     }
 
 

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     topic_labeled: str = Field(default="phrases.labeled", description="labelled examples topic")
     topic_registry: str = Field(default="models.registry", description="live head versions (compacted)")
     topic_alerts: str = Field(default="drift.alerts", description="drift alerts of `phrasestream drift-watch`")
+    topic_rollups: str = Field(default="serving.rollups", description="per-hour serving rollups for drift reports")
     partitions_in: int = Field(default=4, ge=1, description="partitions of phrases.in and the internal topics")
     partitions_out: int = Field(default=4, ge=1, description="partitions of predictions.out")
     replication_factor: int = Field(default=1, ge=1, description="replication of the topics phrasestream creates")
@@ -60,6 +61,8 @@ class Settings(BaseSettings):
     answer_memo_entries: int = Field(default=100_000, ge=0,
                                      description="answers remembered per (head version, cleaned text); 0 disables it")
     cache_max_entries: int = Field(default=100_000, ge=0, description="embedding cache size; 0 disables it")
+    rollup_interval_seconds: float = Field(default=10.0, gt=0,
+                                           description="how often the worker publishes its serving rollups, seconds")
 
     # Input limits
     max_text_chars: int = Field(default=1000, ge=1, description="longer text goes to the DLQ")

@@ -12,9 +12,14 @@ topics, and the two agents:
    event loop keeps heart-beating), runs every requested head on the one embedding, and
    publishes one prediction per (phrase, model) to ``predictions.out``.
 
+A timer publishes the serving rollups (``streams.rollups``: per head and hour, the count,
+embedding sum and unknown-word-piece rates of what was served, for drift reports) to
+``serving.rollups`` every ``PHRASESTREAM_ROLLUP_INTERVAL_SECONDS``, with a producer of its own.
+
 Start order (Faust's): producer, then table recovery of the cache, then the consumers and
 agents; at stop the agents and consumer stop first and the producer last, so every
-prediction in flight is flushed.
+prediction in flight is flushed. The last serving rollups are published after that, once
+Faust has stopped (``run_worker``), so they include the last batch.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from streams.cache import LRUCache, MappingBackend, cache_key
 from streams.decode import Limits, Source, decode_phrase
 from streams.metrics import WorkerMetrics, serve_metrics
 from streams.pipeline import AnswerMemo, Embedder, serve_batch
+from streams.rollups import RollupPublisher, rollups_for
 
 log = logging.getLogger("phrasestream.worker")
 
@@ -307,6 +313,9 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
 
     cleaned_topic = topic_cleaned.get_topic_name()
     memo = AnswerMemo(settings.answer_memo_entries)
+    # The unknown-word-piece memo has the embedding cache's bound: see streams.rollups.UnknownRates.
+    rollups = rollups_for(embedder, settings.cache_max_entries)
+    publisher = RollupPublisher(settings, rollups)
     # Each agent produces its outputs with a producer of its own and waits, after each batch,
     # until the broker has every message of it (see Outbox): only then does the loop go on and
     # Faust ack the batch's input events, so a commit never gets ahead of the outputs.
@@ -355,7 +364,8 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
                 adopted = set(assigned)
                 evicted = cache.adopt(cache_backend.keys())
                 log.info("embedding cache: %d entries held, %d evicted", len(cache), evicted)
-            served = await serve_batch(values, embedder, cache, head_set.heads, settings.top_k, offload, memo)
+            served = await serve_batch(values, embedder, cache, head_set.heads, settings.top_k, offload, memo,
+                                       observe=rollups.observe)
             for failure in served.failures:
                 dead_letter(serve_out, DeadLetter.of(failure.kind, failure.reason, failure.raw, cleaned_topic,
                                                      id=failure.id))
@@ -370,13 +380,19 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
         if head_set.waiting:  # fetching and loading read and hash files: off the event loop
             await asyncio.get_running_loop().run_in_executor(None, head_set.retry_pending)
 
+    @app.timer(interval=settings.rollup_interval_seconds)
+    async def publish_rollups() -> None:
+        # produces and waits for the broker (not past the next tick): off the event loop; never raises
+        await offload(publisher.publish, min(5.0, settings.rollup_interval_seconds))
+
     @app.timer(interval=60.0)
     async def report() -> None:
         totals = metrics.summary()  # the /metrics counters, so the log and Prometheus agree
         log.info("phrases=%d predictions=%d dlq=%d cache_hits=%d cache_misses=%d", totals["phrases_in"],
                  totals["predictions"], totals["dead_letters"], totals["cache_hits"], totals["cache_misses"])
 
-    app.phrasestream = {"embedder": embedder, "heads": head_set, "cache": cache, "metrics": metrics}  # type: ignore[attr-defined]
+    app.phrasestream = {"embedder": embedder, "heads": head_set, "cache": cache, "metrics": metrics,  # type: ignore[attr-defined]
+                        "rollups": publisher}
     return app
 
 
@@ -399,7 +415,8 @@ class Worker(faust.Worker):
 
 
 def run_worker(settings: Settings) -> None:
-    """Build the app, serve its metrics, and run its worker until SIGINT/SIGTERM.
+    """Build the app, serve its metrics, and run its worker until SIGINT/SIGTERM; then publish
+    the last serving rollups.
 
     Logging is the caller's (``ops.logs.configure_logging``): ``override_logging=False`` keeps
     Faust from replacing the root handler with its own, so Faust's, mode's and aiokafka's
@@ -408,5 +425,8 @@ def run_worker(settings: Settings) -> None:
     app = build_app(settings)
     serve_metrics(app.phrasestream["metrics"].registry, settings.metrics_host,  # type: ignore[attr-defined]
                   settings.worker_metrics_port, "worker")
-    Worker(app, loglevel=settings.log_level.lower(), quiet=True, override_logging=False).execute_from_commandline()
+    try:
+        Worker(app, loglevel=settings.log_level.lower(), quiet=True, override_logging=False).execute_from_commandline()
+    finally:  # after Faust's stop: the agents are done, so the last deltas hold every batch
+        app.phrasestream["rollups"].close()  # type: ignore[attr-defined]
 

@@ -85,6 +85,8 @@ class Scratch:
             "PHRASESTREAM_TOPIC_IN": f"bench-{self.tag}-{app}.phrases.in",
             "PHRASESTREAM_TOPIC_OUT": f"bench-{self.tag}-{app}.predictions.out",
             "PHRASESTREAM_TOPIC_DLQ": f"bench-{self.tag}-{app}.phrases.dlq",
+            # the bench's traffic stays out of the drift data (the real sink stores serving.rollups)
+            "PHRASESTREAM_TOPIC_ROLLUPS": f"bench-{self.tag}-{app}.serving.rollups",
             "PHRASESTREAM_APP_ID": f"bench-{self.tag}-{app}",
             "PHRASESTREAM_HOME": str(Path(self.base.home).resolve()),
             **extra,
@@ -102,7 +104,7 @@ class Scratch:
         env = self.env(app, **extra)
         settings = self.settings(env)
         for name, parts in ((settings.topic_in, settings.partitions_in), (settings.topic_out, settings.partitions_out),
-                            (settings.topic_dlq, 1)):
+                            (settings.topic_dlq, 1), (settings.topic_rollups, 1)):
             create_topic(settings, name, parts, {"cleanup.policy": "delete", "retention.ms": str(3_600_000)})
             self.topics.add(name)
         logs = Path(self.base.home).resolve() / "bench" / "logs"

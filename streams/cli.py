@@ -13,6 +13,7 @@
     phrasestream sink            run the PostgreSQL sink (foreground)
     phrasestream run             all of the above in the background, a demo feed, a live table
     phrasestream demo --count N  a bounded demo run; last line: one JSON object of figures
+    phrasestream demo --drift    the same, with the label mix shifted halfway (a few domains only)
     phrasestream produce         produce phrases (JSON lines on stdin, or --text/--region)
     phrasestream consume         print predictions (or another topic) as a table or JSON
     phrasestream status | stop   what runs; stop what the project started
@@ -390,10 +391,18 @@ def _prepare(settings: Settings, quiet: bool = False) -> dict[str, list[str]]:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from streams.demo import Shift, run_demo
 
+    shift = None
+    if args.drift or args.drift_domains:
+        try:
+            shift = Shift(tuple(d.strip() for d in args.drift_domains.split(",") if d.strip())) \
+                if args.drift_domains else Shift()
+        except ValueError as exc:
+            print(f"error: --drift-domains: {exc}", file=sys.stderr)
+            return 2
     heads = _prepare(settings, quiet=args.json)
-    figures = run_demo(settings, heads, args.count, timeout_s=args.timeout, seed=args.seed)
+    figures = run_demo(settings, heads, args.count, timeout_s=args.timeout, seed=args.seed, shift=shift)
     if not args.json:
         for key, value in figures.items():
             print(f"{key:>26}: {value}")
@@ -708,6 +717,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for answers")
     p.add_argument("--seed", type=int, default=7,
                    help="which test phrases (the same seed repeats phrases, so the cache answers)")
+    p.add_argument("--drift", action="store_true",
+                   help="shift the label mix halfway: the second half only from a few CLINC150 domains")
+    p.add_argument("--drift-domains", metavar="D1,D2,...",
+                   help="the CLINC150 domains of the shifted half (implies --drift; default: travel,"
+                   "kitchen_and_dining,small_talk)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("produce", help="produce phrases: JSON lines on stdin, or --text; --labeled: examples")
     p.add_argument("--text")

@@ -5,6 +5,11 @@ of each kind in turn), then reads ``predictions.out`` and ``phrases.dlq`` until 
 answer is in (or a deadline passes) and counts the rows in PostgreSQL. Every message of a
 run carries the run's id, so answers of other runs or users are ignored.
 
+With a :class:`Shift` (``phrasestream demo --drift``) the label mix changes part way: from
+message ``shift.start(count)`` on, the phrases come from a few CLINC150 domains only (by
+default :data:`DRIFT_DOMAINS`), so a drift report over the run sees the predicted labels move.
+The messages before the shift are those of the same run without it.
+
 The test split is never used for training (``retrain.demo`` trains on train/val only).
 """
 
@@ -22,10 +27,38 @@ import psycopg2
 from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg2 import sql
 
-from models.datasets import OOS, load_clinc150
+from models.datasets import OOS, load_clinc150, load_domain_lists
 from schemas.settings import Settings
 
 INVALID_EVERY = 20  # one message in 20 is invalid: 5%
+
+DRIFT_DOMAINS: tuple[str, ...] = ("travel", "kitchen_and_dining", "small_talk")
+"""The domains of the shifted part of ``demo --drift``: 3 of CLINC150's 10, so 45 of its 150
+intents (and no ``oos``) after the shift, against all 151 labels before it."""
+
+
+@dataclass(frozen=True)
+class Shift:
+    """From message ``start(count)`` on (the share ``at`` of the stream), draw test phrases of ``domains`` only."""
+
+    domains: tuple[str, ...] = DRIFT_DOMAINS
+    at: float = 0.5
+
+    def __post_init__(self) -> None:
+        known = sorted(load_domain_lists())
+        unknown = [d for d in self.domains if d not in known]
+        if not self.domains or unknown:
+            raise ValueError(f"unknown CLINC150 domain(s) {unknown or '(none given)'}; known: {', '.join(known)}")
+        if not 0.0 <= self.at < 1.0:
+            raise ValueError(f"the shift starts at a share of the stream in [0, 1), got {self.at}")
+
+    def start(self, count: int) -> int:
+        """Return the index of the first shifted message in a stream of ``count``."""
+        return int(count * self.at)
+
+    def figures(self, count: int) -> dict:
+        """Return what the demo's figures say about the shift."""
+        return {"starts_at_message": self.start(count), "of": count, "domains": list(self.domains)}
 
 
 @dataclass(frozen=True)
@@ -58,19 +91,30 @@ def _invalid(run: str, i: int, max_chars: int) -> bytes:
     return kinds[(i // INVALID_EVERY) % len(kinds)]()
 
 
-def demo_messages(run: str, count: int, heads: dict[str, list[str]], max_chars: int, seed: int = 7) -> Iterator[DemoMessage]:
-    """Yield ``count`` demo messages: test-split phrases over every region, 5% invalid."""
+def demo_messages(run: str, count: int, heads: dict[str, list[str]], max_chars: int, seed: int = 7,
+                  shift: Shift | None = None) -> Iterator[DemoMessage]:
+    """Yield ``count`` demo messages: test-split phrases over every region, 5% invalid.
+
+    With ``shift``, the valid messages from ``shift.start(count)`` on are test phrases of
+    ``shift.domains`` only; the ones before are those of the same call without ``shift``.
+    """
     data = load_clinc150("full")
     pool = data.test + data.oos_test
     rng = random.Random(seed)
     rng.shuffle(pool)
+    start, shifted = count, []
+    if shift is not None:
+        start = shift.start(count)
+        wanted = set(shift.domains)
+        shifted = [(t, intent) for t, intent in data.test if data.domain_of(intent) in wanted]
+        random.Random(seed + 1).shuffle(shifted)  # its own generator: the part before stays as it was
     regions = sorted(heads)
     for i in range(count):
         key = f"{run}-{i}"
         if i % INVALID_EVERY == INVALID_EVERY - 1:
             yield DemoMessage(key, _invalid(run, i, max_chars), valid=False)
             continue
-        text, intent = pool[i % len(pool)]
+        text, intent = pool[i % len(pool)] if i < start else shifted[(i - start) % len(shifted)]
         region = regions[i % len(regions)]
         models = tuple(heads[region])
         body: dict = {"id": key, "text": text, "region": region}
@@ -123,10 +167,15 @@ def run_demo(
     timeout_s: float | None = None,
     on_prediction: Callable[[dict], None] | None = None,
     seed: int = 7,
+    shift: Shift | None = None,
 ) -> dict:
-    """Produce ``count`` demo phrases, wait for every answer, and return the figures."""
+    """Produce ``count`` demo phrases, wait for every answer, and return the figures.
+
+    With ``shift`` (see :func:`demo_messages`) the figures say where it starts and which
+    domains follow (``shift``: null without one).
+    """
     run = f"demo-{uuid.uuid4().hex[:8]}"
-    messages = list(demo_messages(run, count, heads, settings.max_text_chars, seed))
+    messages = list(demo_messages(run, count, heads, settings.max_text_chars, seed, shift))
     expected = sum(len(m.models) for m in messages if m.valid)
     invalid = sum(1 for m in messages if not m.valid)
     truth = {m.key: m for m in messages}
@@ -201,6 +250,7 @@ def run_demo(
         "e2e_p50_ms": _percentile(e2e, 50),
         "e2e_p99_ms": _percentile(e2e, 99),
         "seconds": round(seconds, 2),
+        "shift": shift.figures(count) if shift is not None else None,
         "complete": len(tally.predictions) == expected and len(tally.dlq) == invalid,
     }
 

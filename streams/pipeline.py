@@ -32,6 +32,10 @@ log = logging.getLogger("phrasestream.worker")
 Offload = Callable[..., Awaitable[Any]]
 """Run a blocking function elsewhere (a thread) and await it: ``offload(fn, *args)``."""
 
+Observer = Callable[[Sequence[CleanedPhrase], np.ndarray, Sequence[Prediction]], None]
+"""Told of each batch's predictions, in the thread that computed them: ``observe(phrases, features,
+predictions)``, ``features[i]`` being the features of ``phrases[i]`` (``streams.rollups.Rollups.observe``)."""
+
 
 class Embedder(Protocol):
     """What the stream needs of the embedder (``models.embedder.Embedder``)."""
@@ -272,8 +276,14 @@ class Served:
 
 
 def _compute(phrases: Sequence[CleanedPhrase], vectors: np.ndarray, hits: list[bool], embedder: Embedder,
-             heads: Mapping[str, Mapping[str, Head]], top_k: int, memo: AnswerMemo | None) -> tuple[list[int], Served]:
-    """Embed the misses and run the heads: the blocking part of a batch, for a worker thread."""
+             heads: Mapping[str, Mapping[str, Head]], top_k: int, memo: AnswerMemo | None,
+             observe: Observer | None = None) -> tuple[list[int], Served]:
+    """Embed the misses and run the heads: the blocking part of a batch, for a worker thread.
+
+    ``observe`` is told of the predictions last, once nothing else can fail; its own failure
+    is logged and costs no prediction (nor a second count when the batch is retried phrase by
+    phrase).
+    """
     texts = [p.clean_text for p in phrases]
     start = time.perf_counter()
     rows = embed_misses(texts, vectors, hits, embedder)
@@ -284,6 +294,11 @@ def _compute(phrases: Sequence[CleanedPhrase], vectors: np.ndarray, hits: list[b
                     failures=[Failure(p.to_bytes(), ErrorKind.UNKNOWN_MODEL, reason, p.id) for p, reason in gone],
                     payloads=[(p.id.encode(), p.to_bytes()) for p in predictions],
                     embed_seconds=embed_seconds, head_runs=runs)
+    if observe is not None:
+        try:
+            observe(phrases, vectors, predictions)
+        except Exception:  # an observation, not serving: the predictions go out anyway
+            log.warning("observing a batch of %d failed; its predictions are served", len(phrases), exc_info=True)
     return rows, served
 
 
@@ -295,6 +310,7 @@ async def serve_batch(
     top_k: int,
     offload: Offload | None = None,
     memo: AnswerMemo | None = None,
+    observe: Observer | None = None,
 ) -> Served:
     """Embed and classify a batch of cleaned-phrase messages; never raise for a bad one.
 
@@ -304,6 +320,7 @@ async def serve_batch(
 
     A message that does not parse is a failure on its own. When the batch fails as a
     whole, each phrase is tried alone, so one bad phrase cannot take its batch with it.
+    ``observe`` (see :data:`Observer`) is told of every prediction once.
     """
     served = Served()
     phrases: list[CleanedPhrase] = []
@@ -318,9 +335,9 @@ async def serve_batch(
         texts = [p.clean_text for p in phrases]
         vectors, hits = _lookup_or_miss(texts, cache, embedder.feature_dim)
         if offload is None:
-            rows, done = _compute(phrases, vectors, hits, embedder, heads, top_k, memo)
+            rows, done = _compute(phrases, vectors, hits, embedder, heads, top_k, memo, observe)
         else:
-            rows, done = await offload(_compute, phrases, vectors, hits, embedder, heads, top_k, memo)
+            rows, done = await offload(_compute, phrases, vectors, hits, embedder, heads, top_k, memo, observe)
         _store_or_skip(texts, vectors, rows, cache)
     except Exception as exc:  # a bug or a bad phrase: isolate it, keep the rest
         if len(phrases) == 1:
@@ -329,7 +346,7 @@ async def serve_batch(
             return served
         log.warning("a batch of %d failed (%r); trying its phrases one by one", len(phrases), exc)
         for phrase in phrases:
-            served.add(await serve_batch([phrase.to_bytes()], embedder, cache, heads, top_k, offload, memo))
+            served.add(await serve_batch([phrase.to_bytes()], embedder, cache, heads, top_k, offload, memo, observe))
         return served
     served.add(done)
     return served

@@ -18,6 +18,13 @@ or slows the worker that publishes predictions. It
 
 A record that is not a valid prediction goes to ``phrases.dlq`` with its reason.
 
+The same process stores the workers' serving rollups (``serving.rollups``, a few messages
+every 10 s) in ``serving_rollups``: a second :class:`SinkRunner` in a thread, in consumer
+group ``<PHRASESTREAM_SINK_GROUP>-rollups``, writing with
+``streams.rollups.PostgresRollupSink`` (``ON CONFLICT (delta_id) DO NOTHING``), with the
+same retries, rewinds, dead letters and commit-after-store. Its own group and consumer keep
+it out of the predictions' batches and rebalances.
+
 Why it is written this way (measured with ``streams.sink_bench``, see its docstring):
 
 - ``COPY`` + ``INSERT ... SELECT`` instead of ``execute_values``: ``execute_values`` quotes
@@ -61,7 +68,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg2
 import psycopg2.extensions
@@ -241,11 +248,11 @@ class Received:
     """The predictions of ``batch`` as the sink prepared them for writing."""
 
 
-def consumer_config(settings: Settings) -> dict:
-    """Return the confluent-kafka consumer settings of the sink's group."""
+def consumer_config(settings: Settings, group: str | None = None) -> dict:
+    """Return the confluent-kafka consumer settings of the sink's group (or of ``group``)."""
     return {
         "bootstrap.servers": settings.bootstrap,
-        "group.id": settings.sink_group,
+        "group.id": group or settings.sink_group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": False,
@@ -264,14 +271,25 @@ def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
 
 
 class SinkRunner:
-    """Consume ``predictions.out`` and write to a :class:`Sink` until :meth:`stop`."""
+    """Consume ``predictions.out`` and write to a :class:`Sink` until :meth:`stop`.
+
+    ``topic``, ``group``, ``parse`` and ``what`` make it consume another topic of records
+    (the serving rollups: ``ServingRollup.model_validate_json``, "serving rollup"); a
+    record's ``id`` names it in dead letters.
+    """
 
     def __init__(
-        self, settings: Settings, sink: Sink, consumer: Consumer | None = None, producer: Producer | None = None
+        self, settings: Settings, sink: Sink, consumer: Consumer | None = None, producer: Producer | None = None,
+        *, topic: str | None = None, group: str | None = None, parse: Callable[[bytes], Any] | None = None,
+        what: str = "prediction",
     ) -> None:
         self.settings = settings
         self.sink = sink
-        self.consumer = consumer or Consumer(consumer_config(settings))
+        self.topic = topic or settings.topic_out
+        self.group = group or settings.sink_group
+        self._parse_value = parse or Prediction.model_validate_json
+        self.what = what
+        self.consumer = consumer or Consumer(consumer_config(settings, self.group))
         self._producer = producer or Producer({"bootstrap.servers": settings.bootstrap})
         self._running = True
         self.stats = SinkStats()
@@ -289,10 +307,10 @@ class SinkRunner:
         letters: list[DeadLetter] = []
         for m in messages:
             try:
-                batch.append((m, Prediction.model_validate_json(m.value() or b"")))
+                batch.append((m, self._parse_value(m.value() or b"")))
             except ValidationError as exc:
                 self.stats.invalid += 1
-                letters.append(DeadLetter.of(ErrorKind.WRONG_TYPE, f"not a valid prediction: {exc.errors()[0]['msg']}",
+                letters.append(DeadLetter.of(ErrorKind.WRONG_TYPE, f"not a valid {self.what}: {exc.errors()[0]['msg']}",
                                              m.value(), m.topic(), m.partition(), m.offset()))
         return batch, letters
 
@@ -325,7 +343,7 @@ class SinkRunner:
         except ROW_ERRORS as exc:
             if len(batch) == 1:
                 m, prediction = batch[0]
-                return 0, [DeadLetter.of(ErrorKind.REJECTED_BY_DATABASE, f"the database refused this prediction: {exc}",
+                return 0, [DeadLetter.of(ErrorKind.REJECTED_BY_DATABASE, f"the database refused this {self.what}: {exc}",
                                          m.value(), m.topic(), m.partition(), m.offset(), prediction.id)]
             log.warning("the database refused a row of a batch of %d (%s); writing it in halves", len(batch), exc)
         half = len(batch) // 2
@@ -430,8 +448,8 @@ class SinkRunner:
         at stop, the batch in flight is finished and committed. ``timeout``: the longest wait
         for messages when no write is in flight, seconds.
         """
-        self.consumer.subscribe([self.settings.topic_out], on_revoke=lambda *_: self._drain())
-        log.info("sink started: group %s, topic %s", self.settings.sink_group, self.settings.topic_out)
+        self.consumer.subscribe([self.topic], on_revoke=lambda *_: self._drain())
+        log.info("sink started: group %s, topic %s", self.group, self.topic)
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-write") as writer:
                 while self._running and not (until is not None and until(self)):
@@ -465,8 +483,27 @@ class SinkRunner:
         self.serve()
 
 
+def rollup_runner(settings: Settings, on_connect: Callable[[], object] | None = None, sink: Any = None,
+                  consumer: Consumer | None = None, producer: Producer | None = None) -> SinkRunner:
+    """Return the runner that stores ``serving.rollups`` in ``serving_rollups`` (see the module docstring)."""
+    from schemas.messages import ServingRollup
+    from streams.rollups import PostgresRollupSink
+
+    if sink is None:
+        sink = PostgresRollupSink(settings.dsn, settings.pg_schema, on_connect=on_connect)
+    return SinkRunner(settings, sink, consumer, producer, topic=settings.topic_rollups,
+                      group=f"{settings.sink_group}-rollups", parse=ServingRollup.model_validate_json,
+                      what="serving rollup")
+
+
 def run_sink(settings: Settings) -> None:
-    """Run the PostgreSQL sink, with its ``/metrics`` (``streams.metrics.SinkMetrics``), until SIGINT/SIGTERM."""
+    """Run the PostgreSQL sink until SIGINT/SIGTERM: predictions here, serving rollups in a thread.
+
+    The rollups stop after the predictions' runner has finished its last batch. Its
+    ``/metrics`` (``streams.metrics.SinkMetrics``) count the predictions' runner only.
+    """
+    import threading
+
     from ops.services import apply_migrations
     from streams.metrics import SinkMetrics, serve_metrics
 
@@ -478,4 +515,11 @@ def run_sink(settings: Settings) -> None:
     runner = SinkRunner(settings, metrics.timed(sink), consumer=consumer)
     metrics.watch(lambda: runner.stats)
     serve_metrics(metrics.registry, settings.metrics_host, settings.sink_metrics_port, "sink")
-    runner.run()
+    rollups = rollup_runner(settings, on_connect=lambda: apply_migrations(settings))
+    thread = threading.Thread(target=rollups.serve, name="sink-rollups", daemon=True)
+    thread.start()
+    try:
+        runner.run()
+    finally:
+        rollups.stop()
+        thread.join(timeout=settings.sink_retry_seconds + 30.0)

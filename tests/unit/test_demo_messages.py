@@ -2,10 +2,12 @@
 
 import json
 
+import pytest
+
 from models.datasets import load_clinc150
 from schemas.messages import PhraseIn
 from streams.decode import Source, decode_phrase
-from streams.demo import demo_messages
+from streams.demo import DRIFT_DOMAINS, Shift, demo_messages
 
 HEADS = {"global": ["domain", "intent"], "eu": ["domain", "intent"]}
 
@@ -36,3 +38,37 @@ def test_the_same_seed_gives_the_same_stream_and_another_seed_another():
     first = [m.value for m in demo_messages("r", 50, HEADS, 1000, seed=1)]
     assert first == [m.value for m in demo_messages("r", 50, HEADS, 1000, seed=1)]
     assert first != [m.value for m in demo_messages("r", 50, HEADS, 1000, seed=2)]
+
+
+# --- demo --drift: the label mix shifts halfway --------------------------------------------
+
+
+def _intents(messages) -> list[str]:
+    return [m.intent for m in messages if m.valid]
+
+
+def test_the_shifted_half_draws_only_from_the_chosen_domains_and_the_first_half_is_unchanged():
+    data = load_clinc150("full")
+    shift = Shift(("travel", "meta"))
+    plain = list(demo_messages("r", 400, HEADS, 1000, seed=3))
+    shifted = list(demo_messages("r", 400, HEADS, 1000, seed=3, shift=shift))
+    start = shift.start(400)
+    assert start == 200
+    assert [m.value for m in shifted[:start]] == [m.value for m in plain[:start]], "nothing moves before the shift"
+    after = _intents(shifted[start:])
+    assert {data.domain_of(i) for i in after} == {"travel", "meta"}
+    assert {data.domain_of(i) for i in _intents(plain[start:])} - {"travel", "meta"}, \
+        "without the shift the second half still spans the other domains"
+    test_texts = {t for t, _ in data.test}
+    assert all(PhraseIn.model_validate(json.loads(m.value)).text in test_texts for m in shifted[start:] if m.valid)
+    assert [m.valid for m in shifted] == [m.valid for m in plain], "the invalid messages stay where they were"
+
+
+def test_the_shift_says_where_it_starts_and_which_domains():
+    assert Shift().figures(200) == {"starts_at_message": 100, "of": 200, "domains": list(DRIFT_DOMAINS)}
+    assert Shift(at=0.25).start(200) == 50
+
+
+def test_a_shift_to_an_unknown_domain_names_the_known_ones():
+    with pytest.raises(ValueError, match="known: .*banking"):
+        Shift(("atlantis",))

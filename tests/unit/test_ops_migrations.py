@@ -66,9 +66,9 @@ def test_list_migrations_rejects_bad_names_and_duplicates(tmp_path: Path):
 
 def test_topic_specs_follow_settings():
     s = Settings(topic_in="t.in", topic_out="t.out", topic_dlq="t.dlq", topic_labeled="t.lab",
-                 topic_registry="t.reg", topic_alerts="t.alerts", partitions_in=6, partitions_out=3)
+                 topic_registry="t.reg", topic_rollups="t.roll", topic_alerts="t.alerts", partitions_in=6, partitions_out=3)
     specs = services.topic_specs(s)
-    assert set(specs) == {"t.in", "t.out", "t.dlq", "t.lab", "t.reg", "t.alerts"}
+    assert set(specs) == {"t.in", "t.out", "t.dlq", "t.lab", "t.reg", "t.roll", "t.alerts"}
     registry = specs.pop("t.reg")
     assert registry == (1, {"cleanup.policy": "compact", "retention.ms": "-1"}), \
         "one partition keeps the order of changes; compaction keeps the newest pointer of every head"
@@ -76,6 +76,7 @@ def test_topic_specs_follow_settings():
     assert specs["t.lab"][0] == 6, "labelled examples are partitioned like phrases.in"
     assert specs["t.dlq"][0] == 1
     assert specs["t.alerts"][0] == 1
+    assert specs["t.roll"][0] == 1, "a few rollup deltas every 10 s: one partition"
     default = services.topic_specs(Settings(_env_file=None))
     assert default[Settings.model_fields["topic_in"].default][0] >= 4
     for name, (_, cfg) in specs.items():
