@@ -244,3 +244,32 @@ def test_drift_watch_checks_every_live_head_once_and_publishes_one_alert_per_tri
         assert alert.value >= alert.threshold
         assert (tmp_path / "global" / "intent").exists() and alert.report_path.endswith("report.html")
         assert json.loads((Path(alert.report_path).parent / "summary.json").read_text())["drift"] is True
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_the_drift_demo_trips_the_label_flag_and_the_plain_demo_does_not(stack, tmp_path, shifted):
+    """End to end: the demo stream through a real worker and sink, then the report of its window
+    against the live head's training reference. With ``demo --drift`` the second half comes from
+    three domains only: the label flags trip; the plain demo (the test split's own mix) must not."""
+    from streams.app import READY_LINE
+    from streams.cli import active_heads
+    from streams.demo import Shift, run_demo
+
+    heads = active_heads(stack.settings) or pytest.fail("no active heads: run `make train`")
+    stack.start("worker", READY_LINE)
+    stack.start("sink", "sink started")
+    figures = run_demo(stack.settings, heads, 1200, timeout_s=300, seed=21, shift=Shift() if shifted else None)
+    assert figures["complete"] and figures["db_rows"] == figures["expected_predictions"], figures
+
+    summary = build_report(stack.settings, "global", "intent", timedelta(hours=1), "training", tmp_path)
+
+    assert summary["rows"]["current"] > 300  # global's share of the demo (regions take turns)
+    labels = summary["metrics"]
+    assert labels["labels.psi"]["flag"] is shifted, labels["labels.psi"]
+    assert labels["labels.js_distance"]["flag"] is shifted, labels["labels.js_distance"]
+    if shifted:
+        from models.datasets import load_domain_lists
+
+        domains = load_domain_lists()
+        ups = {x["label"] for x in summary["labels_moved"]["up"]}
+        assert ups <= {i for d in Shift().domains for i in domains[d]}, ups
