@@ -64,6 +64,7 @@ import io
 import json
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -292,6 +293,8 @@ class SinkRunner:
         self.consumer = consumer or Consumer(consumer_config(settings, self.group))
         self._producer = producer or Producer({"bootstrap.servers": settings.bootstrap})
         self._running = True
+        self._stopping = threading.Event()
+        """Set by :meth:`stop`: a write being retried gives up at once (its batch is re-read later)."""
         self.stats = SinkStats()
         self.committed: dict[tuple[str, int], int] = {}
         """The offsets this runner has committed, by (topic, partition)."""
@@ -301,6 +304,7 @@ class SinkRunner:
 
     def stop(self, *_: object) -> None:
         self._running = False
+        self._stopping.set()
 
     def _parse(self, messages: Sequence[Message]) -> tuple[list[tuple[Message, Prediction]], list[DeadLetter]]:
         batch: list[tuple[Message, Prediction]] = []
@@ -322,7 +326,10 @@ class SinkRunner:
         retrying = Retrying(
             retry=retry_if_exception_type(psycopg2.Error) & retry_if_not_exception_type(ROW_ERRORS),
             wait=wait_exponential(multiplier=0.2, max=5.0),
-            stop=stop_after_delay(self.settings.sink_retry_seconds),
+            # A stop during a database outage must not wait out the retries: the batch is not
+            # committed, so it is read again at the next start (and stored once).
+            stop=stop_after_delay(self.settings.sink_retry_seconds) | (lambda _state: self._stopping.is_set()),
+            sleep=self._stopping.wait,
             before_sleep=on_retry,
             reraise=False,
         )

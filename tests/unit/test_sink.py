@@ -125,6 +125,18 @@ def test_while_the_database_is_down_nothing_is_committed_and_the_batch_is_read_a
     assert sink.stats.retries >= 1
 
 
+def test_a_stop_during_a_database_outage_ends_the_retries_at_once_without_a_commit():
+    import threading
+
+    consumer, producer = Consumer([[Msg(prediction("a"), 5)]]), Producer()
+    sink = SinkRunner(Settings(sink_retry_seconds=3600), Database(down=True), consumer=consumer,  # type: ignore[arg-type]
+                      producer=producer)
+    threading.Timer(0.5, sink.stop).start()  # as SIGTERM would, while the write is being retried
+    assert sink.step() == 0  # returns although an hour of retries was allowed
+    assert consumer.commits == 0
+    assert consumer.seeks == [(0, 5)], "the batch is read again at the next start"
+
+
 def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_stored():
     db = Database()
     sink, consumer, producer = runner([[Msg(prediction("a"), 0), Msg(prediction("bad", "nul\x00label"), 1)]], db)
