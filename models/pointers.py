@@ -112,21 +112,12 @@ def read_all(settings: Any, timeout: float = 30.0) -> dict[Key, RegistryPointer]
 
 def publish(settings: Any, pointer: RegistryPointer, timeout: float = 30.0) -> None:
     """Write ``pointer`` to the registry topic and wait until the broker has it (acks=all)."""
-    from confluent_kafka import Producer
+    from ops.services import produce_acked
 
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True, "acks": "all",
-                         "message.timeout.ms": int(timeout * 1000)})
-    errors: list[str] = []
-
-    def delivered(err: Any, _msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    producer.produce(settings.topic_registry, key=pointer.key, value=pointer.to_bytes(), on_delivery=delivered)
-    left = producer.flush(timeout + 5)
-    if left or errors:
+    errors = produce_acked(settings, settings.topic_registry, [(pointer.key, pointer.to_bytes())], timeout)
+    if errors:
         raise PointerError(f"the registry topic {settings.topic_registry} did not take the pointer of "
-                           f"{pointer.region}/{pointer.model}: {errors[0] if errors else 'timed out'}")
+                           f"{pointer.region}/{pointer.model}: {errors[0]}")
 
 
 class Follower:

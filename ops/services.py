@@ -525,6 +525,30 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     }
 
 
+def produce_acked(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes]],
+                  timeout: float = 30.0) -> list[str]:
+    """Produce ``records`` (key, value) idempotently with acks=all and wait for the broker.
+
+    Return the delivery errors, with ``"timed out"`` for records still unacknowledged after
+    ``timeout``; an empty list means the broker stored every record. For the few, important
+    messages phrasestream writes outside the stream (registry pointers, drift alerts).
+    """
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True, "acks": "all",
+                         "message.timeout.ms": int(timeout * 1000)})
+    errors: list[str] = []
+
+    def delivered(err: object, _msg: object) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    for key, value in records:
+        producer.produce(topic, key=key, value=value, on_delivery=delivered)
+    left = producer.flush(timeout + 5)
+    return errors + ["timed out"] * left
+
+
 def _admin(settings: Settings):
     from confluent_kafka.admin import AdminClient
 

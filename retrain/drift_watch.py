@@ -124,21 +124,11 @@ def publish_alerts(settings: Any, alerts: list[DriftAlert], timeout: float = 30.
     """Write the alerts to the alerts topic and wait until the broker has every one (acks=all)."""
     if not alerts:
         return
-    from confluent_kafka import Producer
+    from ops.services import produce_acked
 
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True, "acks": "all",
-                         "message.timeout.ms": int(timeout * 1000)})
-    errors: list[str] = []
-
-    def delivered(err: Any, _msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    for alert in alerts:
-        producer.produce(settings.topic_alerts, key=alert.key.encode(), value=alert.to_bytes(), on_delivery=delivered)
-    left = producer.flush(timeout + 5)
-    if left or errors:
-        raise RuntimeError(f"{settings.topic_alerts} did not take {left or len(errors)} alert(s): {errors[:1]}")
+    errors = produce_acked(settings, settings.topic_alerts, [(a.key.encode(), a.to_bytes()) for a in alerts], timeout)
+    if errors:
+        raise RuntimeError(f"{settings.topic_alerts} did not take {len(errors)} of {len(alerts)} alert(s): {errors[0]}")
 
 
 def watch(settings: Any, every: timedelta, current: timedelta, reference: str, out_root: Path,
