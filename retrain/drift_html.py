@@ -8,8 +8,6 @@ the page opens from disk with no server. Every label is HTML-escaped. The figure
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Sequence
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -18,19 +16,10 @@ import numpy as np
 
 from retrain import drift
 from retrain.reference import CONFIDENCE_EDGES, TEXT_LENGTH_EDGES
+from retrain.report import png_img
 
 if TYPE_CHECKING:
     from retrain.drift_report import Side
-
-
-def _img(fig: Any, alt: str) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def _figure(width: float = 9.0, height: float = 3.2) -> Any:
@@ -53,7 +42,7 @@ def _hist_plot(ref: Sequence[float], cur: Sequence[float], edges: Sequence[float
     ax.set_xlabel(xlabel)
     ax.set_ylabel("share")
     ax.legend()
-    return _img(fig, title)
+    return png_img(fig, title)
 
 
 def _moved_plot(moved: dict[str, list[dict[str, Any]]]) -> str:
@@ -68,7 +57,7 @@ def _moved_plot(moved: dict[str, list[dict[str, Any]]]) -> str:
     ax.set_xlabel("share of predictions")
     ax.set_title("labels that moved most (up, then down)")
     ax.legend()
-    return _img(fig, "labels that moved most")
+    return png_img(fig, "labels that moved most")
 
 
 def _hourly_plots(summary: dict[str, Any], cur: Side, ref: Side) -> str:
@@ -83,7 +72,7 @@ def _hourly_plots(summary: dict[str, Any], cur: Side, ref: Side) -> str:
     ax.set_title("out-of-scope rate per hour")
     ax.set_ylabel("share predicted oos")
     ax.legend()
-    out.append(_img(fig, "out-of-scope rate per hour"))
+    out.append(png_img(fig, "out-of-scope rate per hour"))
 
     fig = _figure(9.0, 6.0)
     ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True)
@@ -96,7 +85,7 @@ def _hourly_plots(summary: dict[str, Any], cur: Side, ref: Side) -> str:
     ax3.plot(t, [h["p99_ms"] for h in hours], marker=".", label="p99")
     ax3.set_ylabel("latency, ms")
     ax3.legend()
-    out.append(_img(fig, "volume, cache-hit rate and latency per hour"))
+    out.append(png_img(fig, "volume, cache-hit rate and latency per hour"))
 
     versions = sorted(cur.versions)
     if versions:
@@ -109,7 +98,7 @@ def _hourly_plots(summary: dict[str, Any], cur: Side, ref: Side) -> str:
         ax.set_ylim(-0.05, 1.05)
         ax.set_title("share of predictions per model version, per hour")
         ax.legend(fontsize=8)
-        out.append(_img(fig, "share of predictions per model version"))
+        out.append(png_img(fig, "share of predictions per model version"))
     return "\n".join(out)
 
 

@@ -282,7 +282,7 @@ def _confidence_section(confidence: np.ndarray, correct: np.ndarray) -> str:
         '<section id="confidence"><h2>Confidence</h2>'
         "<p>How sure the head was on correct and on wrong predictions: 20 bins, overlaid, each group scaled "
         f"to its own total so that both shapes show. {note}</p>"
-        f"{_img(fig, 'confidence histogram of correct and wrong predictions')}</section>"
+        f"{png_img(fig, 'confidence histogram of correct and wrong predictions')}</section>"
     )
 
 
@@ -337,7 +337,7 @@ def _oos_section(rows: EvalRows, oos_label: str, threshold: float | None, scores
         f"probability over the classes other than <code>{label}</code>) is below the threshold. "
         f"Precision: share of flagged phrases that are truly <code>{label}</code>; recall: share of true "
         f"<code>{label}</code> phrases ({n_true}) that are flagged.</p>{at}"
-        f"{_img(fig, 'out-of-scope precision and recall by threshold')}"
+        f"{png_img(fig, 'out-of-scope precision and recall by threshold')}"
         '<details><summary>By threshold</summary><table class="oos-curve"><thead><tr><th>threshold</th>'
         "<th>flagged</th><th>true positives</th><th>precision</th><th>recall</th></tr></thead>"
         f"<tbody>{table}</tbody></table></details></section>"
@@ -347,7 +347,8 @@ def _oos_section(rows: EvalRows, oos_label: str, threshold: float | None, scores
 # ----------------------------------------------------------------------------- helpers
 
 
-def _img(fig: Figure, alt: str) -> str:
+def png_img(fig: Figure, alt: str) -> str:
+    """Return ``fig`` as an ``<img>`` with the PNG inline, so a page opens without a server."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
