@@ -64,6 +64,21 @@ class Settings(BaseSettings):
     rollup_interval_seconds: float = Field(default=10.0, gt=0,
                                            description="how often the worker publishes its serving rollups, seconds")
 
+    # Worker group membership and start-up
+    worker_index: int = Field(default=1, ge=1,
+                              description="which worker of this machine this is (1..N); "
+                                          "`phrasestream start --workers N` sets it")
+    group_instance_id: str = Field(default="",
+                                   description="static group member id of the worker; empty: <app_id>-<host>-<index>; "
+                                               "`none`: dynamic membership")
+    session_timeout_seconds: float = Field(default=10.0, ge=6.0, le=300.0,
+                                           description="a worker silent this long loses its partitions to the others")
+    commit_every_batch: bool = Field(default=True,
+                                     description="commit input offsets after each batch's outputs are acknowledged")
+    broker_wait_seconds: float = Field(default=60.0, ge=0,
+                                       description="a worker or sink that starts while the broker is unreachable "
+                                                   "retries this long, then exits with code 3")
+
     # Input limits
     max_text_chars: int = Field(default=1000, ge=1, description="longer text goes to the DLQ")
     max_message_bytes: int = Field(default=64_000, ge=1, description="larger messages go to the DLQ")

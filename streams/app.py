@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -251,6 +252,54 @@ async def changelog_metadata(app: faust.App, topic: str) -> None:
     await producer.partitions_for(topic)
 
 
+def group_instance_id(settings: Settings) -> str | None:
+    """Return this worker's static group member id, or None for dynamic membership.
+
+    The id must be unique in the group and the same across restarts of one worker: by
+    default ``<app_id>-<host>-<worker_index>`` (``phrasestream start --workers N`` numbers
+    its workers 1..N; two machines differ by host name).
+    """
+    chosen = settings.group_instance_id.strip()
+    if chosen.lower() == "none":
+        return None
+    return chosen or f"{settings.app_id}-{socket.gethostname()}-{settings.worker_index}"
+
+
+def worker_group_settings(settings: Settings) -> dict[str, Any]:
+    """Return the Faust settings for group membership and offset commits.
+
+    - ``consumer_group_instance_id``: static membership (KIP-345). A worker killed and
+      started again rejoins as the same member and gets its partitions back without a
+      rebalance; before, the group waited for the dead member's session to expire (a minute).
+    - ``broker_session_timeout``: how long a silent member keeps its partitions. Short, so
+      that a dead worker's partitions move to the others quickly; the price is that a worker
+      whose event loop stalls that long is taken out of the group (the embedder runs off the
+      loop, so heartbeats go on during a batch). A static member that stops cleanly does not
+      leave the group either: its partitions wait this long before they move.
+    """
+    session = settings.session_timeout_seconds
+    return {
+        "consumer_group_instance_id": group_instance_id(settings),
+        "broker_session_timeout": session,
+        "broker_heartbeat_interval": min(3.0, session / 3.0),
+    }
+
+
+async def commit_batch(app: faust.App, events: list[Any]) -> None:
+    """Mark a served batch's input events done and commit their offsets now.
+
+    Called once the batch's outputs are acknowledged by the broker (the outbox flushed), so
+    a commit never covers an unsent output. Faust would otherwise commit on a timer (every
+    2.8 s): the first agent runs far ahead of the second, so a worker killed between two
+    commits had tens of thousands of cleaned phrases re-cleaned, and served twice, after its
+    restart. With a commit per batch the work done again is at most the batch in flight.
+    Acking here is idempotent: the ack ``take`` does after the batch is then a no-op.
+    """
+    for event in events:
+        event.ack()
+    await app.consumer.commit({event.message.tp for event in events})
+
+
 def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App:
     """Build the Faust app with its embedder, heads, cache and agents (see the module doc)."""
     if embedder is None:
@@ -283,6 +332,10 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
         # aiokafka's default batch of 16 KB would hold four of them.
         producer_linger_ms=5,
         producer_max_batch_size=512 * 1024,
+        # Static membership: a restarted worker with the same id takes its partitions back at
+        # once, without waiting for its old session to expire; the short session hands a dead
+        # worker's partitions to the others within seconds (see worker_group_settings).
+        **worker_group_settings(settings),
     )
     topic_in = app.topic(settings.topic_in, key_type=bytes, value_type=bytes)
     topic_cleaned = app.topic(
@@ -353,12 +406,15 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
                     clean_out.put(cleaned_topic, cache_key(embedder.version, result.clean_text).encode(),
                                   result.to_bytes())
             await offload(clean_out.flush)
+            if settings.commit_every_batch:
+                await commit_batch(app, events)
 
     @app.agent(topic_cleaned)
     async def embed_and_classify(stream):  # type: ignore[no-untyped-def]
         await changelog_metadata(app, table.changelog_topic.get_topic_name())
         adopted: set = set()
-        async for values in stream.take(settings.embed_batch_max, within=within):
+        async for events in stream.take_events(settings.embed_batch_max, within=within):
+            values = [event.value for event in events]
             assigned = frozenset(app.consumer.assignment())
             if assigned != adopted:  # the table is recovered before events flow; again after a rebalance
                 adopted = set(assigned)
@@ -374,6 +430,8 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
             metrics.batch_served(len(values), served)
             await offload(serve_out.flush)
             metrics.published(served.predictions)
+            if settings.commit_every_batch:
+                await commit_batch(app, events)
 
     @app.timer(interval=2.0)
     async def fetch_waiting_heads() -> None:
@@ -423,8 +481,9 @@ def run_worker(settings: Settings) -> None:
     records go through our formatter (text or JSON) like ours, and standard output stays ours.
     """
     app = build_app(settings)
+    port = settings.worker_metrics_port + settings.worker_index - 1 if settings.worker_metrics_port else 0
     serve_metrics(app.phrasestream["metrics"].registry, settings.metrics_host,  # type: ignore[attr-defined]
-                  settings.worker_metrics_port, "worker")
+                  port, "worker")
     try:
         Worker(app, loglevel=settings.log_level.lower(), quiet=True, override_logging=False).execute_from_commandline()
     finally:  # after Faust's stop: the agents are done, so the last deltas hold every batch
