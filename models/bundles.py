@@ -103,7 +103,7 @@ class BundleStore:
         self.settings = settings
 
     def _connect(self):  # type: ignore[no-untyped-def]
-        from ops.services import pg_connect
+        from ops.db import pg_connect
 
         return pg_connect(self.settings)
 

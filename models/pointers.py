@@ -112,7 +112,7 @@ def read_all(settings: Any, timeout: float = 30.0) -> dict[Key, RegistryPointer]
 
 def publish(settings: Any, pointer: RegistryPointer, timeout: float = 30.0) -> None:
     """Write ``pointer`` to the registry topic and wait until the broker has it (acks=all)."""
-    from ops.services import produce_acked
+    from ops.topics import produce_acked
 
     errors = produce_acked(settings, settings.topic_registry, [(pointer.key, pointer.to_bytes())], timeout)
     if errors:

@@ -22,6 +22,7 @@ CLI: ``python -m retrain.demo [--force] [--quiet]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -180,6 +181,24 @@ def train_demo_heads(
     (unless ``force``).
     """
     return build_demo_heads(settings, embedder, progress=progress, force=force).refs
+
+
+def ensure_demo_heads(settings: Settings, progress: bool = True, force: bool = False) -> None:
+    """Build the embedder and train the demo heads unless they are active for this embedder.
+
+    The check needs no TensorFlow: the embedder's version is a hash of its files. Heads active
+    here that the registry topic does not name yet are published to it.
+    """
+    from models.embedder import current_version, load_embedder
+    from retrain.lifecycle import change, publish_local
+
+    if force or not demo_heads_current(settings, current_version()):
+        for ref in train_demo_heads(settings, load_embedder(settings), progress=progress, force=force):
+            change(settings, ref, action="activate", reason="demo head trained on CLINC150")
+    for ref in publish_local(settings):  # heads active here that the registry topic does not name yet
+        if progress:
+            with contextlib.suppress(OSError):  # a closed terminal or pipe is no error
+                print(f"published {ref} to {settings.topic_registry}", flush=True)
 
 
 def format_head_line(trained: TrainedHead) -> str:

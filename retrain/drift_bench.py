@@ -82,7 +82,8 @@ def run_bench(settings: Any, rows: int, out_dir: Path | str, say: Callable[[str]
     """Fill a scratch schema with ``rows`` synthetic inferences, time the reports, drop it; return the figures."""
     from psycopg2 import sql
 
-    from ops.services import apply_migrations, pg_connect
+    from ops.db import pg_connect
+    from ops.migrations import apply_migrations
     from retrain.drift_report import build_report
 
     if rows < 1:

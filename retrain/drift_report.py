@@ -424,7 +424,7 @@ def build_report(settings: Any, region: str, model: str, current: timedelta, ref
     import psycopg2
     from psycopg2 import errors
 
-    from ops.services import pg_connect
+    from ops.db import pg_connect
     from retrain.drift_html import render_html
     from retrain.replay import WindowError, parse_duration
 

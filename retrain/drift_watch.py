@@ -124,7 +124,7 @@ def publish_alerts(settings: Any, alerts: list[DriftAlert], timeout: float = 30.
     """Write the alerts to the alerts topic and wait until the broker has every one (acks=all)."""
     if not alerts:
         return
-    from ops.services import produce_acked
+    from ops.topics import produce_acked
 
     errors = produce_acked(settings, settings.topic_alerts, [(a.key.encode(), a.to_bytes()) for a in alerts], timeout)
     if errors:

@@ -70,6 +70,14 @@ def live_pointers(settings: Any) -> dict[tuple[str, str], RegistryPointer]:
         raise LifecycleError(f"{exc} (is Kafka up? `phrasestream up`)") from None
 
 
+def active_heads(settings: Any) -> dict[str, list[str]]:
+    """Map each region to its live head names (from the registry topic)."""
+    out: dict[str, list[str]] = {}
+    for region, model in sorted(live_pointers(settings)):
+        out.setdefault(region, []).append(model)
+    return out
+
+
 def live_ref(settings: Any, region: str, model: str) -> HeadRef | None:
     """Return the live version of (region, model), or None."""
     pointer = live_pointers(settings).get((region, model))
@@ -179,7 +187,7 @@ def change(settings: Any, ref: HeadRef, *, action: str, reason: str | None = Non
     from psycopg2 import sql
     from psycopg2.extras import Json
 
-    from ops.services import pg_connect
+    from ops.db import pg_connect
 
     store = store or BundleStore(settings)
     try:
@@ -302,7 +310,7 @@ def live_at(settings: Any, t: datetime) -> dict[tuple[str, str], str]:
     """Return (region, model) -> the version live at ``t``, from the history table."""
     from psycopg2 import sql
 
-    from ops.services import pg_connect
+    from ops.db import pg_connect
 
     conn = pg_connect(settings)
     try:

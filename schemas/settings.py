@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     partitions_out: int = Field(default=4, ge=1, description="partitions of predictions.out")
     replication_factor: int = Field(default=1, ge=1, description="replication of the topics phrasestream creates")
     app_id: str = Field(default="phrasestream", description="Faust app id: consumer group and internal topic prefix")
+    worker_index: int = Field(default=1, ge=1, description="which worker of this machine this is (1..N); "
+                              "`phrasestream start --workers N` sets it")
     labeled_retention_ms: int = Field(default=-1, ge=-1,
                                       description="retention of phrases.labeled, ms; -1 keeps every example")
 
@@ -132,7 +134,7 @@ class Settings(BaseSettings):
         dsn = f"postgresql://phrasestream@127.0.0.1:{self.pg_port}/phrasestream"
         try:
             password = self.pg_password_file.read_text(encoding="utf-8").strip()
-        except OSError:  # no file yet (new or trust-auth data dir), or not ours to read
+        except OSError:  # no file yet (new data dir), or not ours to read
             password = ""
         if password:
             from urllib.parse import quote

@@ -36,6 +36,7 @@ import faust
 
 from models.heads import Head, HeadError, HeadRef, load_head
 from models.pointers import Follower, read_all
+from ops.daemons import READY_LINE
 from ops.logs import always
 from schemas.messages import DeadLetter, ErrorKind, RegistryPointer
 from schemas.settings import Settings
@@ -452,10 +453,6 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
     app.phrasestream = {"embedder": embedder, "heads": head_set, "cache": cache, "metrics": metrics,  # type: ignore[attr-defined]
                         "rollups": publisher}
     return app
-
-
-READY_LINE = "phrasestream worker ready"
-"""Logged (whatever the log level) once the worker has recovered its table and consumes."""
 
 
 class Worker(faust.Worker):

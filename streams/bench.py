@@ -98,7 +98,7 @@ class Scratch:
                            if k.startswith("PHRASESTREAM_")})
 
     def start_worker(self, app: str, **extra: str) -> tuple[subprocess.Popen, Settings, Path]:
-        from ops.services import create_topic
+        from ops.topics import create_topic
         from streams.app import READY_LINE
 
         env = self.env(app, **extra)
@@ -153,7 +153,7 @@ def passthrough(settings: Settings, messages: list[tuple[str, bytes]]) -> float:
     """Consume → parse → produce ``messages`` in one process; return messages/s."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    from ops.services import create_topic
+    from ops.topics import create_topic
 
     tag = uuid.uuid4().hex[:8]
     src, dst = f"bench-{tag}-pass.in", f"bench-{tag}-pass.out"
@@ -265,7 +265,7 @@ def fill_cache_changelog(settings: Settings, embedder_version: str, dim: int, en
     """Write ``entries`` cache entries to the app's changelog before its worker starts."""
     from confluent_kafka import Producer
 
-    from ops.services import create_topic
+    from ops.topics import create_topic
 
     topic = f"{settings.app_id}-embedding-cache-changelog"
     create_topic(settings, topic, settings.partitions_in, {"cleanup.policy": "compact"})

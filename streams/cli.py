@@ -11,12 +11,13 @@
     phrasestream drift-watch     the drift report of every live head on a schedule; alerts to drift.alerts
     phrasestream worker          run the stream worker (foreground)
     phrasestream sink            run the PostgreSQL sink (foreground)
-    phrasestream run             all of the above in the background, a demo feed, a live table
+    phrasestream start [--workers N] [--no-sink]   set up, then the sink and N workers in the background
+    phrasestream run             start (one worker), a demo feed, a live table; Ctrl-C stops worker and sink
     phrasestream demo --count N  a bounded demo run; last line: one JSON object of figures
     phrasestream demo --drift    the same, with the label mix shifted halfway (a few domains only)
     phrasestream produce         produce phrases (JSON lines on stdin, or --text/--region)
     phrasestream consume         print predictions (or another topic) as a table or JSON
-    phrasestream status | stop   what runs; stop what the project started
+    phrasestream status | stop   services and daemons of this app id; stop them (and the services)
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,9 +33,6 @@ from pathlib import Path
 from schemas.settings import Settings
 
 log = logging.getLogger("phrasestream")
-
-DAEMONS = ("worker", "sink")
-
 
 def _settings() -> Settings:
     return Settings()
@@ -58,33 +55,6 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def active_heads(settings: Settings) -> dict[str, list[str]]:
-    """Map each region to its live head names (from the registry topic)."""
-    from retrain.lifecycle import live_pointers
-
-    out: dict[str, list[str]] = {}
-    for region, model in sorted(live_pointers(settings)):
-        out.setdefault(region, []).append(model)
-    return out
-
-
-def ensure_demo_heads(settings: Settings, progress: bool = True, force: bool = False) -> None:
-    """Build the embedder and train the demo heads unless they are active for this embedder.
-
-    The check needs no TensorFlow: the embedder's version is a hash of its files.
-    """
-    from models.embedder import current_version, load_embedder
-    from retrain.demo import demo_heads_current, train_demo_heads
-    from retrain.lifecycle import change, publish_local
-
-    if force or not demo_heads_current(settings, current_version()):
-        for ref in train_demo_heads(settings, load_embedder(settings), progress=progress, force=force):
-            change(settings, ref, action="activate", reason="demo head trained on CLINC150")
-    for ref in publish_local(settings):  # heads active here that the registry topic does not name yet
-        if progress:
-            _say(f"published {ref} to {settings.topic_registry}")
-
-
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     if args.data or args.config:
         if not args.data:
@@ -101,7 +71,8 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         flags = ", ".join("--" + f.replace("_", "-") for f in given) or "--activate/--json"
         print(f"error: {flags} only go with --data (without it, train builds the demo heads)", file=sys.stderr)
         return 2
-    from retrain.lifecycle import LifecycleError
+    from retrain.demo import ensure_demo_heads
+    from retrain.lifecycle import LifecycleError, active_heads
 
     try:
         ensure_demo_heads(settings, progress=not args.quiet, force=args.force)
@@ -114,91 +85,12 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------
-# background processes: the worker and the sink, recorded by pid under .local/run
-
-
-def _daemon_files(settings: Settings, name: str) -> tuple[Path, Path]:
-    from ops.services import Paths
-
-    paths = Paths.of(settings)
-    paths.make_dirs()
-    return paths.run / f"{name}.pid", paths.logs / f"{name}.log"
-
-
-def _daemon(settings: Settings, name: str):  # type: ignore[no-untyped-def]
-    """Return our running ``worker`` or ``sink`` process (checked by command line), or None."""
-    from ops.services import our_process
-
-    pid_file, _ = _daemon_files(settings, name)
-    return our_process(pid_file, "streams.cli", name, _daemon_marker(settings, name))
-
-
-def _daemon_marker(settings: Settings, name: str) -> str:
-    from ops.services import Paths
-
-    return f"--daemon-id={Paths.of(settings).home}/{name}"
-
-
-def daemon_running(settings: Settings, name: str) -> int | None:
-    """Return the pid of our running ``worker`` or ``sink``, or None."""
-    proc = _daemon(settings, name)
-    return proc.pid if proc else None
-
-
-def start_daemon(settings: Settings, name: str) -> int:
-    """Start ``phrasestream <name>`` in the background unless it runs; return its pid."""
-    pid = daemon_running(settings, name)
-    if pid is not None:
-        print(f"{name}: already running (pid {pid})")
-        return pid
-    pid_file, log_file = _daemon_files(settings, name)
-    if log_file.exists():  # keep one previous log; readiness is read from the new one
-        log_file.replace(log_file.with_suffix(".log.1"))
-    argv = [sys.executable, "-m", "streams.cli", name, _daemon_marker(settings, name)]
-    with open(log_file, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=os.environ.copy())
-    pid_file.write_text(f"{proc.pid}\n")
-    print(f"{name}: started (pid {proc.pid}), log {log_file}")
-    return proc.pid
-
-
-def stop_daemon(settings: Settings, name: str, timeout: float = 30.0) -> bool:
-    """Stop our ``worker`` or ``sink`` by its recorded pid (SIGTERM, then SIGKILL)."""
-    from ops.services import terminate
-
-    proc = _daemon(settings, name)
-    if proc is None:
-        return False
-    terminate(proc, name, timeout)
-    _daemon_files(settings, name)[0].unlink(missing_ok=True)
-    _say(f"{name}: stopped (pid {proc.pid})")
-    return True
-
-
 def _say(line: str) -> None:
     """Print a status line; a closed terminal or pipe (Ctrl-C through `| tee`) is no error."""
     try:
         print(line, flush=True)
     except OSError:
         pass
-
-
-def wait_worker_ready(settings: Settings, timeout: float = 300.0) -> None:
-    """Wait until the worker log says its agents run (bounded), or raise with the log tail."""
-    from streams.app import READY_LINE
-    _, log_file = _daemon_files(settings, "worker")
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        text = log_file.read_text(errors="replace") if log_file.exists() else ""
-        if READY_LINE in text:
-            return
-        if daemon_running(settings, "worker") is None:
-            tail = "\n".join(text.splitlines()[-30:])
-            raise RuntimeError(f"the worker exited; its log ({log_file}) ends with:\n{tail}")
-        time.sleep(1.0)
-    raise RuntimeError(f"the worker was not ready within {timeout:.0f}s; see {log_file}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -377,17 +269,39 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
 # run, demo, status, stop
 
 
-def _prepare(settings: Settings, quiet: bool = False) -> dict[str, list[str]]:
-    """Start the services, build and train if needed, start worker and sink; return the heads."""
+def _prepare(settings: Settings, quiet: bool = False, workers: int = 1, sink: bool = True) -> dict[str, list[str]]:
+    """Start the services, build and train if needed, start the sink and ``workers`` workers; return the heads.
+
+    The order: services first (the heads are published to the registry topic, the sink
+    migrates the database), then the heads, then the daemons, which read both.
+    """
+    from ops.daemons import start_daemons
     from ops.services import up
+    from retrain.demo import ensure_demo_heads
+    from retrain.lifecycle import active_heads
 
     up(settings)
     ensure_demo_heads(settings, progress=not quiet)
     heads = active_heads(settings)
-    for name in DAEMONS:
-        start_daemon(settings, name)
-    wait_worker_ready(settings)
+    start_daemons(settings, workers=workers, sink=sink, say=_say)
     return heads
+
+
+def cmd_start(settings: Settings, args: argparse.Namespace) -> int:
+    """Set up as ``run`` does, then bring this app id to ``--workers`` workers and a sink, in the background."""
+    from ops.processes import ServiceError
+
+    if args.workers < 0:
+        print(f"error: --workers {args.workers}: give 0 or more", file=sys.stderr)
+        return 2
+    try:
+        heads = _prepare(settings, workers=args.workers, sink=not args.no_sink)
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _say(f"serving regions {heads} with {args.workers} worker(s); `phrasestream status` lists them, "
+         "`phrasestream stop` ends them")
+    return 0
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -427,8 +341,9 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        for name in DAEMONS:
-            stop_daemon(settings, name)
+        from ops.daemons import stop_daemons
+
+        stop_daemons(settings, say=_say)
         _say("worker and sink stopped; Kafka and PostgreSQL keep running (make stop ends them).")
     return 0
 
@@ -565,6 +480,7 @@ def _drift_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from ops.services import up
+    from retrain.demo import ensure_demo_heads
     from streams.bench import bench_command
 
     up(settings)  # the bench starts its own workers, in scratch topics; the demo's worker may idle
@@ -573,30 +489,31 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
+    from ops.daemons import daemon_status
     from ops.services import status
 
     status(settings)
-    for name in DAEMONS:
-        pid = daemon_running(settings, name)
-        print(f"{name}: {f'running (pid {pid})' if pid else 'stopped'}")
+    for daemon in daemon_status(settings):
+        print(daemon.line())
     return 0
 
 
 def cmd_stop(settings: Settings, args: argparse.Namespace) -> int:
+    from ops.daemons import stop_daemons
     from ops.services import stop_all
 
-    for name in DAEMONS:
-        stop_daemon(settings, name)
+    stop_daemons(settings, say=_say)
     if not args.keep_services:
         stop_all(settings)
     return 0
 
 
 def cmd_clean(settings: Settings, args: argparse.Namespace) -> int:
-    from ops.services import ServiceError, clean
+    from ops.daemons import stop_daemons
+    from ops.processes import ServiceError
+    from ops.services import clean
 
-    for name in DAEMONS:
-        stop_daemon(settings, name)
+    stop_daemons(settings, say=_say)
     try:
         removed = clean(settings, everything=args.all)
     except ServiceError as exc:
@@ -708,6 +625,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"run the {name} in the foreground")
         p.add_argument("--daemon-id", help=argparse.SUPPRESS)
         p.set_defaults(func=func)
+    p = sub.add_parser("start", help="set up, then run the sink and N workers in the background",
+                       description="Do the set-up `run` does (services, embedder, demo heads if none), then bring "
+                       "this app id to --workers workers (worker-1..worker-N, each with PHRASESTREAM_WORKER_INDEX) "
+                       "and a sink, in the background: missing ones are started, running ones left alone, workers "
+                       "above N stopped. Waits until every worker is ready. Logs: <home>/logs/<app_id>/<name>.log.")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="how many workers (default 1)")
+    p.add_argument("--no-sink", action="store_true", help="start no sink")
+    p.set_defaults(func=cmd_start)
     p = sub.add_parser("run", help="start everything, feed a short demo stream, show predictions")
     p.add_argument("--count", type=int, default=40)
     p.set_defaults(func=cmd_run)
@@ -771,9 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=20_000, help="phrases per traffic burst")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     p.set_defaults(func=cmd_bench)
-    sub.add_parser("status", help="what runs").set_defaults(func=cmd_status)
-    p = sub.add_parser("stop", help="stop worker, sink, Kafka and PostgreSQL started by the project")
-    p.add_argument("--keep-services", action="store_true", help="stop only the worker and the sink")
+    sub.add_parser("status", help="the services, and each worker and sink of this app id").set_defaults(func=cmd_status)
+    p = sub.add_parser("stop", help="stop the workers and the sink of this app id, then Kafka and PostgreSQL")
+    p.add_argument("--keep-services", action="store_true", help="stop only the workers and the sink")
     p.set_defaults(func=cmd_stop)
     p = sub.add_parser("clean", help="stop everything and delete the broker's and the database's data")
     p.add_argument("--all", action="store_true",

@@ -511,7 +511,7 @@ def run_sink(settings: Settings) -> None:
     """
     import threading
 
-    from ops.services import apply_migrations
+    from ops.migrations import apply_migrations
     from streams.metrics import SinkMetrics, serve_metrics
 
     metrics = SinkMetrics()

@@ -95,7 +95,7 @@ def fill_topic(settings: Settings, n: int) -> None:
     """Create ``settings.topic_out`` (``partitions_out`` partitions) and produce ``n`` predictions to it."""
     from confluent_kafka import Producer
 
-    from ops.services import create_topic
+    from ops.topics import create_topic
 
     create_topic(settings, settings.topic_out, settings.partitions_out, {"retention.ms": str(24 * 3600 * 1000)})
     producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 20,
@@ -144,7 +144,7 @@ def count_rows(settings: Settings) -> tuple[int, int]:
     """Return (rows, distinct (id, model, model_version)) in ``<pg_schema>.inferences``."""
     from psycopg2 import sql
 
-    from ops.services import pg_connect
+    from ops.db import pg_connect
 
     conn = pg_connect(settings)
     try:
@@ -162,7 +162,7 @@ def cleanup(settings: Settings) -> None:
     from confluent_kafka.admin import AdminClient
     from psycopg2 import sql
 
-    from ops.services import pg_connect
+    from ops.db import pg_connect
 
     admin = AdminClient({"bootstrap.servers": settings.bootstrap})
     existing = admin.list_topics(timeout=10).topics
@@ -194,7 +194,7 @@ def bench_sink(settings: Settings, n_rows: int, *, timeout_s: float) -> dict:
     committed everything within ``timeout_s`` seconds, or the rows stored are not exactly the
     predictions produced. Scratch topic, group and schema are deleted in every case.
     """
-    from ops.services import apply_migrations
+    from ops.migrations import apply_migrations
     from streams.sink import PostgresSink, SinkRunner
 
     if not 1 <= n_rows <= MAX_ROWS:

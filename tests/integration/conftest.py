@@ -23,7 +23,10 @@ from confluent_kafka import Consumer, Producer
 from psycopg2 import sql
 
 from models.pointers import publish, read_all
-from ops.services import apply_migrations, create_topics, kafka_answers, pg_answers
+from ops.db import pg_answers
+from ops.kafka_local import kafka_answers
+from ops.migrations import apply_migrations
+from ops.topics import create_topics
 from schemas.settings import Settings
 
 START_HINT = "start the services with `make up` (or `.venv/bin/phrasestream up`) and train with `make train`"

@@ -21,7 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ops import pg_area, services
+from ops import db, pg_area, postgres_local, processes
+from ops.paths import Paths
 from schemas.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,7 @@ def _cli(clone: Path, env: dict[str, str], *args: str, timeout: float = 600) -> 
 
 def _server_ids() -> tuple[int, set[int]]:
     """Return the uid and groups PostgreSQL runs with: nobody's when we are root, else ours."""
-    ids = services._pg_os_user()
+    ids = postgres_local.pg_os_user()
     if ids is None:
         return os.geteuid(), {os.getegid(), *os.getgroups()}
     return ids[0], {ids[1]}
@@ -67,7 +68,7 @@ def test_up_and_status_work_from_a_clone_in_a_private_folder():
                PHRASESTREAM_KAFKA_CONTROLLER_PORT=str(controller_port), PHRASESTREAM_PG_PORT=str(pg_port))
     settings = Settings(_env_file=None, home=clone / ".local", kafka_port=kafka_port,
                         kafka_controller_port=controller_port, pg_port=pg_port)
-    paths = services.Paths.of(settings)
+    paths = Paths.of(settings)
     try:
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120,
                        capture_output=True)
@@ -80,7 +81,7 @@ def test_up_and_status_work_from_a_clone_in_a_private_folder():
         assert "postgres  up" in status.stdout and "kafka     up" in status.stdout, status.stdout
         assert f"pgdata    {paths.pg_data}" in status.stdout
 
-        conn = services.pg_connect(settings)  # the clone's password, from the clone's .local/pg/password
+        conn = db.pg_connect(settings)  # the clone's password, from the clone's .local/pg/password
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT current_user, inet_server_port()")
@@ -91,10 +92,10 @@ def test_up_and_status_work_from_a_clone_in_a_private_folder():
         st = paths.pg_password.stat()
         assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid()
         uid, gids = _server_ids()
-        server = psutil.Process(services._read_pid(paths.pg_pid))
+        server = psutil.Process(processes.read_pid(paths.pg_pid))
         assert server.uids().effective == uid
         for folder in (paths.pg_data, paths.pg_log.parent, Path(server.exe()).parent):
-            assert services._search_denied(folder, uid, gids) is None, f"the server cannot reach {folder}"
+            assert postgres_local._search_denied(folder, uid, gids) is None, f"the server cannot reach {folder}"
         if os.geteuid() == 0:
             area = paths.pg_server
             assert area == pg_area.default_area(paths.home) and clone not in area.parents
@@ -110,4 +111,4 @@ def test_up_and_status_work_from_a_clone_in_a_private_folder():
         shutil.rmtree(private, ignore_errors=True)
     assert cleaned is not None and cleaned.returncode == 0, cleaned and cleaned.stderr
     assert not paths.pg_data.exists(), "clean deletes the data, wherever it lives"
-    assert not services._port_open("127.0.0.1", pg_port) and not services._port_open("127.0.0.1", kafka_port)
+    assert not processes.port_open("127.0.0.1", pg_port) and not processes.port_open("127.0.0.1", kafka_port)

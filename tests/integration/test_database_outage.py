@@ -11,8 +11,8 @@ from datetime import UTC
 import pytest
 from psycopg2.extensions import make_dsn
 
+from retrain.lifecycle import active_heads
 from streams.app import READY_LINE
-from streams.cli import active_heads
 
 pytestmark = pytest.mark.integration
 

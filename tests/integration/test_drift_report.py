@@ -251,8 +251,8 @@ def test_the_drift_demo_trips_the_label_flag_and_the_plain_demo_does_not(stack, 
     """End to end: the demo stream through a real worker and sink, then the report of its window
     against the live head's training reference. With ``demo --drift`` the second half comes from
     three domains only: the label flags trip; the plain demo (the test split's own mix) must not."""
+    from retrain.lifecycle import active_heads
     from streams.app import READY_LINE
-    from streams.cli import active_heads
     from streams.demo import Shift, run_demo
 
     heads = active_heads(stack.settings) or pytest.fail("no active heads: run `make train`")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ops import services
+from ops import topics
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ def test_the_labeled_topic_keeps_examples_for_good_and_an_older_topic_is_brought
     settings = stack.settings
     assert _topic_config(settings, settings.topic_labeled)["retention.ms"] == "-1"
     old = f"{settings.topic_labeled}.old"
-    services.create_topic(settings, old, 1, {"cleanup.policy": "delete", "retention.ms": str(30 * services.DAY_MS)})
-    assert _topic_config(settings, old)["retention.ms"] == str(30 * services.DAY_MS)
-    assert services.create_topic(settings, old, 1, {"retention.ms": "-1"}) is False
+    topics.create_topic(settings, old, 1, {"cleanup.policy": "delete", "retention.ms": str(30 * topics.DAY_MS)})
+    assert _topic_config(settings, old)["retention.ms"] == str(30 * topics.DAY_MS)
+    assert topics.create_topic(settings, old, 1, {"retention.ms": "-1"}) is False
     assert _topic_config(settings, old)["retention.ms"] == "-1"

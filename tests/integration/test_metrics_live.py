@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from retrain.lifecycle import active_heads
 from streams.app import READY_LINE
-from streams.cli import active_heads
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, TopicPartition
 
-from ops.services import create_topic
+from ops.topics import create_topic
 from streams.app import READY_LINE, Outbox
 from streams.cache import cache_key
 

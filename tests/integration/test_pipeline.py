@@ -10,8 +10,8 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
+from retrain.lifecycle import active_heads
 from streams.app import READY_LINE
-from streams.cli import active_heads
 
 pytestmark = pytest.mark.integration
 

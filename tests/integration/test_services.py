@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from ops import services
+from ops import db, kafka_local, migrations, postgres_local, topics
 from schemas.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="module")
 def admin(settings: Settings):
-    if not services.kafka_answers(settings.bootstrap, timeout=10):
+    if not kafka_local.kafka_answers(settings.bootstrap, timeout=10):
         pytest.fail(f"Kafka does not answer at {settings.bootstrap}: {HINT}", pytrace=False)
     from confluent_kafka.admin import AdminClient
 
@@ -38,15 +38,15 @@ def admin(settings: Settings):
 @pytest.fixture()
 def schema_settings(settings: Settings):
     """Settings whose pg_schema is a fresh uuid-suffixed schema, dropped afterwards."""
-    if not services.pg_answers(settings):
+    if not db.pg_answers(settings):
         pytest.fail("PostgreSQL does not accept connections at "
-                    f"{services._redacted_dsn(settings.dsn)}: {HINT}", pytrace=False)
+                    f"{db.redacted_dsn(settings.dsn)}: {HINT}", pytrace=False)
     from psycopg2 import sql
 
     schema = f"test_ops_{uuid.uuid4().hex[:12]}"
     s = Settings(pg_schema=schema)
     yield s
-    conn = services.pg_connect(settings)
+    conn = db.pg_connect(settings)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
@@ -55,18 +55,18 @@ def schema_settings(settings: Settings):
 
 
 def test_project_topics_exist_with_their_partitions(settings: Settings, admin):
-    topics = admin.list_topics(timeout=10).topics
-    for name, (partitions, _config) in services.topic_specs(settings).items():
-        assert name in topics, f"topic {name} missing: {HINT}"
-        assert len(topics[name].partitions) == partitions, name
-    assert len(topics[settings.topic_in].partitions) >= 4
+    existing = admin.list_topics(timeout=10).topics
+    for name, (partitions, _config) in topics.topic_specs(settings).items():
+        assert name in existing, f"topic {name} missing: {HINT}"
+        assert len(existing[name].partitions) == partitions, name
+    assert len(existing[settings.topic_in].partitions) >= 4
 
 
 def test_create_topic_is_idempotent(settings: Settings, admin):
     name = f"test.ops.{uuid.uuid4().hex[:12]}"
     try:
-        assert services.create_topic(settings, name, 2, {"retention.ms": "60000"}) is True
-        assert services.create_topic(settings, name, 2, {"retention.ms": "60000"}) is False
+        assert topics.create_topic(settings, name, 2, {"retention.ms": "60000"}) is True
+        assert topics.create_topic(settings, name, 2, {"retention.ms": "60000"}) is False
         assert len(admin.list_topics(name, timeout=10).topics[name].partitions) == 2
     finally:
         admin.delete_topics([name])[name].result(30)
@@ -78,19 +78,19 @@ def test_topic_configs_are_explicit(settings: Settings, admin):
     res = ConfigResource(ResourceType.TOPIC, settings.topic_in)
     cfg = admin.describe_configs([res])[res].result(30)
     assert cfg["cleanup.policy"].value == "delete"
-    assert int(cfg["retention.ms"].value) >= 30 * services.DAY_MS
+    assert int(cfg["retention.ms"].value) >= 30 * topics.DAY_MS
 
 
 def test_migrations_are_idempotent(schema_settings: Settings):
-    first = services.apply_migrations(schema_settings)
-    second = services.apply_migrations(schema_settings)
-    expected = [m.version for m in services.list_migrations()]
+    first = migrations.apply_migrations(schema_settings)
+    second = migrations.apply_migrations(schema_settings)
+    expected = [m.version for m in migrations.list_migrations()]
     assert first == expected
     assert second == []
     from psycopg2 import sql
 
     schema = sql.Identifier(schema_settings.pg_schema)
-    conn = services.pg_connect(schema_settings)
+    conn = db.pg_connect(schema_settings)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT version, count(*) FROM {}.schema_migrations "
@@ -109,7 +109,7 @@ def test_duplicate_inference_is_stored_once(schema_settings: Settings):
     from schemas.messages import Prediction
     from streams.sink import PostgresSink
 
-    services.apply_migrations(schema_settings)
+    migrations.apply_migrations(schema_settings)
     now = dt.datetime.now(dt.UTC)
     prediction = Prediction(
         id=f"msg-{uuid.uuid4().hex[:8]}", region="eu", model="intent", model_version="v1",
@@ -122,7 +122,7 @@ def test_duplicate_inference_is_stored_once(schema_settings: Settings):
         assert sink.write([prediction]) == 0
     finally:
         sink.close()
-    conn = services.pg_connect(schema_settings)
+    conn = db.pg_connect(schema_settings)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT count(*), min(stored_at) IS NOT NULL, min(label), min(top_k::text) "
@@ -139,21 +139,18 @@ def test_local_postgres_requires_the_password(settings: Settings, monkeypatch):
         pytest.skip("PHRASESTREAM_PG_DSN points at an external server: its authentication is not ours")
     import psycopg2
 
-    if not services.pg_answers(settings):
-        pytest.fail(f"PostgreSQL does not accept connections at {services._redacted_dsn(settings.dsn)}: {HINT}",
+    if not db.pg_answers(settings):
+        pytest.fail(f"PostgreSQL does not accept connections at {db.redacted_dsn(settings.dsn)}: {HINT}",
                     pytrace=False)
-    paths = services.Paths.of(settings)
     assert settings.pg_password_file.exists(), f"no {settings.pg_password_file}: {HINT}"
     st = settings.pg_password_file.stat()
     assert oct(st.st_mode & 0o777) == oct(0o600) and st.st_uid == os.geteuid()
-    assert not services._hba_trusts(paths.pg_hba.read_text()), f"{paths.pg_hba} still trusts"
     psycopg2.connect(settings.dsn, connect_timeout=5).close()
 
     monkeypatch.delenv("PGPASSWORD", raising=False)
-    common = dict(host="127.0.0.1", port=settings.pg_port, user=services.PG_ROLE, dbname=services.PG_DATABASE,
+    common = dict(host="127.0.0.1", port=settings.pg_port, user=postgres_local.PG_ROLE, dbname=postgres_local.PG_DATABASE,
                   passfile="/nonexistent/phrasestream-no-pgpass", connect_timeout=5)
     with pytest.raises(psycopg2.OperationalError, match="password"):
         psycopg2.connect(**common).close()
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
         psycopg2.connect(password="not-" + uuid.uuid4().hex, **common).close()
-    assert services._pg_refuses_without_password(settings)

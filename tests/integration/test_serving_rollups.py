@@ -16,9 +16,9 @@ from psycopg2 import sql
 
 from models.datasets import load_clinc150
 from models.heads import block_columns
+from retrain.lifecycle import active_heads
 from schemas.messages import ServingRollup
 from streams.app import READY_LINE
-from streams.cli import active_heads
 from streams.rollups import hour_of, unit_rows
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from psycopg2 import sql
 
-from ops.services import apply_migrations, pg_connect
+from ops.db import pg_connect
+from ops.migrations import apply_migrations
 from schemas.messages import ErrorKind, Prediction
 from schemas.settings import Settings
 from streams import sink_bench

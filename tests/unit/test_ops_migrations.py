@@ -11,8 +11,10 @@ from urllib.parse import quote
 
 import pytest
 
-from ops import services
-from ops.services import MIGRATIONS_DIR, ServiceError, list_migrations
+from ops import db, kafka_local, postgres_local, topics
+from ops.migrations import MIGRATIONS_DIR, list_migrations
+from ops.paths import Paths
+from ops.processes import ServiceError
 from schemas.settings import Settings
 
 
@@ -67,7 +69,7 @@ def test_list_migrations_rejects_bad_names_and_duplicates(tmp_path: Path):
 def test_topic_specs_follow_settings():
     s = Settings(topic_in="t.in", topic_out="t.out", topic_dlq="t.dlq", topic_labeled="t.lab",
                  topic_registry="t.reg", topic_rollups="t.roll", topic_alerts="t.alerts", partitions_in=6, partitions_out=3)
-    specs = services.topic_specs(s)
+    specs = topics.topic_specs(s)
     assert set(specs) == {"t.in", "t.out", "t.dlq", "t.lab", "t.reg", "t.roll", "t.alerts"}
     registry = specs.pop("t.reg")
     assert registry == (1, {"cleanup.policy": "compact", "retention.ms": "-1"}), \
@@ -77,22 +79,22 @@ def test_topic_specs_follow_settings():
     assert specs["t.dlq"][0] == 1
     assert specs["t.alerts"][0] == 1
     assert specs["t.roll"][0] == 1, "a few rollup deltas every 10 s: one partition"
-    default = services.topic_specs(Settings(_env_file=None))
+    default = topics.topic_specs(Settings(_env_file=None))
     assert default[Settings.model_fields["topic_in"].default][0] >= 4
     for name, (_, cfg) in specs.items():
         assert cfg["cleanup.policy"] == "delete"
         assert int(cfg["retention.ms"]) > 0 or name == "t.lab"
-    assert int(specs["t.in"][1]["retention.ms"]) >= 30 * services.DAY_MS
+    assert int(specs["t.in"][1]["retention.ms"]) >= 30 * topics.DAY_MS
     assert specs["t.lab"][1]["retention.ms"] == "-1", "labelled examples are kept for good by default"
-    kept_90_days = services.topic_specs(Settings(topic_labeled="t.lab", labeled_retention_ms=90 * services.DAY_MS))
-    assert kept_90_days["t.lab"][1]["retention.ms"] == str(90 * services.DAY_MS)
+    kept_90_days = topics.topic_specs(Settings(topic_labeled="t.lab", labeled_retention_ms=90 * topics.DAY_MS))
+    assert kept_90_days["t.lab"][1]["retention.ms"] == str(90 * topics.DAY_MS)
 
 
 def test_kafka_config_is_single_node_kraft(tmp_path: Path):
     s = Settings(home=tmp_path)
-    paths = services.Paths.of(s)
+    paths = Paths.of(s)
     paths.make_dirs()
-    services._write_kafka_config(s, paths)
+    kafka_local._write_kafka_config(s, paths)
     props = dict(line.split("=", 1) for line in paths.kafka_config.read_text().splitlines()
                  if line and not line.startswith("#"))
     assert props["process.roles"] == "broker,controller"
@@ -105,11 +107,11 @@ def test_kafka_config_is_single_node_kraft(tmp_path: Path):
 
 
 def test_dsn_password_is_never_shown():
-    shown = services._redacted_dsn("postgresql://u:s3cret@db.example:5433/app")
+    shown = db.redacted_dsn("postgresql://u:s3cret@db.example:5433/app")
     assert "s3cret" not in shown
     assert shown == "postgresql://u@db.example:5433/app"
-    assert "s3cret" not in services._redacted_dsn("host=h password=s3cret dbname=x user=u")
-    assert "s3cret" not in services._redacted_dsn("not a dsn s3cret ===")
+    assert "s3cret" not in db.redacted_dsn("host=h password=s3cret dbname=x user=u")
+    assert "s3cret" not in db.redacted_dsn("not a dsn s3cret ===")
 
 
 LOCAL_DSN = "postgresql://phrasestream@127.0.0.1:15432/phrasestream"
@@ -133,7 +135,7 @@ def test_local_dsn_carries_the_quoted_password_from_the_file(tmp_path: Path):
     assert parsed["password"] == password
     assert (parsed["user"], parsed["host"], parsed["port"], parsed["dbname"]) == (
         "phrasestream", "127.0.0.1", "15432", "phrasestream")
-    shown = services._redacted_dsn(s.dsn)
+    shown = db.redacted_dsn(s.dsn)
     assert shown == "postgresql://phrasestream@127.0.0.1:15432/phrasestream"
     assert "p@ss" not in shown and quote(password, safe="") not in shown
     assert password not in repr(s)
@@ -148,30 +150,30 @@ def test_external_dsn_ignores_the_password_file(tmp_path: Path):
 
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
 def test_password_file_is_private_and_stable(tmp_path: Path, umask: int):
-    paths = services.Paths(tmp_path)
+    paths = Paths(tmp_path)
     paths.make_dirs()
     old = os.umask(umask)
     try:
-        first = services._pg_password(paths)
+        first = postgres_local._pg_password(paths)
     finally:
         os.umask(old)
     st = paths.pg_password.stat()
     assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid()
-    assert len(first) >= 32 and services._pg_password(paths) == first
+    assert len(first) >= 32 and postgres_local._pg_password(paths) == first
     assert Settings(_env_file=None, home=tmp_path).dsn.endswith("?password=" + quote(first, safe=""))
     assert [p.name for p in paths.pg_home.iterdir()] == ["password"], "no temporary file left behind"
 
 
 def test_initdb_password_copy_is_readable_by_the_pg_user_and_deleted(tmp_path: Path):
-    paths = services.Paths(tmp_path, server_dir=tmp_path / "server")
+    paths = Paths(tmp_path, server_dir=tmp_path / "server")
     paths.make_dirs()
     paths.pg_server.mkdir()
     old = os.umask(0o077)
     try:
-        with services._password_file_for_pg(paths, "s3cret") as pwfile:
+        with postgres_local._password_file_for_pg(paths, "s3cret") as pwfile:
             st = pwfile.stat()
             assert stat.S_IMODE(st.st_mode) == 0o600
-            assert st.st_uid == (services._pg_os_user() or (os.geteuid(),))[0]
+            assert st.st_uid == (postgres_local.pg_os_user() or (os.geteuid(),))[0]
             assert pwfile.read_text() == "s3cret\n"
     finally:
         os.umask(old)
@@ -179,31 +181,15 @@ def test_initdb_password_copy_is_readable_by_the_pg_user_and_deleted(tmp_path: P
     assert not pwfile.exists()
 
 
-TRUST_HBA = """# TYPE  DATABASE        USER            ADDRESS                 METHOD
-# "trust" in a comment does not count
-local   all             all                                     trust
-host    all             all             127.0.0.1/32            trust   # was trust
-host    replication     trustee         ::1/128                 trust
-"""
-
-
-def test_hba_trust_is_detected_and_rewritten():
-    assert services._hba_trusts(TRUST_HBA)
-    new = services._hba_without_trust(TRUST_HBA)
-    assert not services._hba_trusts(new)
-    assert new.count("scram-sha-256") == 3
-    assert "trustee" in new and "# was trust" in new and '"trust" in a comment' in new
-    assert not services._hba_trusts("host all all 127.0.0.1/32 scram-sha-256\n# trust\n")
-
-
 def test_missing_password_file_for_a_password_data_dir_is_a_clear_error(tmp_path: Path):
-    paths = services.Paths(tmp_path, server_dir=tmp_path / "server")
+    paths = Paths(tmp_path, server_dir=tmp_path / "server")
     paths.pg_data.mkdir(parents=True)
     paths.pg_hba.write_text("host all all 127.0.0.1/32 scram-sha-256\n")
     with pytest.raises(ServiceError, match="requires a password but .*password is missing"):
-        services._check_pg_password_file(paths)
-    paths.pg_hba.write_text(TRUST_HBA)  # an old trust data dir: it gets migrated instead
-    services._check_pg_password_file(paths)
+        postgres_local._check_pg_password_file(paths)
+    paths.pg_password.parent.mkdir(parents=True)
+    paths.pg_password.write_text("s3cret\n")
+    postgres_local._check_pg_password_file(paths)
 
 
 def test_search_denied_names_the_closed_folder(tmp_path: Path):
@@ -212,9 +198,9 @@ def test_search_denied_names_the_closed_folder(tmp_path: Path):
     (closed / "inner").mkdir(parents=True)
     closed.chmod(0o600)  # owner bits apply to `me`: no x
     try:
-        assert services._search_denied(closed / "inner" / "pg", me, set()) == closed
+        assert postgres_local._search_denied(closed / "inner" / "pg", me, set()) == closed
         closed.chmod(0o700)
-        assert services._search_denied(closed / "inner" / "pg", me, set()) is None
+        assert postgres_local._search_denied(closed / "inner" / "pg", me, set()) is None
     finally:
         closed.chmod(0o700)
 
@@ -223,12 +209,12 @@ def test_unreachable_data_dir_is_explained_before_initdb(tmp_path: Path, monkeyp
     closed = tmp_path / "closed"
     closed.mkdir()
     closed.chmod(0o600)
-    monkeypatch.setattr(services, "_pg_os_user", lambda: (os.geteuid(), os.getegid()))
-    monkeypatch.setattr(services, "_run_pg", lambda *a, **k: pytest.fail("must fail before running postgres"))
-    paths = services.Paths(tmp_path / ".local", server_dir=closed / "server")
+    monkeypatch.setattr(postgres_local, "pg_os_user", lambda: (os.geteuid(), os.getegid()))
+    monkeypatch.setattr(postgres_local, "_run_pg", lambda *a, **k: pytest.fail("must fail before running postgres"))
+    paths = Paths(tmp_path / ".local", server_dir=closed / "server")
     try:
         with pytest.raises(ServiceError) as err:
-            services._check_pg_can_run(paths, tmp_path / "bin")
+            postgres_local._check_pg_can_run(paths, tmp_path / "bin")
     finally:
         closed.chmod(0o700)
     msg = str(err.value)
@@ -238,14 +224,14 @@ def test_unreachable_data_dir_is_explained_before_initdb(tmp_path: Path, monkeyp
 
 
 def test_pg_binary_the_pg_user_cannot_run_is_explained(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(services, "_pg_os_user", lambda: (os.geteuid(), os.getegid()))
+    monkeypatch.setattr(postgres_local, "pg_os_user", lambda: (os.geteuid(), os.getegid()))
 
     def denied(*_a, **_k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(services, "_run_pg", denied)
+    monkeypatch.setattr(postgres_local, "_run_pg", denied)
     with pytest.raises(ServiceError, match=r"cannot run .*postgres .*Permission denied.*chmod -R o\+rX"):
-        services._check_pg_can_run(services.Paths(tmp_path / ".local", server_dir=tmp_path / "srv"), tmp_path)
+        postgres_local._check_pg_can_run(Paths(tmp_path / ".local", server_dir=tmp_path / "srv"), tmp_path)
 
 
 def test_maven_and_storage_format_have_timeouts(tmp_path: Path, monkeypatch):
@@ -255,13 +241,13 @@ def test_maven_and_storage_format_have_timeouts(tmp_path: Path, monkeypatch):
         seen.append(kwargs.get("timeout"))
         raise subprocess.TimeoutExpired(cmd, kwargs["timeout"], output=b"partial", stderr=None)
 
-    monkeypatch.setattr(services.subprocess, "run", slow)
-    monkeypatch.setattr(services.shutil, "which", lambda _name: "/usr/bin/mvn")
-    monkeypatch.setattr(services, "_java", lambda: "/usr/bin/java")
+    monkeypatch.setattr(kafka_local.subprocess, "run", slow)
+    monkeypatch.setattr(kafka_local.shutil, "which", lambda _name: "/usr/bin/mvn")
+    monkeypatch.setattr(kafka_local, "_java", lambda: "/usr/bin/java")
     s = Settings(_env_file=None, home=tmp_path)
-    services.Paths.of(s).make_dirs()
+    Paths.of(s).make_dirs()
     with pytest.raises(ServiceError, match="maven did not fetch Kafka .* within 900 s"):
-        services.fetch_kafka_jars(s)
+        kafka_local.fetch_kafka_jars(s)
     with pytest.raises(ServiceError, match="kafka storage format did not finish within 120 s"):
-        services._format_kafka_storage(s, services.Paths.of(s))
+        kafka_local._format_kafka_storage(s, Paths.of(s))
     assert seen == [900.0, 120.0]

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ops import pg_area, services
-from ops.services import ServiceError
+from ops import pg_area, postgres_local, services
+from ops.paths import Paths
+from ops.processes import ServiceError
 from schemas.settings import Settings
 
 
@@ -127,38 +128,38 @@ def _fake_initdb(fail: bool):
 
 
 def test_interrupted_initdb_leaves_no_data_directory(tmp_path: Path, monkeypatch):
-    paths = services.Paths(tmp_path / ".local", server_dir=tmp_path / "area")
+    paths = Paths(tmp_path / ".local", server_dir=tmp_path / "area")
     paths.make_dirs()
     paths.pg_server.mkdir(mode=0o700)
-    monkeypatch.setattr(services, "_pg_os_user", lambda: None)
-    monkeypatch.setattr(services, "_run_pg", _fake_initdb(fail=True))
+    monkeypatch.setattr(postgres_local, "pg_os_user", lambda: None)
+    monkeypatch.setattr(postgres_local, "_run_pg", _fake_initdb(fail=True))
     with pytest.raises(ServiceError, match="interrupted"):
-        services._initdb(paths, tmp_path / "bin")
+        postgres_local._initdb(paths, tmp_path / "bin")
     assert not paths.pg_data.exists()
     assert not list(paths.pg_server.glob("data*")), "no half-initialised folder left behind"
     assert not paths.pg_record.exists()
 
     (paths.pg_server / "data.init-leftover").mkdir()  # as a kill -9 during initdb leaves it
-    monkeypatch.setattr(services, "_run_pg", _fake_initdb(fail=False))
-    state = services._initdb(paths, tmp_path / "bin")
+    monkeypatch.setattr(postgres_local, "_run_pg", _fake_initdb(fail=False))
+    state = postgres_local._initdb(paths, tmp_path / "bin")
     assert state.state == "new"
     assert (paths.pg_data / "PG_VERSION").is_file()
     assert "include_if_exists = 'phrasestream.conf'" in (paths.pg_data / "postgresql.conf").read_text()
     assert sorted(p.name for p in paths.pg_server.iterdir() if p.name.startswith("data")) == ["data"]
     assert pg_area.read_record(paths.pg_record)["data_dir"] == str(paths.pg_data)
-    assert services._initdb(paths, tmp_path / "bin").state == "found"
+    assert postgres_local._initdb(paths, tmp_path / "bin").state == "found"
 
 
 def test_initdb_after_the_data_vanished_says_so_and_starts_clean(tmp_path: Path, monkeypatch):
-    paths = services.Paths(tmp_path / ".local", server_dir=tmp_path / "area")
+    paths = Paths(tmp_path / ".local", server_dir=tmp_path / "area")
     paths.make_dirs()
     paths.pg_server.mkdir(mode=0o700)
-    monkeypatch.setattr(services, "_pg_os_user", lambda: None)
-    monkeypatch.setattr(services, "_run_pg", _fake_initdb(fail=False))
-    services._initdb(paths, tmp_path / "bin")
+    monkeypatch.setattr(postgres_local, "pg_os_user", lambda: None)
+    monkeypatch.setattr(postgres_local, "_run_pg", _fake_initdb(fail=False))
+    postgres_local._initdb(paths, tmp_path / "bin")
     password = paths.pg_password.read_text()
     (paths.pg_data / "PG_VERSION").unlink()  # the system cleaned part of its temporary area
-    state = services._initdb(paths, tmp_path / "bin")
+    state = postgres_local._initdb(paths, tmp_path / "bin")
     assert state.state == "gone" and "is gone" in state.detail
     assert (paths.pg_data / "PG_VERSION").is_file()
     assert paths.pg_password.read_text() == password, "the project keeps its password"
@@ -166,28 +167,28 @@ def test_initdb_after_the_data_vanished_says_so_and_starts_clean(tmp_path: Path,
 
 def test_server_area_is_used_only_when_the_server_runs_as_another_user(tmp_path: Path, monkeypatch):
     home = tmp_path / ".local"
-    monkeypatch.setattr(services.os, "geteuid", lambda: 1000)
-    assert services.Paths(home).pg_data == home / "pg" / "data"
-    assert services.Paths(home).pg_log == home / "logs" / "postgres.log"
-    monkeypatch.setattr(services.os, "geteuid", lambda: 0)
-    paths = services.Paths(home)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert Paths(home).pg_data == home / "pg" / "data"
+    assert Paths(home).pg_log == home / "logs" / "postgres.log"
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    paths = Paths(home)
     assert paths.pg_separate and paths.pg_data == pg_area.default_area(home) / "data"
     assert paths.pg_log == pg_area.default_area(home) / "postgres.log"
     assert paths.pg_password == home / "pg" / "password", "the password stays with the project"
     (home / "pg" / "data").mkdir(parents=True)
     (home / "pg" / "data" / "PG_VERSION").write_text("18\n")
-    assert services.Paths(home).pg_data == home / "pg" / "data", "an existing data dir stays where it is"
+    assert Paths(home).pg_data == home / "pg" / "data", "an existing data dir stays where it is"
     override = Settings(_env_file=None, home=home, pg_server_dir=str(tmp_path / "srv"))
-    assert services.Paths.of(override).pg_data == (tmp_path / "srv" / "data").resolve()
+    assert Paths.of(override).pg_data == (tmp_path / "srv" / "data").resolve()
 
 
 def test_clean_deletes_service_state_and_keeps_models_and_jars(tmp_path: Path):
     home = tmp_path / ".local"
     s = Settings(_env_file=None, home=home, pg_server_dir=str(tmp_path / "area"),
                  pg_port=1, kafka_port=1)
-    paths = services.Paths.of(s)
+    paths = Paths.of(s)
     paths.make_dirs()
-    pg_area.ensure_area(paths.pg_server, *(services._pg_os_user() or (os.geteuid(), os.getegid())))
+    pg_area.ensure_area(paths.pg_server, *(postgres_local.pg_os_user() or (os.geteuid(), os.getegid())))
     for f in (paths.kafka_libs / "kafka_2.13-4.1.1.jar", paths.kafka_data / "meta.properties",
               paths.pg_data / "PG_VERSION", paths.pg_password, home / "models" / "registry.json",
               paths.logs / "kafka.log"):
@@ -213,6 +214,6 @@ def test_clean_keeps_what_phrasestream_did_not_make(tmp_path: Path):
     assert area.exists()
     area.chmod(0o700)
     if os.geteuid() == 0:
-        os.chown(area, *services._pg_os_user())
+        os.chown(area, *postgres_local.pg_os_user())
     services.clean(s, everything=True)
     assert (home / "notes").is_dir(), "a folder phrasestream does not make is never deleted"

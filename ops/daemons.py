@@ -1,0 +1,231 @@
+"""The worker and sink processes in the background: start N workers and a sink, find, wait for, stop.
+
+Daemons are named ``sink`` and ``worker-1`` ... ``worker-N``. Each runs ``python -m streams.cli
+worker`` (or ``sink``) with this environment, and worker *i* also gets
+``PHRASESTREAM_WORKER_INDEX=i``. Their files are namespaced by app id, so several app ids can
+share one ``PHRASESTREAM_HOME``::
+
+    <home>/run/<app_id>/<name>.pid
+    <home>/logs/<app_id>/<name>.log     (the previous run's log is kept as <name>.log.1)
+
+A recorded pid counts only while that process's command line carries the marker
+``--daemon-id=<home>/<app_id>/<name>``: a reused pid is never signalled.
+
+Example::
+
+    pids = start_daemons(settings, workers=2)   # {"sink": 4711, "worker-1": 4712, "worker-2": 4713}
+    running_daemons(settings)                   # the same, while they run
+    stop_daemons(settings)                      # workers first, then the sink
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from ops.paths import Paths
+from ops.processes import ServiceError, our_process, terminate, wait_until
+from schemas.settings import Settings
+
+SINK = "sink"
+WORKER_PREFIX = "worker-"
+READY_LINE = "phrasestream worker ready"
+"""Logged by a worker (whatever the log level) once it has recovered its table and consumes."""
+
+READY_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 30.0
+_NAME = re.compile(r"^(sink|worker-[1-9][0-9]*)$")
+
+
+class DaemonError(ServiceError):
+    """A daemon could not be started, or exited before it was ready."""
+
+
+def worker_name(index: int) -> str:
+    """Return the daemon name of worker ``index`` (1-based): ``worker_name(2) == "worker-2"``."""
+    if index < 1:
+        raise ValueError(f"worker index {index} is not 1 or more")
+    return f"{WORKER_PREFIX}{index}"
+
+
+def worker_index(name: str) -> int | None:
+    """Return the index of a worker's daemon name (``worker-3`` -> 3), or None for the sink."""
+    return int(name.removeprefix(WORKER_PREFIX)) if name.startswith(WORKER_PREFIX) else None
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise ValueError(f"unknown daemon {name!r}; known: sink, worker-1, worker-2, ...")
+
+
+@dataclass(frozen=True)
+class DaemonFiles:
+    """Where one daemon's pid and log live, and the marker its command line carries."""
+
+    name: str
+    pid: Path
+    log: Path
+    marker: str
+
+    @property
+    def previous_log(self) -> Path:
+        return self.log.with_suffix(".log.1")
+
+
+def daemon_files(settings: Settings, name: str) -> DaemonFiles:
+    """Return the files of daemon ``name`` of this app id (nothing is created)."""
+    _check_name(name)
+    app_id = settings.app_id
+    if not app_id or "/" in app_id or app_id in (".", ".."):
+        raise ValueError(f"app id {app_id!r} cannot name a folder; set PHRASESTREAM_APP_ID without '/'")
+    home = Paths.of(settings).home
+    return DaemonFiles(name, home / "run" / app_id / f"{name}.pid", home / "logs" / app_id / f"{name}.log",
+                       f"--daemon-id={home}/{app_id}/{name}")
+
+
+def _command(name: str) -> str:
+    return "sink" if name == SINK else "worker"
+
+
+def daemon_process(settings: Settings, name: str) -> psutil.Process | None:
+    """Return our running daemon ``name`` (checked by command line), or None."""
+    files = daemon_files(settings, name)
+    return our_process(files.pid, "streams.cli", _command(name), files.marker)
+
+
+def running_daemons(settings: Settings) -> dict[str, int]:
+    """Return name -> pid of every daemon of this app id that runs, the sink first, then workers by index."""
+    run_dir = daemon_files(settings, SINK).pid.parent
+    names = [p.stem for p in run_dir.glob("*.pid") if _NAME.match(p.stem)] if run_dir.is_dir() else []
+    found = {}
+    for name in sorted(names, key=lambda n: worker_index(n) or 0):
+        proc = daemon_process(settings, name)
+        if proc is not None:
+            found[name] = proc.pid
+    return found
+
+
+def start_daemon(settings: Settings, name: str, say: Callable[[str], None] = print) -> int:
+    """Start daemon ``name`` in the background unless it runs; return its pid.
+
+    The child inherits this process's environment (so a test's ``PHRASESTREAM_*`` reach it);
+    a worker also gets ``PHRASESTREAM_WORKER_INDEX``.
+    """
+    proc = daemon_process(settings, name)
+    if proc is not None:
+        say(f"{name}: already running (pid {proc.pid}), left alone")
+        return proc.pid
+    files = daemon_files(settings, name)
+    files.pid.parent.mkdir(parents=True, exist_ok=True)
+    files.log.parent.mkdir(parents=True, exist_ok=True)
+    if files.log.exists():  # keep one previous log; readiness is read from the new one
+        files.log.replace(files.previous_log)
+    env = os.environ.copy()
+    index = worker_index(name)
+    if index is not None:
+        env["PHRASESTREAM_WORKER_INDEX"] = str(index)
+    argv = [sys.executable, "-m", "streams.cli", _command(name), files.marker]
+    with open(files.log, "wb") as out:
+        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, env=env)
+    files.pid.write_text(f"{child.pid}\n")
+    say(f"{name}: started (pid {child.pid}), log {files.log}")
+    return child.pid
+
+
+def stop_daemon(settings: Settings, name: str, timeout: float = STOP_TIMEOUT_S,
+                say: Callable[[str], None] = print) -> bool:
+    """Stop daemon ``name`` by its recorded pid (SIGTERM, then SIGKILL after ``timeout`` s); False if not running."""
+    proc = daemon_process(settings, name)
+    if proc is None:
+        return False
+    terminate(proc, name, timeout)
+    daemon_files(settings, name).pid.unlink(missing_ok=True)
+    say(f"{name}: stopped (pid {proc.pid})")
+    return True
+
+
+def stop_daemons(settings: Settings, say: Callable[[str], None] = print) -> list[str]:
+    """Stop every daemon of this app id, the workers first (their last predictions reach the sink); return their names."""
+    running = running_daemons(settings)
+    order = [n for n in running if n != SINK] + ([SINK] if SINK in running else [])
+    return [name for name in order if stop_daemon(settings, name, say=say)]
+
+
+def wait_ready(settings: Settings, names: list[str], timeout: float = READY_TIMEOUT_S) -> None:
+    """Wait until every worker in ``names`` logs :data:`READY_LINE` (at most ``timeout`` s in all).
+
+    Raise :class:`DaemonError` with the log's last lines when one exits first, or when time runs out.
+    """
+    pending = {n for n in names if worker_index(n) is not None}
+
+    def all_ready() -> bool:
+        for name in sorted(pending):
+            files = daemon_files(settings, name)
+            text = files.log.read_text(errors="replace") if files.log.exists() else ""
+            if READY_LINE in text:
+                pending.discard(name)
+            elif daemon_process(settings, name) is None:
+                tail = "\n".join(text.splitlines()[-30:])
+                raise DaemonError(f"{name} exited; its log ({files.log}) ends with:\n{tail}")
+        return not pending
+
+    if not wait_until(all_ready, timeout, 1.0):
+        logs = ", ".join(str(daemon_files(settings, n).log) for n in sorted(pending))
+        raise DaemonError(f"{', '.join(sorted(pending))} not ready within {timeout:.0f} s; see {logs}")
+
+
+def start_daemons(settings: Settings, workers: int = 1, sink: bool = True, wait: bool = True,
+                  say: Callable[[str], None] = print) -> dict[str, int]:
+    """Bring this app id to ``workers`` workers (and a sink); return name -> pid of the daemons wanted.
+
+    Starts the missing ``worker-i`` for i in 1..workers and stops running workers with a
+    larger index; running ones are left alone. With ``wait``, returns once every one of the
+    workers has logged :data:`READY_LINE` (bounded by ``READY_TIMEOUT_S``).
+    """
+    if workers < 0:
+        raise ValueError(f"--workers {workers}: give 0 or more")
+    for name in running_daemons(settings):
+        index = worker_index(name)
+        if index is not None and index > workers:
+            stop_daemon(settings, name, say=say)
+    pids = {SINK: start_daemon(settings, SINK, say)} if sink else {}
+    names = [worker_name(i) for i in range(1, workers + 1)]
+    for name in names:
+        pids[name] = start_daemon(settings, name, say)
+    if wait:
+        wait_ready(settings, names)
+    return pids
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    name: str
+    pid: int | None
+    log: Path
+
+    def line(self) -> str:
+        state = f"running (pid {self.pid})" if self.pid else "stopped"
+        return f"{self.name:<9} {state:<22} log {self.log}"
+
+
+def daemon_status(settings: Settings) -> list[DaemonStatus]:
+    """Return the sink and every worker this app id has a pid file or a log for, running or not."""
+    files = daemon_files(settings, SINK)
+    names = {SINK}
+    for folder, suffix in ((files.pid.parent, ".pid"), (files.log.parent, ".log")):
+        if folder.is_dir():
+            names |= {p.name.removesuffix(suffix) for p in folder.glob(f"*{suffix}")
+                      if _NAME.match(p.name.removesuffix(suffix))}
+    out = []
+    for name in sorted(names, key=lambda n: worker_index(n) or 0):
+        proc = daemon_process(settings, name)
+        out.append(DaemonStatus(name, proc.pid if proc else None, daemon_files(settings, name).log))
+    return out

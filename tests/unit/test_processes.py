@@ -1,0 +1,41 @@
+"""The bounded wait every start-up uses, and what importing the migrations pulls in."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ops.processes import ServiceError, wait_until
+
+
+def test_wait_until_returns_true_once_the_check_passes():
+    answers = iter([False, False, True])
+    assert wait_until(lambda: next(answers), timeout=30, interval=0.01) is True
+
+
+def test_wait_until_gives_up_with_false():
+    calls = []
+    assert wait_until(lambda: calls.append(1) or False, timeout=0.05, interval=0.01) is False
+    assert len(calls) >= 2, "it retried before giving up"
+
+
+def test_an_exception_in_the_check_ends_the_wait_at_once():
+    calls = []
+
+    def exited() -> bool:
+        calls.append(1)
+        raise ServiceError("the broker exited")
+
+    with pytest.raises(ServiceError, match="exited"):
+        wait_until(exited, timeout=30, interval=0.01)
+    assert calls == [1]
+
+
+def test_the_migrations_import_without_the_service_set_up():
+    code = ("import json, sys, ops.migrations; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ops.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == ["ops.db", "ops.migrations", "ops.processes"], "the sink needs no broker or server code"
