@@ -40,9 +40,10 @@ test: setup
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
+# ruff and mypy come with the `test` extra (setup.cfg); mypy checks the files its [mypy] section names.
 lint: install
-	$(BIN)/pip install -q "ruff>=0.6,<1"
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 demo: install
 	$(BIN)/phrasestream demo --count $(COUNT) --json

@@ -26,9 +26,13 @@ import tarfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.heads import METADATA_FILE, HeadError, HeadRef, read_metadata, verify_head
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection
+    from psycopg2.sql import Identifier
 
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024
 
@@ -102,12 +106,12 @@ class BundleStore:
     def __init__(self, settings: Any) -> None:
         self.settings = settings
 
-    def _connect(self):  # type: ignore[no-untyped-def]
+    def _connect(self) -> connection:
         from ops.db import pg_connect
 
         return pg_connect(self.settings)
 
-    def _table(self):  # type: ignore[no-untyped-def]
+    def _table(self) -> Identifier:
         from psycopg2 import sql
 
         return sql.Identifier(self.settings.pg_schema, "model_bundles")

@@ -320,15 +320,16 @@ class TextFeatures:
                 for i, t in enumerate(missing):
                     lo, hi = fresh.indptr[i], fresh.indptr[i + 1]
                     self._memo[t] = (fresh.indices[lo:hi].copy(), fresh.data[lo:hi].copy())
-            for i, t in enumerate(texts):
-                rows[i] = self._memo[t]
+            held: list[tuple[np.ndarray, np.ndarray]] = []
+            for t in texts:
+                held.append(self._memo[t])
                 self._memo.move_to_end(t)
             while len(self._memo) > self._memo_rows:
                 self._memo.popitem(last=False)
         indptr = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum([len(r[0]) for r in rows], out=indptr[1:])
-        indices = np.concatenate([r[0] for r in rows]) if rows else np.zeros(0, dtype=np.int32)
-        data = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0, dtype=np.float32)
+        np.cumsum([len(r[0]) for r in held], out=indptr[1:])
+        indices = np.concatenate([r[0] for r in held]) if held else np.zeros(0, dtype=np.int32)
+        data = np.concatenate([r[1] for r in held]) if held else np.zeros(0, dtype=np.float32)
         return csr_matrix((data, indices, indptr), shape=(len(texts), self.dim))
 
 
@@ -435,7 +436,8 @@ class Head:
             raise ValueError(f"head {self.ref} uses TF-IDF features: give the {len(dense)} cleaned texts")
         if not len(dense):
             return np.zeros((0, len(self.labels)), dtype=np.float64)
-        text = {name: tf.transform(texts) for name, tf in self.text.items()} if self.text else {}
+        # (texts is not None when self.text is: checked above)
+        text = {name: tf.transform(texts) for name, tf in self.text.items()} if self.text and texts is not None else {}
         total = sum(m.weight for m in self.members)
         probs = np.zeros((len(dense), len(self.labels)), dtype=np.float64)
         for m in self.members:

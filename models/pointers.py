@@ -14,11 +14,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from schemas.messages import RegistryPointer
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer
 
 log = logging.getLogger("phrasestream.registry")
 
@@ -29,7 +32,7 @@ class PointerError(Exception):
     """The registry topic cannot be read or written."""
 
 
-def _consumer(settings: Any):  # type: ignore[no-untyped-def]
+def _consumer(settings: Any) -> Consumer:
     from confluent_kafka import Consumer
 
     return Consumer({
@@ -94,17 +97,21 @@ def read_all(settings: Any, timeout: float = 30.0) -> dict[Key, RegistryPointer]
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    if msg.offset() >= ends[msg.partition()]:
-                        done.add(msg.partition())
-                    continue
-                raise PointerError(f"reading the registry topic: {msg.error()}")
+            error = msg.error()
+            if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                raise PointerError(f"reading the registry topic: {error}")
+            partition, offset = msg.partition(), msg.offset()
+            # a record and a partition-EOF event always have both; confluent-kafka types them optional
+            assert partition is not None and offset is not None
+            if error is not None:  # the end of the partition
+                if offset >= ends[partition]:
+                    done.add(partition)
+                continue
             pointer = decode(msg.value())
             if pointer is not None:
                 out[(pointer.region, pointer.model)] = pointer
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                done.add(msg.partition())
+            if offset + 1 >= ends[partition]:
+                done.add(partition)
         return out
     finally:
         consumer.close()
@@ -127,7 +134,7 @@ class Follower:
     A broker outage only delays it: the client reconnects by itself.
     """
 
-    def __init__(self, settings: Any, on_pointer: Callable[[RegistryPointer], None], poll_s: float = 0.5) -> None:
+    def __init__(self, settings: Any, on_pointer: Callable[[RegistryPointer], object], poll_s: float = 0.5) -> None:
         self._settings = settings
         self._on_pointer = on_pointer
         self._poll_s = poll_s

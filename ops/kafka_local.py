@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -181,7 +182,8 @@ def kafka_answers(bootstrap: str, timeout: float = 5.0) -> bool:
 
     quiet = logging.getLogger("phrasestream.ops.librdkafka")
     quiet.setLevel(logging.CRITICAL)
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet}  # confluent's stubs omit "logger"
+    admin = AdminClient(config)
     try:
         md = admin.list_topics(timeout=timeout)
         return bool(md.brokers)

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 from schemas.settings import Settings
 
@@ -79,7 +80,7 @@ def _redact_value(key: str, value: Any) -> Any:
     return value
 
 
-def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: hide secret values (see the module doc); runs after exceptions are text."""
     return {key: (value if key.startswith("_") else _redact_value(key, value)) for key, value in event_dict.items()}
 
@@ -95,7 +96,7 @@ def make_formatter(log_format: str) -> structlog.stdlib.ProcessorFormatter:
     """Return the formatter of :func:`configure_logging` (``text`` or ``json``); tests use it alone."""
     if log_format not in ("text", "json"):
         raise ValueError(f"unknown log format {log_format!r}; use text or json (PHRASESTREAM_LOG_FORMAT)")
-    pre_chain = [
+    pre_chain: list[Processor] = [
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
@@ -122,7 +123,7 @@ class _StderrHandler(logging.StreamHandler):
         logging.Handler.__init__(self)  # not StreamHandler's: it would store the stream
 
     @property
-    def stream(self) -> IO[str]:  # type: ignore[override]
+    def stream(self) -> IO[str]:
         return sys.stderr
 
 
@@ -160,4 +161,4 @@ def configure_logging(settings: Settings, level: str | int | None = None, stream
 
 def always(logger: logging.Logger, message: str) -> None:
     """Write ``message`` through ``logger``'s handlers whatever the configured level (readiness lines)."""
-    logger.handle(logger.makeRecord(logger.name, logging.INFO, "", 0, message, None, None))
+    logger.handle(logger.makeRecord(logger.name, logging.INFO, "", 0, message, (), None))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from ops.processes import wait_until
 from schemas.settings import Settings
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
 
 log = logging.getLogger("phrasestream.ops")
 
@@ -99,7 +103,7 @@ def create_topic(settings: Settings, name: str, partitions: int, config: dict[st
     return True
 
 
-def _align_configs(admin, name: str, config: dict[str, str]) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _align_configs(admin: AdminClient, name: str, config: dict[str, str]) -> dict[str, str]:
     """Set the configs of an existing topic that differ from ``config``; return what changed.
 
     The settings are the truth: a topic made by an older version (say, ``phrases.labeled``

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -349,13 +349,23 @@ def _not_available(threshold: float) -> dict[str, Any]:
             "note": "not available: no serving rollups for this window (or none in the reference)"}
 
 
-def moved_labels(ref: Side, cur: Side, top: int = TOP_MOVED) -> dict[str, list[dict[str, Any]]]:
+class LabelMove(TypedDict):
+    """How one label's share of the predictions moved, rounded to 6 decimals."""
+
+    label: str
+    before: float
+    after: float
+    delta: float
+
+
+def moved_labels(ref: Side, cur: Side, top: int = TOP_MOVED) -> dict[str, list[LabelMove]]:
     """Return the ``top`` labels whose share rose most and fell most: ``{up: [...], down: [...]}``."""
     names, r, c = _label_counts(ref, cur)
     before, after = r / r.sum(), c / c.sum()
     delta = after - before
-    rows = [{"label": k, "before": round(float(b), 6), "after": round(float(a), 6), "delta": round(float(d), 6)}
-            for k, b, a, d in zip(names, before, after, delta, strict=True)]
+    rows: list[LabelMove] = [
+        {"label": k, "before": round(float(b), 6), "after": round(float(a), 6), "delta": round(float(d), 6)}
+        for k, b, a, d in zip(names, before, after, delta, strict=True)]
     up = sorted((x for x in rows if x["delta"] > 0), key=lambda x: (-x["delta"], x["label"]))[:top]
     down = sorted((x for x in rows if x["delta"] < 0), key=lambda x: (x["delta"], x["label"]))[:top]
     return {"up": up, "down": down}

@@ -19,9 +19,9 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def cache_dir(models_root: Path | str, embedder_version: str) -> Path:
     return Path(models_root) / "embcache" / embedder_version
 
 
-def _atomic_write(path: Path, write) -> None:  # type: ignore[no-untyped-def]
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -64,7 +64,7 @@ class FeatureCache:
         self.feature_dim = feature_dim
 
     def _shards(self) -> list[tuple[Path, list[str]]]:
-        out = []
+        out: list[tuple[Path, list[str]]] = []
         if not self.folder.is_dir():
             return out
         for meta in sorted(self.folder.glob("shard-*.json")):

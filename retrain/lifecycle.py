@@ -32,7 +32,7 @@ from models.bundles import BundleError, BundleStore, install, pack, sha256_bytes
 from models.heads import HeadError, HeadRef, read_metadata, verify_head
 from models.pointers import PointerError, publish, read_all
 from models.registry import Registry, RegistryError
-from schemas.messages import RegistryPointer
+from schemas.messages import RegistryAction, RegistryPointer
 
 log = logging.getLogger("phrasestream.lifecycle")
 
@@ -175,7 +175,7 @@ def _bundle_facts(settings: Any, ref: HeadRef, store: BundleStore, upload: bool)
     return stored_info.sha256, stored_info.size_bytes, stored_info.metadata
 
 
-def change(settings: Any, ref: HeadRef, *, action: str, reason: str | None = None,
+def change(settings: Any, ref: HeadRef, *, action: RegistryAction, reason: str | None = None,
            metrics: dict[str, Any] | None = None, pop_to: int | None = None, upload: bool = True,
            store: BundleStore | None = None) -> Change:
     """Make ``ref`` live for every worker and record it (see the module doc); return the change.
@@ -248,7 +248,7 @@ def _actor() -> str | None:
         return None
 
 
-def promote(settings: Any, ref: HeadRef, *, reason: str | None = None, action: str = "promote",
+def promote(settings: Any, ref: HeadRef, *, reason: str | None = None, action: RegistryAction = "promote",
             metrics: dict[str, Any] | None = None) -> HeadRef:
     """Make ``ref`` live for every worker; record why. Raise :class:`LifecycleError`."""
     return change(settings, ref, action=action, reason=reason, metrics=metrics).ref

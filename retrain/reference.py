@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import SupportsFloat
 
 import numpy as np
 
@@ -194,6 +195,6 @@ def _length_stats(values: np.ndarray, edges: Sequence[float]) -> dict:
     return out
 
 
-def _r(x: float) -> float:
+def _r(x: SupportsFloat) -> float:
     """Round to :data:`DIGITS` decimals as a plain float (``-0.0`` becomes ``0.0``)."""
     return round(float(x), DIGITS) + 0.0

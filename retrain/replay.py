@@ -523,7 +523,8 @@ def read_window(bootstrap: str, topic: str, window: Window, region: str, model: 
         replay = Replay(window, topic, Selection(), plans)
         todo = [p for p in plans if p.to_read]
         if todo:
-            consumer.assign([TopicPartition(topic, p.partition, p.start) for p in todo])
+            # (a plan with records to read has a start; the filter only tells the type checker so)
+            consumer.assign([TopicPartition(topic, p.partition, p.start) for p in todo if p.start is not None])
             records = _consume(consumer, topic, todo, timeout_s, progress)
             select(_watch_first(records, plans, window, replay.first_held_ms), region, model, window,
                    into=replay.selection)

@@ -257,7 +257,6 @@ def _example(rows: EvalRows, r: int) -> str:
 
 
 def _confidence_section(confidence: np.ndarray, correct: np.ndarray) -> str:
-    edges = np.array(CONFIDENCE_EDGES)
     conf = np.clip(confidence, 0.0, 1.0)
     fig = Figure(figsize=(7.5, 3.2), dpi=110)
     ax = fig.add_subplot()
@@ -265,7 +264,8 @@ def _confidence_section(confidence: np.ndarray, correct: np.ndarray) -> str:
         values = conf[group]
         if values.size:
             weights = np.full(values.size, 1.0 / values.size)
-            ax.hist(values, bins=edges, weights=weights, alpha=0.6, color=color, label=f"{name} ({values.size})")
+            ax.hist(values, bins=CONFIDENCE_EDGES, weights=weights, alpha=0.6, color=color,
+                    label=f"{name} ({values.size})")
     ax.set_xlabel("confidence (probability of the predicted label)")
     ax.set_ylabel("share of the group")
     ax.set_xlim(0, 1)

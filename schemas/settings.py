@@ -67,9 +67,6 @@ class Settings(BaseSettings):
                                            description="how often the worker publishes its serving rollups, seconds")
 
     # Worker group membership and start-up
-    worker_index: int = Field(default=1, ge=1,
-                              description="which worker of this machine this is (1..N); "
-                                          "`phrasestream start --workers N` sets it")
     group_instance_id: str = Field(default="",
                                    description="static group member id of the worker; empty: <app_id>-<host>-<index>; "
                                                "`none`: dynamic membership")

@@ -29,8 +29,9 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import faust
 
@@ -46,7 +47,12 @@ from streams.metrics import WorkerMetrics, serve_metrics
 from streams.pipeline import AnswerMemo, Embedder, serve_batch
 from streams.rollups import RollupPublisher, rollups_for
 
+if TYPE_CHECKING:
+    from faust.transport.drivers.aiokafka import Producer as FaustKafkaProducer
+
 log = logging.getLogger("phrasestream.worker")
+
+T = TypeVar("T")
 
 
 class HeadSet:
@@ -71,7 +77,7 @@ class HeadSet:
         self.heads: dict[str, dict[str, Head]] = {}
         self.pointers: dict[tuple[str, str], RegistryPointer] = {}
         self.refused: dict[tuple[str, str, int], str] = {}
-        self._pending: dict[tuple[str, str], tuple[RegistryPointer, float, float]] = {}
+        self._pending: dict[tuple[str, str], tuple[RegistryPointer, float, int]] = {}
         self._follower: Follower | None = None
 
     @property
@@ -249,7 +255,8 @@ async def changelog_metadata(app: faust.App, topic: str) -> None:
     first write to a changelog the producer has not seen yet fails. Faust has no public
     call for this, so we ask its aiokafka producer directly.
     """
-    producer = app.producer._ensure_producer()  # faust's aiokafka driver; no public equivalent
+    # faust's aiokafka driver (the only transport we configure); no public equivalent
+    producer = cast("FaustKafkaProducer", app.producer)._ensure_producer()
     await producer.partitions_for(topic)
 
 
@@ -361,7 +368,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
 
     loop_box: dict[str, asyncio.AbstractEventLoop] = {}
 
-    def offload(fn, *args):  # type: ignore[no-untyped-def]
+    def offload(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run a blocking step (embedding, heads, waiting for the broker) in a thread."""
         return loop_box.setdefault("loop", asyncio.get_running_loop()).run_in_executor(None, fn, *args)
 
@@ -384,9 +391,11 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
     within = settings.embed_batch_within_ms / 1000.0
 
     @app.agent(topic_in)
-    async def validate_and_clean(stream):  # type: ignore[no-untyped-def]
+    async def validate_and_clean(stream: faust.StreamT[bytes]) -> None:
         # Batches, not single events: one wait for the broker per batch, and no await per message.
-        async for events in stream.take_events(settings.embed_batch_max, within=within):
+        # faust's StreamT declares take() but not take_events(), which its Stream has.
+        batches = stream.take_events(settings.embed_batch_max, within=within)  # type: ignore[attr-defined]
+        async for events in batches:
             known = head_set.known
             metrics.phrases_read(len(events))
             for event in events:
@@ -411,10 +420,10 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
                 await commit_batch(app, events)
 
     @app.agent(topic_cleaned)
-    async def embed_and_classify(stream):  # type: ignore[no-untyped-def]
+    async def embed_and_classify(stream: faust.StreamT[bytes]) -> None:
         await changelog_metadata(app, table.changelog_topic.get_topic_name())
         adopted: set = set()
-        async for events in stream.take_events(settings.embed_batch_max, within=within):
+        async for events in stream.take_events(settings.embed_batch_max, within=within):  # type: ignore[attr-defined]
             values = [event.value for event in events]
             assigned = frozenset(app.consumer.assignment())
             if assigned != adopted:  # the table is recovered before events flow; again after a rebalance

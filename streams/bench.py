@@ -50,7 +50,7 @@ SWEEP_SIZES = (1_000, 10_000, 50_000, 200_000)
 
 def cpu_facts() -> dict[str, Any]:
     """The CPU this ran on, as the README's tables name it."""
-    model, flags = platform.processor() or "", set()
+    model, flags = platform.processor() or "", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and not model:
@@ -94,8 +94,10 @@ class Scratch:
         return {**os.environ, **overrides}
 
     def settings(self, env: dict[str, str]) -> Settings:
-        return Settings(**{k.removeprefix("PHRASESTREAM_").lower(): v for k, v in env.items()
-                           if k.startswith("PHRASESTREAM_")})
+        # strings, as in the environment: pydantic converts each to its field's type
+        fields: dict[str, Any] = {k.removeprefix("PHRASESTREAM_").lower(): v for k, v in env.items()
+                                  if k.startswith("PHRASESTREAM_")}
+        return Settings(**fields)
 
     def start_worker(self, app: str, **extra: str) -> tuple[subprocess.Popen, Settings, Path]:
         from ops.topics import create_topic
@@ -176,8 +178,9 @@ def passthrough(settings: Settings, messages: list[tuple[str, bytes]]) -> float:
         if start is None and batch:
             start = time.perf_counter()
         for msg in batch:
-            if msg.error() is None:
-                body = json.loads(msg.value())
+            payload = msg.value()
+            if msg.error() is None and payload is not None:  # None: a tombstone, which we never write
+                body = json.loads(payload)
                 out.produce(dst, json.dumps(body).encode(), msg.key())
                 done += 1
         out.poll(0)
@@ -240,9 +243,10 @@ def through_worker(settings: Settings, messages: list[tuple[str, bytes]], heads_
     while complete < len(ids) and time.monotonic() < deadline:
         # short polls: a consumer that waits to fill its batch would only delay the reading
         for msg in consumer.consume(2000, timeout=0.05):
-            if msg.error() is not None:
+            value = msg.value()
+            if msg.error() is not None or value is None:  # value None: a tombstone, which we never write
                 continue
-            p = json.loads(msg.value())
+            p = json.loads(value)
             if p["id"] not in ids:
                 continue
             published_ms = float(msg.timestamp()[1])  # the record's time: when the worker produced it

@@ -28,9 +28,15 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from schemas.settings import Settings
+
+if TYPE_CHECKING:
+    from retrain.data import Row
+    from retrain.drift_watch import Round
 
 log = logging.getLogger("phrasestream")
 
@@ -115,7 +121,7 @@ def cmd_sink(settings: Settings, _: argparse.Namespace) -> int:
 # produce / consume
 
 
-def labeled_messages(rows, region: str, model: str) -> list[tuple[bytes, int]]:  # type: ignore[no-untyped-def]
+def labeled_messages(rows: Iterable[Row], region: str, model: str) -> list[tuple[bytes, int]]:
     """Turn ``retrain.data.Row`` rows into ``phrases.labeled`` messages and their record timestamps.
 
     Each message comes with its ``ts`` in milliseconds since the epoch, the Kafka record
@@ -158,7 +164,7 @@ def cmd_produce_labeled(settings: Settings, args: argparse.Namespace) -> int:
     key = f"{args.region}/{args.model}".encode()
     failed: list[str] = []  # the broker refuses, e.g., a timestamp more than message.timestamp.after.max.ms ahead
 
-    def delivered(err, _msg) -> None:  # type: ignore[no-untyped-def]
+    def delivered(err: Any, _msg: Any) -> None:
         if err is not None:
             failed.append(err.str())
 
@@ -445,7 +451,7 @@ def cmd_drift_watch(settings: Settings, args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    def report(done) -> None:  # type: ignore[no-untyped-def]
+    def report(done: Round) -> None:
         if args.json:
             print(json.dumps(done.figures()), flush=True)
         else:

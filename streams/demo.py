@@ -157,7 +157,9 @@ def count_db_rows(settings: Settings, run: str) -> int:
     query = sql.SQL("SELECT count(*) FROM {}.inferences WHERE id LIKE %s").format(sql.Identifier(settings.pg_schema))
     with psycopg2.connect(settings.dsn, connect_timeout=5) as conn, conn.cursor() as cur:
         cur.execute(query, (f"{run}-%",))
-        return int(cur.fetchone()[0])
+        row = cur.fetchone()
+        assert row is not None  # count(*) always returns one row
+        return int(row[0])
 
 
 def run_demo(
@@ -201,18 +203,19 @@ def run_demo(
     marker = run.encode()
     while (len(tally.predictions) < expected or len(tally.dlq) < invalid) and time.monotonic() - start < deadline_s:
         for msg in consumer.consume(num_messages=500, timeout=0.5):
-            if msg.error() is not None:
+            value = msg.value()
+            if msg.error() is not None or value is None:  # value None: a tombstone, which we never write
                 continue
             now = time.monotonic()
             if msg.topic() == settings.topic_out:
-                pred = json.loads(msg.value())
+                pred = json.loads(value)
                 if pred["id"].startswith(f"{run}-"):
                     tally.predictions[(pred["id"], pred["model"])] = pred
                     tally.arrival[f"{pred['id']}/{pred['model']}"] = now - sent_at.get(pred["id"], start)
                     if on_prediction is not None:
                         on_prediction(pred)
             else:
-                letter = json.loads(msg.value())
+                letter = json.loads(value)
                 if marker in base64.b64decode(letter["original_b64"]):
                     tally.dlq[f"{letter['source_topic']}/{letter['source_partition']}/{letter['source_offset']}"] = letter
     seconds = time.monotonic() - start

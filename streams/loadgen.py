@@ -38,12 +38,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from schemas.cleaning import clean
 from schemas.settings import Settings
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError, Message
 
 MAX_COUNT = 5_000_000
 """Most messages one run may generate or send."""
@@ -529,7 +532,7 @@ class Stamp:
 
 
 def pump(messages: Sequence[tuple[str, bytes]], emit: Callable[[bytes], None], rate: float | None, duration: float, *,
-         stamp: Callable[[], bytes] | None = None, after_chunk: Callable[[], None] = lambda: None,
+         stamp: Callable[[], bytes] | None = None, after_chunk: Callable[[], object] = lambda: None,
          clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> int:
     """Hand each value, stamped with ``ts``, to ``emit``, paced to ``rate``; return how many were handed over.
 
@@ -604,7 +607,7 @@ def send(settings: Settings, messages: Sequence[tuple[str, bytes]], rate: float 
     target = topic or settings.topic_in
     failures: list[str] = []
 
-    def on_failure(err, _msg) -> None:  # type: ignore[no-untyped-def]
+    def on_failure(err: KafkaError, _msg: Message) -> None:
         failures.append(err.str())
 
     config = {**PRODUCER_CONFIG, **(producer_config or {}), "bootstrap.servers": settings.bootstrap,

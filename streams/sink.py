@@ -77,11 +77,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from psycopg2 import sql
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from tenacity import (
+    RetryCallState,
     RetryError,
     Retrying,
     retry_if_exception_type,
     retry_if_not_exception_type,
     stop_after_delay,
+    stop_when_event_set,
     wait_exponential,
 )
 
@@ -262,12 +264,24 @@ def consumer_config(settings: Settings, group: str | None = None) -> dict:
     }
 
 
+def position(m: Message) -> tuple[str, int, int]:
+    """Return a consumed message's topic, partition and offset.
+
+    confluent-kafka types the three optional (a message being produced has no offset yet); a
+    message that ``consume()`` returned without an error always has them.
+    """
+    topic, partition, offset = m.topic(), m.partition(), m.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
 def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     """Return the offsets to commit once ``messages`` are handled: last offset + 1 per partition."""
     last: dict[tuple[str, int], int] = {}
     for m in messages:
-        key = (m.topic(), m.partition())
-        last[key] = max(last.get(key, -1), m.offset())
+        topic, partition, offset = position(m)
+        key = (topic, partition)
+        last[key] = max(last.get(key, -1), offset)
     return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in sorted(last.items())]
 
 
@@ -306,6 +320,10 @@ class SinkRunner:
         self._running = False
         self._stopping.set()
 
+    def _pause(self, seconds: float) -> None:
+        """Sleep between retries; :meth:`stop` cuts the sleep short."""
+        self._stopping.wait(seconds)
+
     def _parse(self, messages: Sequence[Message]) -> tuple[list[tuple[Message, Prediction]], list[DeadLetter]]:
         batch: list[tuple[Message, Prediction]] = []
         letters: list[DeadLetter] = []
@@ -315,21 +333,22 @@ class SinkRunner:
             except ValidationError as exc:
                 self.stats.invalid += 1
                 letters.append(DeadLetter.of(ErrorKind.WRONG_TYPE, f"not a valid {self.what}: {exc.errors()[0]['msg']}",
-                                             m.value(), m.topic(), m.partition(), m.offset()))
+                                             m.value(), *position(m)))
         return batch, letters
 
     def _write_with_retry(self, batch: Sequence[Prediction]) -> int:
-        def on_retry(state) -> None:  # type: ignore[no-untyped-def]
+        def on_retry(state: RetryCallState) -> None:
             self.stats.retries += 1
-            log.warning("database write failed (%s); retry %d", state.outcome.exception(), state.attempt_number)
+            failure = state.outcome.exception() if state.outcome is not None else None
+            log.warning("database write failed (%s); retry %d", failure, state.attempt_number)
 
         retrying = Retrying(
             retry=retry_if_exception_type(psycopg2.Error) & retry_if_not_exception_type(ROW_ERRORS),
             wait=wait_exponential(multiplier=0.2, max=5.0),
             # A stop during a database outage must not wait out the retries: the batch is not
             # committed, so it is read again at the next start (and stored once).
-            stop=stop_after_delay(self.settings.sink_retry_seconds) | (lambda _state: self._stopping.is_set()),
-            sleep=self._stopping.wait,
+            stop=stop_after_delay(self.settings.sink_retry_seconds) | stop_when_event_set(self._stopping),
+            sleep=self._pause,
             before_sleep=on_retry,
             reraise=False,
         )
@@ -351,7 +370,7 @@ class SinkRunner:
             if len(batch) == 1:
                 m, prediction = batch[0]
                 return 0, [DeadLetter.of(ErrorKind.REJECTED_BY_DATABASE, f"the database refused this {self.what}: {exc}",
-                                         m.value(), m.topic(), m.partition(), m.offset(), prediction.id)]
+                                         m.value(), *position(m), prediction.id)]
             log.warning("the database refused a row of a batch of %d (%s); writing it in halves", len(batch), exc)
         half = len(batch) // 2
         new_a, refused_a = self._store(batch[:half])
@@ -369,8 +388,9 @@ class SinkRunner:
     def _rewind(self, messages: Sequence[Message]) -> None:
         first: dict[tuple[str, int], int] = {}
         for m in messages:
-            key = (m.topic(), m.partition())
-            first[key] = min(first.get(key, m.offset()), m.offset())
+            topic, partition, offset = position(m)
+            key = (topic, partition)
+            first[key] = min(first.get(key, offset), offset)
         for (topic, partition), offset in first.items():
             try:
                 self.consumer.seek(TopicPartition(topic, partition, offset))

@@ -17,10 +17,10 @@ import time
 
 import pytest
 from confluent_kafka.admin import AdminClient
+from faults import Stream, Watch, figures, size, wait_db_rows
 
 from streams.app import READY_LINE, group_instance_id
-from streams.cli import active_heads
-from faults import Stream, Watch, figures, size, wait_db_rows
+from retrain.lifecycle import active_heads
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
