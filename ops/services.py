@@ -7,6 +7,7 @@ with no ``PHRASESTREAM_PG_DSN`` it runs its own PostgreSQL 18 server from the Py
 
     .local/kafka/libs/           broker jars (+ .kafka-version marker)
     .local/kafka/server.properties, log4j2.properties, cluster.id
+    .local/kafka/scram-password  password of the SASL/SCRAM user phrasestream (mode 0600; ops/kafka_security.py)
     .local/kafka/data/           log.dirs (topics and KRaft metadata)
     .local/pg/data/              PostgreSQL data directory
     .local/pg/password           password of the PostgreSQL role phrasestream (mode 0600)
@@ -56,7 +57,8 @@ from pathlib import Path
 
 import psutil
 
-from ops import pg_area
+from ops import kafka_security, pg_area
+from ops.kafka_clients import client_config
 from schemas.settings import Settings
 
 log = logging.getLogger("phrasestream.ops")
@@ -352,16 +354,15 @@ def _cluster_id(paths: Paths) -> str:
 
 def _write_kafka_config(settings: Settings, paths: Paths) -> None:
     host = "127.0.0.1"
-    port, cport = settings.kafka_port, settings.kafka_controller_port
+    cport = settings.kafka_controller_port
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{host}:{cport}",
-        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+        # PLAINTEXT on kafka_port, SASL_PLAINTEXT (SCRAM) on kafka_sasl_port: see ops.kafka_security
+        **kafka_security.listener_props(settings, host),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(paths.kafka_data),
         "num.partitions": "1",
         "default.replication.factor": "1",
@@ -373,7 +374,8 @@ def _write_kafka_config(settings: Settings, paths: Paths) -> None:
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
-        "auto.create.topics.enable": "true",
+        # a mistyped topic name is an error, not a new topic; Faust creates its internal topics itself
+        "auto.create.topics.enable": "false",
         "delete.topic.enable": "true",
         "log.retention.hours": "168",
         "log.segment.bytes": str(256 * 1024 * 1024),
@@ -428,8 +430,14 @@ def _format_kafka_storage(settings: Settings, paths: Paths) -> None:
     log.info("formatted Kafka storage in %s", paths.kafka_data)
 
 
-def kafka_answers(bootstrap: str, timeout: float = 5.0) -> bool:
-    """Say whether a Kafka cluster answers a metadata request at ``bootstrap``."""
+def kafka_answers(target: Settings | str, timeout: float = 5.0) -> bool:
+    """Say whether a Kafka cluster answers a metadata request.
+
+    ``target`` is the settings (their bootstrap servers and security) or plain ``host:port``
+    servers reached without security.
+    """
+    config = client_config(target) if isinstance(target, Settings) else {"bootstrap.servers": target}
+    bootstrap = config["bootstrap.servers"]
     first = bootstrap.split(",")[0].strip()
     host, _, port = first.rpartition(":")
     if host and port.isdigit() and not _port_open(host.strip("[]"), int(port), timeout=min(timeout, 1.0)):
@@ -439,7 +447,7 @@ def kafka_answers(bootstrap: str, timeout: float = 5.0) -> bool:
 
     quiet = logging.getLogger("phrasestream.ops.librdkafka")
     quiet.setLevel(logging.CRITICAL)
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})
+    admin = AdminClient({**config, "logger": quiet})
     try:
         md = admin.list_topics(timeout=timeout)
         return bool(md.brokers)
@@ -447,18 +455,19 @@ def kafka_answers(bootstrap: str, timeout: float = 5.0) -> bool:
         return False
 
 
-def _wait_kafka(bootstrap: str, deadline: float, proc: subprocess.Popen | None = None,
+def _wait_kafka(target: Settings | str, deadline: float, proc: subprocess.Popen | None = None,
                 log_path: Path | None = None) -> None:
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise ServiceError(
                 f"the Kafka broker exited with status {proc.returncode}; last lines of {log_path}:\n"
                 + (_tail(log_path) if log_path else ""))
-        if kafka_answers(bootstrap, timeout=3.0):
+        if kafka_answers(target, timeout=3.0):
             return
         time.sleep(0.5)
     tail = f"; last lines of {log_path}:\n{_tail(log_path)}" if log_path else ""
-    raise ServiceError(f"Kafka at {bootstrap} did not answer in time{tail}")
+    where = target.bootstrap if isinstance(target, Settings) else target
+    raise ServiceError(f"Kafka at {where} did not answer in time{tail}")
 
 
 def _kafka_process(paths: Paths) -> psutil.Process | None:
@@ -468,20 +477,25 @@ def _kafka_process(paths: Paths) -> psutil.Process | None:
 def ensure_kafka(settings: Settings) -> str:
     """Return the bootstrap servers of a Kafka broker that answers, starting ours if needed."""
     if not settings.local_kafka:
-        _wait_kafka(settings.bootstrap, time.monotonic() + EXTERNAL_WAIT_S)
+        _wait_kafka(settings, time.monotonic() + EXTERNAL_WAIT_S)
         return settings.bootstrap
     paths = Paths.of(settings)
+    plain = f"127.0.0.1:{settings.kafka_port}"  # the local broker's PLAINTEXT listener: no login needed
     with _locked(paths):
         running = _kafka_process(paths)
         if running is not None:
-            _wait_kafka(settings.bootstrap, time.monotonic() + KAFKA_START_TIMEOUT_S, log_path=paths.kafka_log)
+            _wait_kafka(plain, time.monotonic() + KAFKA_START_TIMEOUT_S, log_path=paths.kafka_log)
+            kafka_security.ensure_scram_user(settings)
+            if not _port_open("127.0.0.1", settings.kafka_sasl_port):
+                log.warning("the running broker has no SASL listener on port %d (started by an older version); "
+                            "`phrasestream stop` and `up` to add it", settings.kafka_sasl_port)
             log.info("reusing the Kafka broker (pid %d) at %s", running.pid, settings.bootstrap)
             return settings.bootstrap
-        for port in (settings.kafka_port, settings.kafka_controller_port):
+        for port in (settings.kafka_port, settings.kafka_sasl_port, settings.kafka_controller_port):
             if _port_open("127.0.0.1", port):
                 raise ServiceError(
                     f"port {port} is taken by a process that {paths.kafka_pid} does not record; stop it, "
-                    "or set PHRASESTREAM_KAFKA_PORT/PHRASESTREAM_KAFKA_CONTROLLER_PORT, "
+                    "or set PHRASESTREAM_KAFKA_PORT/PHRASESTREAM_KAFKA_SASL_PORT/PHRASESTREAM_KAFKA_CONTROLLER_PORT, "
                     "or point PHRASESTREAM_KAFKA_BOOTSTRAP at it")
         fetch_kafka_jars(settings)
         _write_kafka_config(settings, paths)
@@ -496,13 +510,14 @@ def ensure_kafka(settings: Settings) -> str:
         paths.kafka_pid.write_text(f"{proc.pid}\n")
         log.info("started Kafka %s (pid %d), waiting for %s", settings.kafka_version, proc.pid, settings.bootstrap)
         try:
-            _wait_kafka(settings.bootstrap, time.monotonic() + KAFKA_START_TIMEOUT_S, proc, paths.kafka_log)
+            _wait_kafka(plain, time.monotonic() + KAFKA_START_TIMEOUT_S, proc, paths.kafka_log)
         except ServiceError:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
             paths.kafka_pid.unlink(missing_ok=True)
             raise
+        kafka_security.ensure_scram_user(settings)
         return settings.bootstrap
 
 
@@ -535,8 +550,8 @@ def produce_acked(settings: Settings, topic: str, records: list[tuple[bytes | No
     """
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True, "acks": "all",
-                         "message.timeout.ms": int(timeout * 1000)})
+    producer = Producer(client_config(settings, {"enable.idempotence": True, "acks": "all",
+                                                 "message.timeout.ms": int(timeout * 1000)}))
     errors: list[str] = []
 
     def delivered(err: object, _msg: object) -> None:
@@ -552,7 +567,7 @@ def produce_acked(settings: Settings, topic: str, records: list[tuple[bytes | No
 def _admin(settings: Settings):
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": settings.bootstrap})
+    return AdminClient(client_config(settings))
 
 
 def create_topic(settings: Settings, name: str, partitions: int, config: dict[str, str] | None = None,
@@ -560,13 +575,14 @@ def create_topic(settings: Settings, name: str, partitions: int, config: dict[st
     """Create topic ``name`` if it does not exist; return True when it was created.
 
     An existing topic with fewer partitions is grown to ``partitions`` (Kafka cannot shrink).
-    The replication factor is 1 on the local broker and the broker default (-1) elsewhere.
+    The replication factor is ``replication_factor`` when given, else
+    ``PHRASESTREAM_REPLICATION_FACTOR`` (the local broker has one node: keep it 1 there).
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewPartitions, NewTopic
 
     admin = _admin(settings)
-    rf = replication_factor if replication_factor is not None else (1 if settings.local_kafka else -1)
+    rf = replication_factor if replication_factor is not None else settings.replication_factor
     existing = admin.list_topics(timeout=15).topics
     if name in existing and existing[name].error is None:
         have = len(existing[name].partitions)
@@ -1213,14 +1229,14 @@ def up(settings: Settings) -> None:
 def status(settings: Settings) -> dict[str, bool]:
     """Print one line per service; return name -> answers."""
     paths = Paths.of(settings)
-    k_ok = kafka_answers(settings.bootstrap, timeout=3)
+    k_ok = kafka_answers(settings, timeout=3)
     kproc = _kafka_process(paths) if settings.local_kafka else None
     where = "external" if not settings.local_kafka else (f"pid {kproc.pid}" if kproc else "no pid recorded")
     line = f"kafka     {'up  ' if k_ok else 'DOWN'} {settings.bootstrap} ({where})"
     if k_ok:
         from confluent_kafka.admin import AdminClient
 
-        topics = AdminClient({"bootstrap.servers": settings.bootstrap}).list_topics(timeout=5).topics
+        topics = AdminClient(client_config(settings)).list_topics(timeout=5).topics
         line += "  topics: " + ", ".join(
             f"{n}[{len(topics[n].partitions)}]" if n in topics else f"{n}[missing]" for n in topic_specs(settings))
     print(line)
