@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from ops.kafka_clients import client_config
 from schemas.messages import RegistryPointer
 
 if TYPE_CHECKING:
@@ -35,14 +36,13 @@ class PointerError(Exception):
 def _consumer(settings: Any) -> Consumer:
     from confluent_kafka import Consumer
 
-    return Consumer({
-        "bootstrap.servers": settings.bootstrap,
+    return Consumer(client_config(settings, {
         # never subscribed and never committed: the id only satisfies the client
         "group.id": f"phrasestream-registry-reader-{uuid.uuid4().hex}",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
-    })
+    }))
 
 
 def _partitions(consumer: Any, topic: str, timeout: float) -> list[Any]:

@@ -19,6 +19,8 @@ from typing import Any
 
 import psutil
 
+from ops import kafka_security
+from ops.kafka_clients import client_config
 from ops.paths import Paths
 from ops.processes import EXTERNAL_WAIT_S, ServiceError, locked, our_process, port_open, tail, terminate, wait_until
 from schemas.settings import Settings
@@ -95,16 +97,15 @@ def _cluster_id(paths: Paths) -> str:
 
 def _write_kafka_config(settings: Settings, paths: Paths) -> None:
     host = "127.0.0.1"
-    port, cport = settings.kafka_port, settings.kafka_controller_port
+    cport = settings.kafka_controller_port
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{host}:{cport}",
-        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+        # PLAINTEXT on kafka_port, SASL_PLAINTEXT (SCRAM) on kafka_sasl_port: see ops.kafka_security
+        **kafka_security.listener_props(settings, host),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(paths.kafka_data),
         "num.partitions": "1",
         "default.replication.factor": "1",
@@ -116,7 +117,8 @@ def _write_kafka_config(settings: Settings, paths: Paths) -> None:
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
-        "auto.create.topics.enable": "true",
+        # a mistyped topic name is an error, not a new topic; Faust creates its internal topics itself
+        "auto.create.topics.enable": "false",
         "delete.topic.enable": "true",
         "log.retention.hours": "168",
         "log.segment.bytes": str(256 * 1024 * 1024),
@@ -171,8 +173,14 @@ def _format_kafka_storage(settings: Settings, paths: Paths) -> None:
     log.info("formatted Kafka storage in %s", paths.kafka_data)
 
 
-def kafka_answers(bootstrap: str, timeout: float = 5.0) -> bool:
-    """Say whether a Kafka cluster answers a metadata request at ``bootstrap``."""
+def kafka_answers(target: Settings | str, timeout: float = 5.0) -> bool:
+    """Say whether a Kafka cluster answers a metadata request.
+
+    ``target`` is the settings (their bootstrap servers and security) or plain ``host:port``
+    servers reached without security.
+    """
+    config: dict[str, Any] = client_config(target) if isinstance(target, Settings) else {"bootstrap.servers": target}
+    bootstrap = config["bootstrap.servers"]
     first = bootstrap.split(",")[0].strip()
     host, _, port = first.rpartition(":")
     if host and port.isdigit() and not port_open(host.strip("[]"), int(port), timeout=min(timeout, 1.0)):
@@ -182,8 +190,8 @@ def kafka_answers(bootstrap: str, timeout: float = 5.0) -> bool:
 
     quiet = logging.getLogger("phrasestream.ops.librdkafka")
     quiet.setLevel(logging.CRITICAL)
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet}  # confluent's stubs omit "logger"
-    admin = AdminClient(config)
+    options: dict[str, Any] = {**config, "logger": quiet}  # confluent's stubs omit "logger"
+    admin = AdminClient(options)
     try:
         md = admin.list_topics(timeout=timeout)
         return bool(md.brokers)
@@ -191,7 +199,7 @@ def kafka_answers(bootstrap: str, timeout: float = 5.0) -> bool:
         return False
 
 
-def _wait_kafka(bootstrap: str, timeout: float, proc: subprocess.Popen | None = None,
+def _wait_kafka(target: Settings | str, timeout: float, proc: subprocess.Popen | None = None,
                 log_path: Path | None = None) -> None:
     """Wait up to ``timeout`` s for the broker at ``bootstrap`` to answer; fail early if ``proc`` exits."""
     def answers() -> bool:
@@ -199,10 +207,11 @@ def _wait_kafka(bootstrap: str, timeout: float, proc: subprocess.Popen | None = 
             raise ServiceError(
                 f"the Kafka broker exited with status {proc.returncode}; last lines of {log_path}:\n"
                 + (tail(log_path) if log_path else ""))
-        return kafka_answers(bootstrap, timeout=3.0)
+        return kafka_answers(target, timeout=3.0)
 
     if not wait_until(answers, timeout, 0.5):
         where = f"; last lines of {log_path}:\n{tail(log_path)}" if log_path else ""
+        bootstrap = target.bootstrap if isinstance(target, Settings) else target
         raise ServiceError(f"Kafka at {bootstrap} did not answer in time{where}")
 
 
@@ -213,20 +222,25 @@ def kafka_process(paths: Paths) -> psutil.Process | None:
 def ensure_kafka(settings: Settings) -> str:
     """Return the bootstrap servers of a Kafka broker that answers, starting ours if needed."""
     if not settings.local_kafka:
-        _wait_kafka(settings.bootstrap, EXTERNAL_WAIT_S)
+        _wait_kafka(settings, EXTERNAL_WAIT_S)
         return settings.bootstrap
     paths = Paths.of(settings)
+    plain = f"127.0.0.1:{settings.kafka_port}"  # the local broker's PLAINTEXT listener: no login needed
     with locked(paths):
         running = kafka_process(paths)
         if running is not None:
-            _wait_kafka(settings.bootstrap, KAFKA_START_TIMEOUT_S, log_path=paths.kafka_log)
+            _wait_kafka(plain, KAFKA_START_TIMEOUT_S, log_path=paths.kafka_log)
+            kafka_security.ensure_scram_user(settings)
+            if not port_open("127.0.0.1", settings.kafka_sasl_port):
+                log.warning("the running broker has no SASL listener on port %d (started by an older version); "
+                            "`phrasestream stop` and `up` to add it", settings.kafka_sasl_port)
             log.info("reusing the Kafka broker (pid %d) at %s", running.pid, settings.bootstrap)
             return settings.bootstrap
-        for port in (settings.kafka_port, settings.kafka_controller_port):
+        for port in (settings.kafka_port, settings.kafka_sasl_port, settings.kafka_controller_port):
             if port_open("127.0.0.1", port):
                 raise ServiceError(
                     f"port {port} is taken by a process that {paths.kafka_pid} does not record; stop it, "
-                    "or set PHRASESTREAM_KAFKA_PORT/PHRASESTREAM_KAFKA_CONTROLLER_PORT, "
+                    "or set PHRASESTREAM_KAFKA_PORT/PHRASESTREAM_KAFKA_SASL_PORT/PHRASESTREAM_KAFKA_CONTROLLER_PORT, "
                     "or point PHRASESTREAM_KAFKA_BOOTSTRAP at it")
         fetch_kafka_jars(settings)
         _write_kafka_config(settings, paths)
@@ -241,13 +255,14 @@ def ensure_kafka(settings: Settings) -> str:
         paths.kafka_pid.write_text(f"{proc.pid}\n")
         log.info("started Kafka %s (pid %d), waiting for %s", settings.kafka_version, proc.pid, settings.bootstrap)
         try:
-            _wait_kafka(settings.bootstrap, KAFKA_START_TIMEOUT_S, proc, paths.kafka_log)
+            _wait_kafka(plain, KAFKA_START_TIMEOUT_S, proc, paths.kafka_log)
         except ServiceError:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
             paths.kafka_pid.unlink(missing_ok=True)
             raise
+        kafka_security.ensure_scram_user(settings)
         return settings.bootstrap
 
 

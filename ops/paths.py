@@ -2,6 +2,7 @@
 
     .local/kafka/libs/           broker jars (+ .kafka-version marker)
     .local/kafka/server.properties, log4j2.properties, cluster.id
+    .local/kafka/scram-password  password of the SASL/SCRAM user phrasestream (mode 0600; ops/kafka_security.py)
     .local/kafka/data/           log.dirs (topics and KRaft metadata)
     .local/pg/data/              PostgreSQL data directory (as root: a server area, see ops.pg_area)
     .local/pg/password           password of the PostgreSQL role phrasestream (mode 0600)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ops import pg_area
 from ops.db import pg_answers, redacted_dsn
+from ops.kafka_clients import client_config
 from ops.kafka_local import ensure_kafka, kafka_answers, kafka_process, stop_kafka
 from ops.migrations import apply_migrations
 from ops.paths import Paths
@@ -68,14 +69,14 @@ def up(settings: Settings) -> None:
 def status(settings: Settings) -> dict[str, bool]:
     """Print one line per service; return name -> answers."""
     paths = Paths.of(settings)
-    k_ok = kafka_answers(settings.bootstrap, timeout=3)
+    k_ok = kafka_answers(settings, timeout=3)
     kproc = kafka_process(paths) if settings.local_kafka else None
     where = "external" if not settings.local_kafka else (f"pid {kproc.pid}" if kproc else "no pid recorded")
     line = f"kafka     {'up  ' if k_ok else 'DOWN'} {settings.bootstrap} ({where})"
     if k_ok:
         from confluent_kafka.admin import AdminClient
 
-        topics = AdminClient({"bootstrap.servers": settings.bootstrap}).list_topics(timeout=5).topics
+        topics = AdminClient(client_config(settings)).list_topics(timeout=5).topics
         line += "  topics: " + ", ".join(
             f"{n}[{len(topics[n].partitions)}]" if n in topics else f"{n}[missing]" for n in topic_specs(settings))
     print(line)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from ops.kafka_clients import client_config
 from ops.processes import wait_until
 from schemas.settings import Settings
 
@@ -45,8 +46,8 @@ def produce_acked(settings: Settings, topic: str, records: list[tuple[bytes | No
     """
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True, "acks": "all",
-                         "message.timeout.ms": int(timeout * 1000)})
+    producer = Producer(client_config(settings, {"enable.idempotence": True, "acks": "all",
+                                                 "message.timeout.ms": int(timeout * 1000)}))
     errors: list[str] = []
 
     def delivered(err: object, _msg: object) -> None:
@@ -62,7 +63,7 @@ def produce_acked(settings: Settings, topic: str, records: list[tuple[bytes | No
 def _admin(settings: Settings):
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": settings.bootstrap})
+    return AdminClient(client_config(settings))
 
 
 def create_topic(settings: Settings, name: str, partitions: int, config: dict[str, str] | None = None,
@@ -70,13 +71,14 @@ def create_topic(settings: Settings, name: str, partitions: int, config: dict[st
     """Create topic ``name`` if it does not exist; return True when it was created.
 
     An existing topic with fewer partitions is grown to ``partitions`` (Kafka cannot shrink).
-    The replication factor is 1 on the local broker and the broker default (-1) elsewhere.
+    The replication factor is ``replication_factor`` when given, else
+    ``PHRASESTREAM_REPLICATION_FACTOR`` (the local broker has one node: keep it 1 there).
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewPartitions, NewTopic
 
     admin = _admin(settings)
-    rf = replication_factor if replication_factor is not None else (1 if settings.local_kafka else -1)
+    rf = replication_factor if replication_factor is not None else settings.replication_factor
     existing = admin.list_topics(timeout=15).topics
     if name in existing and existing[name].error is None:
         have = len(existing[name].partitions)

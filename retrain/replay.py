@@ -38,8 +38,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ops.kafka_clients import client_config
 from retrain.data import Row
 from schemas.cleaning import clean
+from schemas.settings import Settings
 
 MIN_EXAMPLES = 20
 """The fewest examples (after deduplication) a retraining window must hold."""
@@ -496,7 +498,7 @@ def truncation_warning(window: Window, topic: str, first_held_ms: dict[int, int 
             f"partition(s) {parts}: {real}; examples older than that are missing")
 
 
-def read_window(bootstrap: str, topic: str, window: Window, region: str, model: str, *,
+def read_window(settings: Settings, topic: str, window: Window, region: str, model: str, *,
                 timeout_s: float = 30.0, progress: bool = True) -> Replay:
     """Read ``window`` of ``topic`` and select the examples of (region, model); raise :class:`ReplayError`.
 
@@ -506,19 +508,18 @@ def read_window(bootstrap: str, topic: str, window: Window, region: str, model: 
     """
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
+    consumer = Consumer(client_config(settings, {
         "group.id": f"phrasestream-replay-{uuid.uuid4().hex}",  # never joined nor committed: assign() only
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
-    })
+    }))
     try:
         try:
             plans = _plan(consumer, topic, window, timeout_s)
         except KafkaException as exc:
-            raise ReplayError(f"cannot read the offsets of {topic} at {bootstrap}: {exc}; is Kafka up "
+            raise ReplayError(f"cannot read the offsets of {topic} at {settings.bootstrap}: {exc}; is Kafka up "
                               "(`phrasestream up`)?") from None
         replay = Replay(window, topic, Selection(), plans)
         todo = [p for p in plans if p.to_read]

@@ -122,7 +122,7 @@ def retrain_command(settings: Any, *, region: str, model: str, since: str | None
     topic = settings.topic_labeled
     say(f"replaying {topic} for {region}/{model}, {widest.describe()} (end excluded)")
     try:
-        replay = read_window(settings.bootstrap, topic, widest, region, model, progress=progress)
+        replay = read_window(settings, topic, widest, region, model, progress=progress)
     except ReplayError as exc:
         return _fail(str(exc), FAILED)
     for warning in replay.warnings:

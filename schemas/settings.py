@@ -26,6 +26,20 @@ class Settings(BaseSettings):
     kafka_port: int = Field(default=19092, description="port of the local broker")
     kafka_controller_port: int = Field(default=19093, description="KRaft controller port of the local broker")
     kafka_version: str = Field(default="4.1.1", description="Apache Kafka release fetched from Maven Central")
+    kafka_sasl_port: int = Field(default=19094, description="SASL_PLAINTEXT (SCRAM-SHA-512) listener of the local broker")
+    kafka_security_protocol: str = Field(
+        default="PLAINTEXT", pattern=r"^(PLAINTEXT|SASL_PLAINTEXT|SASL_SSL|SSL)$",
+        description="security.protocol of every Kafka client; SASL_PLAINTEXT with the local broker: its SASL port "
+        "and generated password")
+    kafka_sasl_mechanism: str = Field(default="SCRAM-SHA-512", pattern=r"^(SCRAM-SHA-256|SCRAM-SHA-512|PLAIN)$",
+                                      description="SASL mechanism, when the protocol is SASL_*")
+    kafka_sasl_username: str = Field(default="phrasestream", description="SASL user")
+    kafka_sasl_password: SecretStr = Field(
+        default=SecretStr(""), description="SASL password (a secret: never logged); empty with the local broker: "
+        "<home>/kafka/scram-password")
+    kafka_ssl_cafile: str = Field(default="", description="CA bundle (PEM) that signs the broker's certificate")
+    kafka_ssl_certfile: str = Field(default="", description="client certificate (PEM), for brokers that ask for one")
+    kafka_ssl_keyfile: str = Field(default="", description="private key (PEM) of the client certificate")
     topic_in: str = Field(default="phrases.in", description="input topic")
     topic_out: str = Field(default="predictions.out", description="predictions topic")
     topic_dlq: str = Field(default="phrases.dlq", description="dead-letter topic")
@@ -105,8 +119,35 @@ class Settings(BaseSettings):
 
     @property
     def bootstrap(self) -> str:
-        """Return the bootstrap servers to use, local or external."""
-        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+        """Return the bootstrap servers to use, local or external.
+
+        With the local broker and a SASL protocol this is its SASL listener
+        (``kafka_sasl_port``), otherwise its PLAINTEXT one (``kafka_port``).
+        """
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        return f"127.0.0.1:{self.kafka_sasl_port if sasl else self.kafka_port}"
+
+    @property
+    def kafka_password_file(self) -> Path:
+        """Return the file that holds the local broker's SCRAM password (mode 0600)."""
+        return Path(self.home).expanduser() / "kafka" / "scram-password"
+
+    @property
+    def kafka_password(self) -> str:
+        """Return the SASL password (a secret: never log it).
+
+        ``PHRASESTREAM_KAFKA_SASL_PASSWORD`` when set; with the local broker, else, the password
+        ``phrasestream up`` generated into :attr:`kafka_password_file`.
+        """
+        password = self.kafka_sasl_password.get_secret_value()
+        if password or not self.local_kafka:
+            return password
+        try:
+            return self.kafka_password_file.read_text(encoding="utf-8").strip()
+        except OSError:  # no broker set up yet, or not ours to read
+            return ""
 
     @property
     def local_pg(self) -> bool:

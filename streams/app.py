@@ -38,6 +38,7 @@ import faust
 from models.heads import Head, HeadError, HeadRef, load_head
 from models.pointers import Follower, read_all
 from ops.daemons import READY_LINE
+from ops.kafka_clients import client_config, faust_credentials
 from ops.logs import always
 from schemas.messages import DeadLetter, ErrorKind, RegistryPointer
 from schemas.settings import Settings
@@ -194,8 +195,7 @@ class Outbox:
 
         self.name = name
         self._failed: list[tuple[str, bytes | None, bytes]] = []
-        self._producer = Producer({
-            "bootstrap.servers": settings.bootstrap,
+        self._producer = Producer(client_config(settings, {
             "client.id": f"{settings.app_id}-{name}",
             "enable.idempotence": True,
             "acks": "all",
@@ -206,7 +206,7 @@ class Outbox:
             "delivery.report.only.error": True,  # only failures come back (to be produced again)
             # the Java clients' (and aiokafka's, so Faust's table's) partitioner: murmur2 of the key
             "partitioner": "murmur2_random",
-        })
+        }))
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -323,6 +323,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
     app = faust.App(
         settings.app_id,
         broker=faust_broker_url(settings.bootstrap),
+        broker_credentials=faust_credentials(settings),  # None for PLAINTEXT; see ops.kafka_clients
         # The cache table lives in memory and is rebuilt from its changelog at start. Faust's
         # rocksdb store cannot serve it: its writes need the current event's partition, and
         # micro-batches (take) have no current event.

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ops.kafka_clients import client_config
 from schemas.settings import Settings
 
 log = logging.getLogger("phrasestream.bench")
@@ -137,7 +138,7 @@ class Scratch:
 
         for proc in self.procs:
             self.stop(proc)
-        admin = AdminClient({"bootstrap.servers": self.base.bootstrap})
+        admin = AdminClient(client_config(self.base))
         names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"bench-{self.tag}")]
         if names:
             for fut in admin.delete_topics(names, operation_timeout=30).values():
@@ -161,16 +162,16 @@ def passthrough(settings: Settings, messages: list[tuple[str, bytes]]) -> float:
     src, dst = f"bench-{tag}-pass.in", f"bench-{tag}-pass.out"
     for name in (src, dst):
         create_topic(settings, name, 1, {"retention.ms": str(3_600_000)})
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 5, "batch.num.messages": 10000,
-                         "queue.buffering.max.messages": 1_000_000})
+    producer = Producer(client_config(settings, {"linger.ms": 5, "batch.num.messages": 10000,
+                                                 "queue.buffering.max.messages": 1_000_000}))
     for _, value in messages:
         producer.produce(src, value)
     producer.flush(60)
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"bench-{tag}",
-                         "enable.auto.commit": False, "fetch.min.bytes": 1})
+    consumer = Consumer(client_config(settings, {"group.id": f"bench-{tag}",
+                                                 "enable.auto.commit": False, "fetch.min.bytes": 1}))
     consumer.assign([TopicPartition(src, 0, 0)])
-    out = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 5, "batch.num.messages": 10000,
-                    "queue.buffering.max.messages": 1_000_000})
+    out = Producer(client_config(settings, {"linger.ms": 5, "batch.num.messages": 10000,
+                                            "queue.buffering.max.messages": 1_000_000}))
     done, start = 0, None
     deadline = time.monotonic() + 120
     while done < len(messages) and time.monotonic() < deadline:
@@ -194,7 +195,7 @@ def passthrough(settings: Settings, messages: list[tuple[str, bytes]]) -> float:
 def _delete_topics(settings: Settings, names: list[str]) -> None:
     from confluent_kafka.admin import AdminClient
 
-    for fut in AdminClient({"bootstrap.servers": settings.bootstrap}).delete_topics(names).values():
+    for fut in AdminClient(client_config(settings)).delete_topics(names).values():
         try:
             fut.result(60)
         except Exception:  # noqa: BLE001, S110 - a leftover scratch topic is harmless
@@ -224,8 +225,8 @@ def through_worker(settings: Settings, messages: list[tuple[str, bytes]], heads_
 
     from streams.loadgen import send
 
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"bench-read-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(client_config(settings, {"group.id": f"bench-read-{uuid.uuid4().hex}",
+                                                 "enable.auto.commit": False}))
     topic = settings.topic_out
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p))[1])
@@ -273,8 +274,8 @@ def fill_cache_changelog(settings: Settings, embedder_version: str, dim: int, en
 
     topic = f"{settings.app_id}-embedding-cache-changelog"
     create_topic(settings, topic, settings.partitions_in, {"cleanup.policy": "compact"})
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 20, "partitioner": "murmur2_random",
-                         "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576})
+    producer = Producer(client_config(settings, {"linger.ms": 20, "partitioner": "murmur2_random",
+                                                 "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576}))
     rng = np.random.default_rng(7)
     vector = rng.standard_normal(dim).astype(np.float16).tobytes()
     for i in range(entries):

@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ops.kafka_clients import client_config
 from schemas.settings import Settings
 
 if TYPE_CHECKING:
@@ -103,9 +104,28 @@ def _say(line: str) -> None:
 # foreground processes
 
 
+def _kafka_refuses(settings: Settings) -> bool:
+    """Say (on stderr and in the log) whether the broker refuses our login; it answers within 15 s.
+
+    A refused SASL login or TLS handshake is final: librdkafka and aiokafka would retry it
+    quietly for ever, so the worker and the sink stop at once with a message that says why.
+    """
+    from ops.kafka_clients import KafkaAuthError, check_access
+
+    try:
+        check_access(settings)
+    except KafkaAuthError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     from streams.app import run_worker
 
+    if _kafka_refuses(settings):
+        return 2
     run_worker(settings)  # logging: configured by main(); Faust leaves it alone (see run_worker)
     return 0
 
@@ -113,6 +133,8 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
 def cmd_sink(settings: Settings, _: argparse.Namespace) -> int:
     from streams.sink import run_sink
 
+    if _kafka_refuses(settings):
+        return 2
     run_sink(settings)
     return 0
 
@@ -159,8 +181,8 @@ def cmd_produce_labeled(settings: Settings, args: argparse.Namespace) -> int:
         reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
         print(f"error: {reason}", file=sys.stderr)
         return 2
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True,
-                         "compression.type": "zstd", "linger.ms": 20})
+    producer = Producer(client_config(settings, {"enable.idempotence": True,
+                                                 "compression.type": "zstd", "linger.ms": 20}))
     key = f"{args.region}/{args.model}".encode()
     failed: list[str] = []  # the broker refuses, e.g., a timestamp more than message.timestamp.after.max.ms ahead
 
@@ -193,7 +215,7 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     if args.labeled:
         return cmd_produce_labeled(settings, args)
 
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True})
+    producer = Producer(client_config(settings, {"enable.idempotence": True}))
     if args.text is not None:
         body = {"text": args.text, "region": args.region}
         if args.id:
@@ -242,12 +264,11 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     from confluent_kafka import Consumer
 
     topic = args.topic or settings.topic_out
-    consumer = Consumer({
-        "bootstrap.servers": settings.bootstrap,
+    consumer = Consumer(client_config(settings, {
         "group.id": args.group or f"phrasestream-consume-{os.getpid()}",
         "auto.offset.reset": "earliest" if args.from_beginning else "latest",
         "enable.auto.commit": bool(args.group),
-    })
+    }))
     consumer.subscribe([topic])
     seen = 0
     start = time.monotonic()

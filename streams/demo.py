@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg2 import sql
 
 from models.datasets import OOS, load_clinc150, load_domain_lists
+from ops.kafka_clients import client_config
 from schemas.settings import Settings
 
 INVALID_EVERY = 20  # one message in 20 is invalid: 5%
@@ -183,14 +184,13 @@ def run_demo(
     truth = {m.key: m for m in messages}
     deadline_s = timeout_s if timeout_s is not None else 120.0 + count * 0.25
 
-    consumer = Consumer({
-        "bootstrap.servers": settings.bootstrap,
+    consumer = Consumer(client_config(settings, {
         "group.id": f"{run}-reader",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
-    })
+    }))
     consumer.assign(_end_offsets(consumer, settings.topic_out) + _end_offsets(consumer, settings.topic_dlq))
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    producer = Producer(client_config(settings, {"linger.ms": 5, "enable.idempotence": True}))
     sent_at: dict[str, float] = {}
     start = time.monotonic()
     for m in messages:

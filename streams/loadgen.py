@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ops.kafka_clients import client_config
 from schemas.cleaning import clean
 from schemas.settings import Settings
 
@@ -610,8 +611,8 @@ def send(settings: Settings, messages: Sequence[tuple[str, bytes]], rate: float 
     def on_failure(err: KafkaError, _msg: Message) -> None:
         failures.append(err.str())
 
-    config = {**PRODUCER_CONFIG, **(producer_config or {}), "bootstrap.servers": settings.bootstrap,
-              "delivery.report.only.error": True, "on_delivery": on_failure}
+    config = client_config(settings, {**PRODUCER_CONFIG, **(producer_config or {}),
+                                      "delivery.report.only.error": True, "on_delivery": on_failure})
     producer = Producer(config)
     _connect(producer, settings.bootstrap, target)
     produce, poll = producer.produce, producer.poll

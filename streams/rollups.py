@@ -47,6 +47,7 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 from pydantic import ValidationError
 
+from ops.kafka_clients import client_config
 from schemas.messages import CleanedPhrase, Prediction, ServingRollup
 from schemas.settings import Settings
 
@@ -261,14 +262,13 @@ class RollupPublisher:
         if producer is None:
             from confluent_kafka import Producer
 
-            producer = Producer({
-                "bootstrap.servers": settings.bootstrap,
+            producer = Producer(client_config(settings, {
                 "client.id": f"{settings.app_id}-rollups",
                 "acks": "all",
                 "linger.ms": 5,
                 # give a message up after a minute: it is kept here and produced again (same delta_id)
                 "message.timeout.ms": 60_000,
-            })
+            }))
         self._producer = producer
         self.delivered = 0
 

@@ -87,6 +87,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from ops.kafka_clients import client_config
 from schemas.messages import DeadLetter, ErrorKind, Prediction
 from schemas.settings import Settings
 
@@ -253,15 +254,14 @@ class Received:
 
 def consumer_config(settings: Settings, group: str | None = None) -> dict:
     """Return the confluent-kafka consumer settings of the sink's group (or of ``group``)."""
-    return {
-        "bootstrap.servers": settings.bootstrap,
+    return client_config(settings, {
         "group.id": group or settings.sink_group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": False,
         "session.timeout.ms": 30_000,
         "max.poll.interval.ms": 600_000,
-    }
+    })
 
 
 def position(m: Message) -> tuple[str, int, int]:
@@ -305,7 +305,7 @@ class SinkRunner:
         self._parse_value = parse or Prediction.model_validate_json
         self.what = what
         self.consumer = consumer or Consumer(consumer_config(settings, self.group))
-        self._producer = producer or Producer({"bootstrap.servers": settings.bootstrap})
+        self._producer = producer or Producer(client_config(settings))
         self._running = True
         self._stopping = threading.Event()
         """Set by :meth:`stop`: a write being retried gives up at once (its batch is re-read later)."""

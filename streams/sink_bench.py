@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+from ops.kafka_clients import client_config
 from ops.logs import configure_logging
 from schemas.messages import Prediction
 from schemas.settings import Settings
@@ -98,8 +99,8 @@ def fill_topic(settings: Settings, n: int) -> None:
     from ops.topics import create_topic
 
     create_topic(settings, settings.topic_out, settings.partitions_out, {"retention.ms": str(24 * 3600 * 1000)})
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 20,
-                         "queue.buffering.max.messages": 500_000})
+    producer = Producer(client_config(settings, {"linger.ms": 20,
+                                                 "queue.buffering.max.messages": 500_000}))
     for p in predictions(n):
         while True:
             try:
@@ -116,8 +117,8 @@ def end_offsets(settings: Settings) -> dict[int, int]:
     """Return partition -> end offset (high watermark) of ``settings.topic_out``."""
     from confluent_kafka import Consumer, TopicPartition
 
-    probe = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": settings.sink_group,
-                      "enable.auto.commit": False})
+    probe = Consumer(client_config(settings, {"group.id": settings.sink_group,
+                                              "enable.auto.commit": False}))
     try:
         topic = settings.topic_out
         parts = probe.list_topics(topic, timeout=10).topics[topic].partitions
@@ -130,8 +131,8 @@ def committed_offsets(settings: Settings) -> dict[int, int]:
     """Return partition -> the offset the sink group has committed on ``settings.topic_out`` (-1: none)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    probe = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": settings.sink_group,
-                      "enable.auto.commit": False})
+    probe = Consumer(client_config(settings, {"group.id": settings.sink_group,
+                                              "enable.auto.commit": False}))
     try:
         topic = settings.topic_out
         parts = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
@@ -164,7 +165,7 @@ def cleanup(settings: Settings) -> None:
 
     from ops.db import pg_connect
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin = AdminClient(client_config(settings))
     existing = admin.list_topics(timeout=10).topics
     topics = [t for t in (settings.topic_out, settings.topic_dlq) if t in existing]
     for topic, fut in (admin.delete_topics(topics, operation_timeout=30) if topics else {}).items():

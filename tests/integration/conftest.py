@@ -24,6 +24,7 @@ from psycopg2 import sql
 
 from models.pointers import publish, read_all
 from ops.db import pg_answers
+from ops.kafka_clients import client_config
 from ops.kafka_local import kafka_answers
 from ops.migrations import apply_migrations
 from ops.topics import create_topics
@@ -35,7 +36,7 @@ START_HINT = "start the services with `make up` (or `.venv/bin/phrasestream up`)
 @pytest.fixture(scope="session")
 def base_settings() -> Settings:
     settings = Settings()
-    if not kafka_answers(settings.bootstrap, timeout=10):
+    if not kafka_answers(settings, timeout=10):
         pytest.fail(f"no Kafka broker answers at {settings.bootstrap}: {START_HINT}")
     if not pg_answers(settings):
         pytest.fail(f"PostgreSQL does not answer: {START_HINT}")
@@ -85,15 +86,15 @@ class Stack:
                 proc.wait(10)
 
     def produce(self, *values: bytes, topic: str | None = None) -> None:
-        producer = Producer({"bootstrap.servers": self.settings.bootstrap})
+        producer = Producer(client_config(self.settings))
         for value in values:
             producer.produce(topic or self.settings.topic_in, value=value)
         assert producer.flush(30) == 0
 
     def read(self, topic: str, count: int, timeout: float = 120.0) -> list[dict]:
         """Read ``count`` JSON messages from the start of ``topic`` (fewer if the time runs out)."""
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer = Consumer(client_config(self.settings, {"group.id": f"reader-{uuid.uuid4().hex}",
+                                                          "auto.offset.reset": "earliest", "enable.auto.commit": False}))
         consumer.subscribe([topic])
         found: list[dict] = []
         start = time.monotonic()
@@ -119,8 +120,8 @@ class Stack:
         from confluent_kafka import TopicPartition
 
         topic = self.settings.topic_out
-        probe = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": self.settings.sink_group,
-                          "enable.auto.commit": False})
+        probe = Consumer(client_config(self.settings, {"group.id": self.settings.sink_group,
+                                                       "enable.auto.commit": False}))
         try:
             parts = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
             ends = {tp.partition: probe.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ops import topics
+from ops.kafka_clients import client_config
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 def _topic_config(settings, name: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
     from confluent_kafka.admin import AdminClient, ConfigResource
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin = AdminClient(client_config(settings))
     res = ConfigResource(ConfigResource.Type.TOPIC, name)
     return {k: v.value for k, v in admin.describe_configs([res])[res].result(30).items()}
 

@@ -8,14 +8,16 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from ops.kafka_clients import client_config
 from schemas.messages import PhraseIn
+from schemas.settings import Settings
 from streams.loadgen import Traffic, send
 
 pytestmark = pytest.mark.integration
 
 
-def _messages_in(bootstrap: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4().hex}"})
+def _messages_in(settings: Settings, topic: str) -> int:
+    consumer = Consumer(client_config(settings, {"group.id": f"count-{uuid.uuid4().hex}"}))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
@@ -29,7 +31,7 @@ def test_loadgen_sends_2000_messages_at_max_rate_each_once_with_ts(stack) -> Non
     assert figures["sent"] == figures["delivered"] == 2000
     assert figures["failed"] == 0 and figures["stopped_by"] == "count"
 
-    assert _messages_in(stack.settings.bootstrap, stack.settings.topic_in) == 2000
+    assert _messages_in(stack.settings, stack.settings.topic_in) == 2000
     bodies = stack.read(stack.settings.topic_in, 2000, timeout=60)
     assert len(bodies) == 2000
     ids = [b["id"] for b in bodies]

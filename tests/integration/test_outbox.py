@@ -11,6 +11,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, TopicPartition
 
+from ops.kafka_clients import client_config
 from ops.topics import create_topic
 from streams.app import READY_LINE, Outbox
 from streams.cache import cache_key
@@ -19,8 +20,8 @@ pytestmark = pytest.mark.integration
 
 
 def read_all(settings, topic: str, count: int, timeout: float = 60.0) -> list:  # type: ignore[no-untyped-def]
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = Consumer(client_config(settings, {"group.id": f"t-{uuid.uuid4().hex}",
+                                                 "enable.auto.commit": False, "auto.offset.reset": "earliest"}))
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
     got: list = []
@@ -40,7 +41,7 @@ def test_the_outbox_partitions_keys_as_faust_tables_do_and_flush_waits_for_every
     for key in keys:
         outbox.put(topic, key, b"x")
     outbox.flush()
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "w"})
+    consumer = Consumer(client_config(settings, {"group.id": "w"}))
     assert sum(consumer.get_watermark_offsets(TopicPartition(topic, p))[1] for p in range(4)) == 400, \
         "flush returns once the broker has every message"
     consumer.close()

@@ -23,6 +23,7 @@ from psycopg2 import sql
 
 from models.bundles import BundleStore
 from models.heads import HeadRef, verify_head
+from ops.kafka_clients import client_config
 from retrain import lifecycle
 from streams.app import READY_LINE
 
@@ -76,7 +77,7 @@ class Traffic:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        producer = Producer({"bootstrap.servers": self.settings.bootstrap, "linger.ms": 5})
+        producer = Producer(client_config(self.settings, {"linger.ms": 5}))
         i = 0
         while not self._stop.is_set() and i < 5000:  # bounded in count, and in time by the test
             pid = f"t{i:05d}"
@@ -101,8 +102,8 @@ class Predictions:
     """Read ``predictions.out`` from its start, keeping every prediction as it arrives."""
 
     def __init__(self, settings) -> None:  # type: ignore[no-untyped-def]
-        self.consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
-                                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        self.consumer = Consumer(client_config(settings, {"group.id": f"t-{uuid.uuid4().hex}",
+                                                          "auto.offset.reset": "earliest", "enable.auto.commit": False}))
         self.consumer.subscribe([settings.topic_out])
         self.got: list[dict] = []
 

@@ -20,6 +20,7 @@ from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from models.datasets import load_clinc150
+from ops.kafka_clients import client_config
 from retrain import lifecycle
 from retrain.replay import Window, epoch_ms, from_ms, iso, read_window
 from schemas.messages import LabeledPhrase
@@ -55,7 +56,7 @@ def spread(n: int, days: float, now: datetime) -> list[int]:
 
 def produce(settings, records: list[tuple[bytes | None, bytes, int, int | None]]) -> None:  # type: ignore[no-untyped-def]
     """Produce (key, value, timestamp ms, partition) records to the labelled topic."""
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True})
+    producer = Producer(client_config(settings, {"enable.idempotence": True}))
     for key, value, ts, partition in records:
         extra = {} if partition is None else {"partition": partition}
         producer.produce(settings.topic_labeled, key=key, value=value, timestamp=ts, **extra)
@@ -67,7 +68,7 @@ def example(text: str, label: str, region: str = "acme", model: str = "intent") 
 
 
 def partitions(settings) -> list[int]:  # type: ignore[no-untyped-def]
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin = AdminClient(client_config(settings))
     return sorted(admin.list_topics(settings.topic_labeled, timeout=10).topics[settings.topic_labeled].partitions)
 
 
@@ -93,7 +94,7 @@ def test_the_replay_window_is_exact_at_both_edges_on_every_partition(stack):
         records.append((b"acme/intent", b"{not json", s + 10, p))
     produce(settings, records)
 
-    got = read_window(settings.bootstrap, settings.topic_labeled, Window(start, end, "day"), "acme", "intent",
+    got = read_window(settings, settings.topic_labeled, Window(start, end, "day"), "acme", "intent",
                       progress=False)
 
     assert {(x.partition, x.timestamp_ms) for x in got.selection.examples} == expected
@@ -109,11 +110,11 @@ def test_a_window_older_than_the_records_still_held_warns_with_the_real_start(st
     t0 = datetime(2026, 2, 1, tzinfo=UTC)
     hours = [epoch_ms(t0 + timedelta(hours=h)) for h in (1, 2, 3)]
     produce(settings, [(b"acme/intent", example(f"p{p} h{i}", "a"), ts, p) for p in (0, 1) for i, ts in enumerate(hours)])
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin = AdminClient(client_config(settings))
     for future in admin.delete_records([TopicPartition(settings.topic_labeled, 0, 1)]).values():
         future.result(30)  # partition 0 now starts at offset 1 (its record of hour 2)
 
-    got = read_window(settings.bootstrap, settings.topic_labeled, Window(t0, t0 + timedelta(days=1), "day"),
+    got = read_window(settings, settings.topic_labeled, Window(t0, t0 + timedelta(days=1), "day"),
                       "acme", "intent", progress=False)
 
     assert len(got.selection.examples) == 5

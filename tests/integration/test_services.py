@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from ops import db, kafka_local, migrations, postgres_local, topics
+from ops.kafka_clients import client_config
 from schemas.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -28,11 +29,11 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="module")
 def admin(settings: Settings):
-    if not kafka_local.kafka_answers(settings.bootstrap, timeout=10):
+    if not kafka_local.kafka_answers(settings, timeout=10):
         pytest.fail(f"Kafka does not answer at {settings.bootstrap}: {HINT}", pytrace=False)
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": settings.bootstrap})
+    return AdminClient(client_config(settings))
 
 
 @pytest.fixture()

@@ -16,6 +16,7 @@ from psycopg2 import sql
 
 from models.datasets import load_clinc150
 from models.heads import block_columns
+from ops.kafka_clients import client_config
 from retrain.lifecycle import active_heads
 from schemas.messages import ServingRollup
 from streams.app import READY_LINE
@@ -61,7 +62,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 def committed_all(settings, topic: str, group: str) -> bool:
     """Say whether ``group`` has committed every message of ``topic``."""
-    probe = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": group, "enable.auto.commit": False})
+    probe = Consumer(client_config(settings, {"group.id": group, "enable.auto.commit": False}))
     try:
         parts = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
         ends = {tp.partition: probe.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
@@ -73,8 +74,8 @@ def committed_all(settings, topic: str, group: str) -> bool:
 
 def read_deltas(settings, until: Callable[[list[ServingRollup]], bool], timeout: float = 60.0) -> list[ServingRollup]:
     """Read ``serving.rollups`` from the start until ``until(deltas)`` holds (or the time runs out)."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(client_config(settings, {"group.id": f"reader-{uuid.uuid4().hex}",
+                                                 "auto.offset.reset": "earliest", "enable.auto.commit": False}))
     consumer.subscribe([settings.topic_rollups])
     deltas: list[ServingRollup] = []
     start = time.monotonic()
@@ -135,7 +136,7 @@ def test_a_rollup_delivered_twice_is_stored_once(stack):
     delta = ServingRollup(delta_id=f"{uuid.uuid4().hex}-7", region="global", model="intent", model_version="v1",
                           hour=datetime(2026, 11, 28, 10, tzinfo=UTC), n=3, embedding_sum=[0.25, -0.5, 1.0],
                           unk_rate_sum=0.5, with_unk=1)
-    producer = Producer({"bootstrap.servers": stack.settings.bootstrap})
+    producer = Producer(client_config(stack.settings))
     for _ in range(2):  # twice in a row: maybe one batch
         producer.produce(stack.settings.topic_rollups, key=delta.delta_id.encode(), value=delta.to_bytes())
     assert producer.flush(30) == 0

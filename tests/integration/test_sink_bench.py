@@ -12,6 +12,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg2 import sql
 
 from ops.db import pg_connect
+from ops.kafka_clients import client_config
 from ops.migrations import apply_migrations
 from schemas.messages import ErrorKind, Prediction
 from schemas.settings import Settings
@@ -172,7 +173,7 @@ def test_bench_sink_stores_every_prediction_exactly_once_and_removes_its_scratch
     assert (result["rows"], result["batch_max"]) == (3000, base_settings.sink_batch_max)
     assert result["seconds"] > 0 and result["sink_rows_s"] == pytest.approx(3000 / result["seconds"], rel=0.01)
     [scratch] = used
-    admin = AdminClient({"bootstrap.servers": base_settings.bootstrap})
+    admin = AdminClient(client_config(base_settings))
     assert scratch.topic_out not in admin.list_topics(timeout=10).topics
     groups = admin.list_consumer_groups(request_timeout=10).result(30)
     assert scratch.sink_group not in {g.group_id for g in groups.valid}

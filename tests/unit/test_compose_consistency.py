@@ -3,6 +3,8 @@
 CI cannot run Docker here, so these checks read the file instead.
 """
 
+import re
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -11,7 +13,8 @@ from schemas.settings import Settings
 from streams.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 
 
 def _env(service: str) -> dict[str, str]:
@@ -46,3 +49,21 @@ def test_compose_commands_are_cli_subcommands():
     assert COMPOSE["services"]["worker"]["command"] == ["phrasestream", "worker"]
     assert COMPOSE["services"]["sink"]["command"] == ["phrasestream", "sink"]
     assert {"up", "train", "worker", "sink"} <= subcommands
+
+
+def test_compose_takes_the_database_password_from_env_not_from_the_yaml():
+    reference = re.compile(r"^\$\{PG_PASSWORD:\?[^}]*\}$")
+    assert reference.match(COMPOSE["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"])
+    for service in ("init", "worker", "sink", "drift-watch"):
+        dsn = _env(service)["PHRASESTREAM_PG_DSN"]
+        password = dsn.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+        assert reference.match(password), service
+
+
+def test_env_example_defines_every_variable_compose_reads_and_env_is_ignored():
+    wanted = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE_TEXT))
+    example = (ROOT / ".env.example").read_text()
+    defined = {line.split("=", 1)[0] for line in example.splitlines() if "=" in line and not line.startswith("#")}
+    assert wanted and wanted <= defined
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT, check=False)
+    assert ignored.returncode == 0, ".env must be git-ignored"

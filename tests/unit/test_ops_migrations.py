@@ -99,7 +99,7 @@ def test_kafka_config_is_single_node_kraft(tmp_path: Path):
                  if line and not line.startswith("#"))
     assert props["process.roles"] == "broker,controller"
     assert props["node.id"] == "1"
-    assert props["listeners"] == (f"PLAINTEXT://127.0.0.1:{s.kafka_port},"
+    assert props["listeners"] == (f"PLAINTEXT://127.0.0.1:{s.kafka_port},SASL_PLAINTEXT://127.0.0.1:{s.kafka_sasl_port},"
                                   f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}")
     assert props["log.dirs"] == str(tmp_path.resolve() / "kafka" / "data")
     assert props["offsets.topic.replication.factor"] == "1"
