@@ -23,9 +23,12 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from schemas.settings import Settings
+
+log = logging.getLogger("phrasestream.kafka")
 
 SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 SSL_PROTOCOLS = ("SSL", "SASL_SSL")
@@ -82,11 +85,11 @@ def faust_credentials(settings: Settings) -> Any:
     return None
 
 
-def check_access(settings: Settings, timeout: float = 15.0) -> None:
-    """Fetch the cluster metadata once; raise :class:`KafkaAuthError` if the broker refuses us.
+def check_access(settings: Settings, timeout: float = 15.0) -> bool:
+    """Fetch the cluster metadata once; say whether it came, raise :class:`KafkaAuthError` if refused.
 
-    Other failures (no broker yet) are left to the clients, which wait for it; a refused
-    login or TLS handshake is final and would otherwise only show as an endless retry.
+    No answer within ``timeout`` (no broker yet) gives False; a refused login or TLS
+    handshake is final and would otherwise only show as an endless retry.
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
@@ -104,7 +107,7 @@ def check_access(settings: Settings, timeout: float = 15.0) -> None:
     while not refused and time.monotonic() < deadline:
         try:
             admin.list_topics(timeout=min(2.0, max(deadline - time.monotonic(), 0.1)))
-            return
+            return True
         except KafkaException:
             admin.poll(0.2)  # serves error_cb
     if refused:
@@ -113,3 +116,29 @@ def check_access(settings: Settings, timeout: float = 15.0) -> None:
         raise KafkaAuthError(
             f"Kafka at {settings.bootstrap} refused {who}: authentication failed ({refused[0]}); check "
             "PHRASESTREAM_KAFKA_SASL_USERNAME/PHRASESTREAM_KAFKA_SASL_PASSWORD (or the SSL files)")
+    return False
+
+
+class BrokerUnreachable(RuntimeError):
+    """The broker did not answer within ``PHRASESTREAM_BROKER_WAIT_SECONDS``."""
+
+
+def wait_for_broker(settings: Settings, say: Callable[[str], None] = log.warning) -> None:
+    """Wait for the broker before a worker or sink starts: retry with backoff, then give up.
+
+    A broker that restarts during a deploy is back within seconds to a minute: waiting rides
+    that out. One that stays away longer is an outage for the supervisor (systemd,
+    Kubernetes, compose ``restart:``) to see, so we raise :class:`BrokerUnreachable` (exit 3)
+    instead of hanging. A refused login raises :class:`KafkaAuthError` at once (exit 2).
+    """
+    from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponential
+
+    budget = settings.broker_wait_seconds
+    retrying = Retrying(stop=stop_after_delay(budget), wait=wait_exponential(multiplier=1, min=1, max=10),
+                        retry=retry_if_result(lambda answered: not answered), retry_error_callback=lambda _s: False,
+                        before_sleep=lambda state: say(
+                            f"Kafka at {settings.bootstrap} does not answer; trying again "
+                            f"(waited {state.seconds_since_start:.0f} of {budget:.0f} s)"))
+    if not retrying(check_access, settings, timeout=max(1.0, min(5.0, budget / 4))):
+        raise BrokerUnreachable(f"Kafka at {settings.bootstrap} did not answer within {budget:.0f} s "
+                                "(PHRASESTREAM_BROKER_WAIT_SECONDS); is the broker up? `phrasestream status` tells")

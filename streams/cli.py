@@ -104,28 +104,33 @@ def _say(line: str) -> None:
 # foreground processes
 
 
-def _kafka_refuses(settings: Settings) -> bool:
-    """Say (on stderr and in the log) whether the broker refuses our login; it answers within 15 s.
+def _broker_refuses(settings: Settings) -> int:
+    """Wait for the broker (``ops.kafka_clients.wait_for_broker``); return 0, or the exit status.
 
-    A refused SASL login or TLS handshake is final: librdkafka and aiokafka would retry it
-    quietly for ever, so the worker and the sink stop at once with a message that says why.
+    2: the broker refuses our login or TLS handshake (final: librdkafka and aiokafka would
+    retry it quietly for ever). 3: no broker answered within PHRASESTREAM_BROKER_WAIT_SECONDS.
+    Either way one line on stderr (and in the log) says why, for a person or a supervisor.
     """
-    from ops.kafka_clients import KafkaAuthError, check_access
+    from ops.kafka_clients import BrokerUnreachable, KafkaAuthError, wait_for_broker
 
     try:
-        check_access(settings)
+        wait_for_broker(settings)
     except KafkaAuthError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
-        return True
-    return False
+        return 2
+    except BrokerUnreachable as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return 0
 
 
 def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     from streams.app import run_worker
 
-    if _kafka_refuses(settings):
-        return 2
+    if status := _broker_refuses(settings):
+        return status
     run_worker(settings)  # logging: configured by main(); Faust leaves it alone (see run_worker)
     return 0
 
@@ -133,8 +138,8 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
 def cmd_sink(settings: Settings, _: argparse.Namespace) -> int:
     from streams.sink import run_sink
 
-    if _kafka_refuses(settings):
-        return 2
+    if status := _broker_refuses(settings):
+        return status
     run_sink(settings)
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 import time
 import uuid
@@ -30,6 +31,8 @@ from psycopg2 import sql
 from models.datasets import OOS, load_clinc150, load_domain_lists
 from ops.kafka_clients import client_config
 from schemas.settings import Settings
+
+log = logging.getLogger("phrasestream.demo")
 
 INVALID_EVERY = 20  # one message in 20 is invalid: 5%
 
@@ -153,14 +156,21 @@ def _end_offsets(consumer: Consumer, topic: str) -> list[TopicPartition]:
     return parts
 
 
-def count_db_rows(settings: Settings, run: str) -> int:
-    """Count the inference rows of one demo run."""
+def count_db_rows(settings: Settings, run: str) -> int | None:
+    """Count the inference rows of one demo run; None while the database does not answer.
+
+    The demo waits out a database outage like the sink does, instead of dying of it: the
+    predictions keep flowing meanwhile, and the sink writes the rows once the server is back.
+    """
     query = sql.SQL("SELECT count(*) FROM {}.inferences WHERE id LIKE %s").format(sql.Identifier(settings.pg_schema))
-    with psycopg2.connect(settings.dsn, connect_timeout=5) as conn, conn.cursor() as cur:
-        cur.execute(query, (f"{run}-%",))
-        row = cur.fetchone()
-        assert row is not None  # count(*) always returns one row
-        return int(row[0])
+    try:
+        with psycopg2.connect(settings.dsn, connect_timeout=5) as conn, conn.cursor() as cur:
+            cur.execute(query, (f"{run}-%",))
+            row = cur.fetchone()
+    except psycopg2.OperationalError:  # refused, shutting down, starting up: all "not now"
+        return None
+    assert row is not None  # count(*) always returns one row
+    return int(row[0])
 
 
 def run_demo(
@@ -200,6 +210,7 @@ def run_demo(
     producer.flush(30)
 
     tally = Tally()
+    db_waited = False
     marker = run.encode()
     while (len(tally.predictions) < expected or len(tally.dlq) < invalid) and time.monotonic() - start < deadline_s:
         for msg in consumer.consume(num_messages=500, timeout=0.5):
@@ -222,7 +233,11 @@ def run_demo(
     consumer.close()
 
     db_rows = count_db_rows(settings, run)
-    while db_rows < len(tally.predictions) and time.monotonic() - start < deadline_s + 60:
+    while (db_rows is None or db_rows < len(tally.predictions)) and time.monotonic() - start < deadline_s + 60:
+        if db_rows is None and not db_waited:
+            log.warning("PostgreSQL does not answer; the demo waits for it (up to %.0f s more)",
+                        deadline_s + 60 - (time.monotonic() - start))
+        db_waited = db_waited or db_rows is None
         time.sleep(1.0)
         db_rows = count_db_rows(settings, run)
 

