@@ -43,6 +43,7 @@ from ops.logs import always
 from schemas.messages import DeadLetter, ErrorKind, RegistryPointer
 from schemas.settings import Settings
 from streams.cache import LRUCache, MappingBackend, cache_key
+from streams.continuity import OffsetGuard
 from streams.decode import Limits, Source, decode_phrase
 from streams.metrics import WorkerMetrics, serve_metrics
 from streams.pipeline import AnswerMemo, Embedder, serve_batch
@@ -293,6 +294,19 @@ def worker_group_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
+async def fill_holes(app: faust.App, guard: OffsetGuard, events: list[Any]) -> None:
+    """Seek back to any hole in the batch's partitions (see ``streams.continuity``).
+
+    A new assignment starts the guard afresh: its first offsets are where the commits were.
+    """
+    assigned = frozenset(app.consumer.assignment())
+    if assigned != guard.assignment:
+        guard.reset()
+        guard.assignment = assigned
+    for tp, offset in guard.check(events):
+        await app.consumer.seek(tp, offset)
+
+
 async def commit_batch(app: faust.App, events: list[Any]) -> None:
     """Mark a served batch's input events done and commit their offsets now.
 
@@ -396,7 +410,9 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
         # Batches, not single events: one wait for the broker per batch, and no await per message.
         # faust's StreamT declares take() but not take_events(), which its Stream has.
         batches = stream.take_events(settings.embed_batch_max, within=within)  # type: ignore[attr-defined]
+        guard = OffsetGuard("validate_and_clean")
         async for events in batches:
+            await fill_holes(app, guard, events)
             known = head_set.known
             metrics.phrases_read(len(events))
             for event in events:
@@ -424,7 +440,9 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
     async def embed_and_classify(stream: faust.StreamT[bytes]) -> None:
         await changelog_metadata(app, table.changelog_topic.get_topic_name())
         adopted: set = set()
+        guard = OffsetGuard("embed_and_classify")
         async for events in stream.take_events(settings.embed_batch_max, within=within):  # type: ignore[attr-defined]
+            await fill_holes(app, guard, events)
             values = [event.value for event in events]
             assigned = frozenset(app.consumer.assignment())
             if assigned != adopted:  # the table is recovered before events flow; again after a rebalance

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import socket
 import threading
@@ -99,6 +100,7 @@ class Watch:
     dead_letters: Counter = field(default_factory=Counter)  # id (from the original bytes' run marker) -> copies
     dlq_kinds: Counter = field(default_factory=Counter)
     arrivals: list[float] = field(default_factory=list)  # monotonic time of each prediction copy
+    cache_hits: set = field(default_factory=set)  # (id, model) whose embedding came from the cache
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -117,9 +119,11 @@ class Watch:
 
     def _read(self) -> None:
         s = self.settings
+        quiet = logging.getLogger("faults.watch")  # the broker test takes the broker away: no noise
+        quiet.setLevel(logging.CRITICAL)
         consumer = Consumer({"bootstrap.servers": s.bootstrap, "group.id": f"{self.run}-watch",
                              "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                             "reconnect.backoff.max.ms": 1000})
+                             "reconnect.backoff.max.ms": 1000, "logger": quiet})
         parts = []
         for topic in (s.topic_out, s.topic_dlq):
             meta = consumer.list_topics(topic, timeout=30).topics[topic]
@@ -142,6 +146,8 @@ class Watch:
                             if body["id"].startswith(prefix):
                                 self.predictions[(body["id"], body["model"])] += 1
                                 self.arrivals.append(now)
+                                if body.get("cache_hit"):
+                                    self.cache_hits.add((body["id"], body["model"]))
                         else:
                             raw = base64.b64decode(body["original_b64"])
                             if marker in raw:
@@ -168,6 +174,11 @@ class Watch:
         while len(self.predictions) < n and time.monotonic() < end:
             time.sleep(0.1)
         return len(self.predictions)
+
+    def hit_rate(self) -> float:
+        """Return the share of the (distinct) predictions served from the embedding cache."""
+        with self._lock:
+            return round(len(self.cache_hits) / max(1, len(self.predictions)), 4)
 
     def first_after(self, moment: float) -> float | None:
         """Return the arrival time of the first prediction after ``moment``, if any."""
