@@ -43,7 +43,7 @@ from ops.logs import always
 from schemas.messages import DeadLetter, ErrorKind, RegistryPointer
 from schemas.settings import Settings
 from streams.cache import LRUCache, MappingBackend, cache_key
-from streams.continuity import OffsetGuard
+from streams.continuity import Hole, OffsetGuard, read_hole
 from streams.decode import Limits, Source, decode_phrase
 from streams.metrics import WorkerMetrics, serve_metrics
 from streams.pipeline import AnswerMemo, Embedder, serve_batch
@@ -294,17 +294,33 @@ def worker_group_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def fill_holes(app: faust.App, guard: OffsetGuard, events: list[Any]) -> None:
-    """Seek back to any hole in the batch's partitions (see ``streams.continuity``).
+async def fill_holes(app: faust.App, guard: OffsetGuard, events: list[Any], settings: Settings,
+                     offload: Any) -> tuple[list[Any], list[Hole]]:
+    """Return the messages of any hole in the batch's partitions, read directly, and the holes.
 
-    A new assignment starts the guard afresh: its first offsets are where the commits were.
+    See ``streams.continuity``. A new assignment starts the guard afresh: its first offsets are
+    where the commits were.
     """
     assigned = frozenset(app.consumer.assignment())
     if assigned != guard.assignment:
         guard.reset()
         guard.assignment = assigned
-    for tp, offset in guard.check(events):
-        await app.consumer.seek(tp, offset)
+    holes = guard.check(events)
+    extra: list[Any] = []
+    for hole in holes:
+        extra.extend(await offload(read_hole, client_config(settings), hole))
+    return extra, holes
+
+
+async def holes_done(app: faust.App, holes: list[Hole]) -> None:
+    """Tell Faust's offset bookkeeping that the holes are served, so commits pass them.
+
+    Faust commits a partition only up to its first offset not acknowledged; the messages of a
+    hole were never delivered to it, so it would wait for them for ever. Faust records such
+    known gaps (for compacted topics) with ``_add_gap``; there is no public call for it.
+    """
+    for hole in holes:
+        await app.consumer._add_gap(hole.tp, hole.start, hole.end - 1)  # type: ignore[attr-defined]
 
 
 async def commit_batch(app: faust.App, events: list[Any]) -> None:
@@ -412,10 +428,10 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
         batches = stream.take_events(settings.embed_batch_max, within=within)  # type: ignore[attr-defined]
         guard = OffsetGuard("validate_and_clean")
         async for events in batches:
-            await fill_holes(app, guard, events)
+            extra, holes = await fill_holes(app, guard, events, settings, offload)
             known = head_set.known
-            metrics.phrases_read(len(events))
-            for event in events:
+            metrics.phrases_read(len(events) + len(extra))
+            for event in extra + events:
                 message = event.message
                 source = Source(message.topic, message.partition, message.offset)
                 try:
@@ -433,6 +449,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
                     clean_out.put(cleaned_topic, cache_key(embedder.version, result.clean_text).encode(),
                                   result.to_bytes())
             await offload(clean_out.flush)
+            await holes_done(app, holes)
             if settings.commit_every_batch:
                 await commit_batch(app, events)
 
@@ -442,8 +459,8 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
         adopted: set = set()
         guard = OffsetGuard("embed_and_classify")
         async for events in stream.take_events(settings.embed_batch_max, within=within):  # type: ignore[attr-defined]
-            await fill_holes(app, guard, events)
-            values = [event.value for event in events]
+            extra, holes = await fill_holes(app, guard, events, settings, offload)
+            values = [event.value for event in extra + events]
             assigned = frozenset(app.consumer.assignment())
             if assigned != adopted:  # the table is recovered before events flow; again after a rebalance
                 adopted = set(assigned)
@@ -459,6 +476,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
             metrics.batch_served(len(values), served)
             await offload(serve_out.flush)
             metrics.published(served.predictions)
+            await holes_done(app, holes)
             if settings.commit_every_batch:
                 await commit_batch(app, events)
 
