@@ -62,12 +62,13 @@ def test_up_and_status_work_from_a_clone_in_a_private_folder():
     private = Path(tempfile.mkdtemp(prefix="phrasestream-clone-"))
     assert stat.S_IMODE(private.stat().st_mode) == 0o700
     clone = private / "p"
-    kafka_port, controller_port, pg_port = _free_ports(3)
+    kafka_port, controller_port, pg_port, sasl_port = _free_ports(4)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PHRASESTREAM_", "PG"))}
     env.update(PYTHONPATH=str(clone), PHRASESTREAM_KAFKA_PORT=str(kafka_port),
-               PHRASESTREAM_KAFKA_CONTROLLER_PORT=str(controller_port), PHRASESTREAM_PG_PORT=str(pg_port))
+               PHRASESTREAM_KAFKA_CONTROLLER_PORT=str(controller_port), PHRASESTREAM_PG_PORT=str(pg_port),
+               PHRASESTREAM_KAFKA_SASL_PORT=str(sasl_port))
     settings = Settings(_env_file=None, home=clone / ".local", kafka_port=kafka_port,
-                        kafka_controller_port=controller_port, pg_port=pg_port)
+                        kafka_controller_port=controller_port, pg_port=pg_port, kafka_sasl_port=sasl_port)
     paths = Paths.of(settings)
     try:
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120,

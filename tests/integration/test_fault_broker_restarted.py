@@ -39,7 +39,7 @@ def test_a_broker_restart_mid_stream_loses_nothing_and_needs_no_restart_of_worke
                "PHRASESTREAM_WORKER_METRICS_PORT": "0", "PHRASESTREAM_SINK_METRICS_PORT": "0"}
         worker = stack.start("worker", READY_LINE, **env)
         sink = stack.start("sink", SINK_READY, **env)
-        count = size(3_000, 20_000)
+        count = size(2_000, 20_000)
         stream = Stream.of(settings, heads, count, seed=41)
         with Watch(settings, stream.run) as watch:
             half = len(stream.messages) // 2

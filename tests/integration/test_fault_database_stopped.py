@@ -26,7 +26,7 @@ SINK_READY = "sink started"
 def test_predictions_flow_while_the_database_is_down_and_every_row_arrives_once(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = stack.settings
     outage_s = 30.0 if stress() else 12.0
-    count = size(3_000, 20_000)
+    count = size(2_000, 20_000)
     stream = Stream.of(settings, active_heads(settings), count, seed=31)
     worker = stack.start("worker", READY_LINE, PHRASESTREAM_WORKER_METRICS_PORT="0")
     with private_postgres(settings, tmp_path, settings.pg_schema) as db, Watch(settings, stream.run) as watch:

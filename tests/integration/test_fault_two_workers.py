@@ -48,7 +48,7 @@ def wait_assignment(settings, members: int, timeout: float) -> dict[str, set[int
 def test_two_workers_share_the_partitions_and_the_survivor_takes_over_with_the_cache(stack) -> None:  # type: ignore[no-untyped-def]
     settings = stack.settings
     heads = active_heads(settings)
-    n = size(1_000, 10_000)
+    n = size(800, 10_000)
     env = {"PHRASESTREAM_WORKER_METRICS_PORT": "0"}
     stack.start("worker", READY_LINE, label="worker-1", PHRASESTREAM_WORKER_INDEX="1", **env)
     doomed = stack.start("worker", READY_LINE, label="worker-2", PHRASESTREAM_WORKER_INDEX="2", **env)

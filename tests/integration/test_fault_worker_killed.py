@@ -37,7 +37,7 @@ def group_members(settings, group: str) -> list:  # type: ignore[no-untyped-def]
 
 def test_a_worker_killed_mid_stream_loses_nothing_and_repeats_under_5_percent(stack) -> None:  # type: ignore[no-untyped-def]
     settings = stack.settings
-    stream = Stream.of(settings, active_heads(settings), size(4_000, 20_000))
+    stream = Stream.of(settings, active_heads(settings), size(3_000, 20_000))
     expected = stream.expected
     worker = stack.start("worker", READY_LINE)
     stack.start("sink", SINK_READY)

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from retrain.lifecycle import active_heads
 from schemas.settings import Settings
 from streams.app import READY_LINE
-from streams.cli import active_heads
 
 if TYPE_CHECKING:
     from conftest import Stack

@@ -22,9 +22,9 @@ from pydantic import SecretStr
 
 from ops.kafka_clients import KafkaAuthError, check_access, client_config
 from ops.kafka_local import kafka_answers
+from retrain.lifecycle import active_heads
 from schemas.settings import Settings
 from streams.app import READY_LINE
-from streams.cli import active_heads
 
 pytestmark = pytest.mark.integration
 
