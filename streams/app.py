@@ -43,7 +43,7 @@ from ops.logs import always
 from schemas.messages import DeadLetter, ErrorKind, RegistryPointer
 from schemas.settings import Settings
 from streams.cache import LRUCache, MappingBackend, cache_key
-from streams.continuity import Hole, OffsetGuard, read_hole
+from streams.continuity import Hole, OffsetGuard, lag_and_committed, read_hole
 from streams.decode import Limits, Source, decode_phrase
 from streams.metrics import WorkerMetrics, serve_metrics
 from streams.pipeline import AnswerMemo, Embedder, serve_batch
@@ -53,6 +53,10 @@ if TYPE_CHECKING:
     from faust.transport.drivers.aiokafka import Producer as FaustKafkaProducer
 
 log = logging.getLogger("phrasestream.worker")
+
+STALL_CHECK_SECONDS = 5.0
+STALL_SECONDS = 15.0
+"""A partition with messages left that delivered nothing this long is sought again (continuity)."""
 
 T = TypeVar("T")
 
@@ -301,15 +305,38 @@ async def fill_holes(app: faust.App, guard: OffsetGuard, events: list[Any], sett
     See ``streams.continuity``. A new assignment starts the guard afresh: its first offsets are
     where the commits were.
     """
-    assigned = frozenset(app.consumer.assignment())
-    if assigned != guard.assignment:
-        guard.reset()
-        guard.assignment = assigned
+    guard.follow(frozenset(tp for tp in app.consumer.assignment() if tp.topic == guard.topic), time.monotonic())
     holes = guard.check(events)
     extra: list[Any] = []
     for hole in holes:
         extra.extend(await offload(read_hole, client_config(settings), hole))
     return extra, holes
+
+
+async def restart_stalled(app: faust.App, guard: OffsetGuard, settings: Settings, offload: Any,
+                          after: float) -> None:
+    """Seek a partition that stopped delivering, with messages left in it, to its next offset.
+
+    See ``streams.continuity``. The next offset is the one after the last event this worker
+    read from it, or the group's committed offset when it read none since the assignment.
+    """
+    if app.rebalancing:  # a rebalance moves partitions on purpose; look again next time
+        return
+    now = time.monotonic()
+    guard.follow(frozenset(tp for tp in app.consumer.assignment() if tp.topic == guard.topic), now)
+    quiet = guard.quiet(guard.assignment, now, after)
+    if not quiet:
+        return
+    ends = await offload(lag_and_committed, client_config(settings), settings.app_id, quiet)
+    for tp in quiet:
+        high, committed = ends[tp]
+        start = guard.next_offset(tp)
+        start = start if start is not None else committed
+        if start is not None and high > start:
+            log.warning("%s: %s delivered nothing for %.0f s with %d message(s) left after offset %d; "
+                        "seeking there again", guard.name, tp, after, high - start, start)
+            await app.consumer.seek(tp, start)
+            guard.restarted(tp, now)
 
 
 async def holes_done(app: faust.App, holes: list[Hole]) -> None:
@@ -420,15 +447,16 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
         outbox.put(settings.topic_dlq, letter.id.encode() if letter.id else None, letter.to_bytes())
 
     within = settings.embed_batch_within_ms / 1000.0
+    clean_guard = OffsetGuard("validate_and_clean", topic_in.get_topic_name())
+    serve_guard = OffsetGuard("embed_and_classify", cleaned_topic)
 
     @app.agent(topic_in)
     async def validate_and_clean(stream: faust.StreamT[bytes]) -> None:
         # Batches, not single events: one wait for the broker per batch, and no await per message.
         # faust's StreamT declares take() but not take_events(), which its Stream has.
         batches = stream.take_events(settings.embed_batch_max, within=within)  # type: ignore[attr-defined]
-        guard = OffsetGuard("validate_and_clean")
         async for events in batches:
-            extra, holes = await fill_holes(app, guard, events, settings, offload)
+            extra, holes = await fill_holes(app, clean_guard, events, settings, offload)
             known = head_set.known
             metrics.phrases_read(len(events) + len(extra))
             for event in extra + events:
@@ -457,9 +485,8 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
     async def embed_and_classify(stream: faust.StreamT[bytes]) -> None:
         await changelog_metadata(app, table.changelog_topic.get_topic_name())
         adopted: set = set()
-        guard = OffsetGuard("embed_and_classify")
         async for events in stream.take_events(settings.embed_batch_max, within=within):  # type: ignore[attr-defined]
-            extra, holes = await fill_holes(app, guard, events, settings, offload)
+            extra, holes = await fill_holes(app, serve_guard, events, settings, offload)
             values = [event.value for event in extra + events]
             assigned = frozenset(app.consumer.assignment())
             if assigned != adopted:  # the table is recovered before events flow; again after a rebalance
@@ -479,6 +506,14 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
             await holes_done(app, holes)
             if settings.commit_every_batch:
                 await commit_batch(app, events)
+
+    @app.timer(interval=STALL_CHECK_SECONDS)
+    async def restart_stalled_partitions() -> None:
+        for guard in (clean_guard, serve_guard):
+            try:
+                await restart_stalled(app, guard, settings, offload, STALL_SECONDS)
+            except Exception:  # a check that fails (broker away) is tried again at the next tick
+                log.warning("%s: could not check for stalled partitions", guard.name, exc_info=True)
 
     @app.timer(interval=2.0)
     async def fetch_waiting_heads() -> None:

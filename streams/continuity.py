@@ -10,6 +10,11 @@ clears the stream buffers, and with them the records the fetcher has read since 
 Its read offset has already moved past those records, so Faust drops them when they come
 again.
 
+A partition can also stop arriving altogether after a rebalance, with messages left in it
+(seen in the two-worker fault test). A timer (:meth:`OffsetGuard.quiet`) finds a partition that
+has had no event for a while although it has messages after its next offset, and seeks it
+there again (Faust's seek also resets its read offset, so nothing is dropped again).
+
 Within one assignment, the offsets of a partition we read arrive one by one. Our topics have
 no compaction and our producers no transactions, so a jump means messages were skipped.
 :class:`OffsetGuard` watches every batch and reports each hole. The agent then reads the
@@ -49,19 +54,44 @@ class OffsetGuard:
     offsets, for a new assignment (its first offsets are wherever the commits were).
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, topic: str = "") -> None:
         self.name = name
+        self.topic = topic  # the topic whose partitions it watches
         self._expected: dict[Any, int] = {}
+        self._seen: dict[Any, float] = {}  # partition -> monotonic time of its last event (or assignment)
         self.assignment: frozenset = frozenset()  # the assignment the offsets belong to
         self.holes = 0  # holes found (for the log and the tests)
+        self.stalls = 0  # stalled partitions sent back to their next offset
 
     def reset(self) -> None:
         self._expected.clear()
+        self._seen.clear()
+
+    def follow(self, assigned: frozenset, now: float) -> None:
+        """Start afresh when the assignment changed; its partitions count as just seen."""
+        if assigned != self.assignment:
+            self.reset()
+            self.assignment = assigned
+            self._seen.update({tp: now for tp in assigned})
+
+    def next_offset(self, tp: Any) -> int | None:
+        """Return the next offset expected from ``tp``, if an event of it came in this assignment."""
+        return self._expected.get(tp)
+
+    def quiet(self, tps: Iterable[Any], now: float, after: float) -> list[Any]:
+        """Return the partitions of ``tps`` with no event for ``after`` seconds."""
+        return [tp for tp in tps if now - self._seen.get(tp, now) >= after]
+
+    def restarted(self, tp: Any, now: float) -> None:
+        """Count a stalled partition sent back to its next offset; give it time to deliver."""
+        self.stalls += 1
+        self._seen[tp] = now
 
     def check(self, events: Iterable[Any]) -> list[Hole]:
         holes: list[Hole] = []
         for event in events:
             tp, offset = event.message.tp, event.message.offset
+            self._seen[tp] = time.monotonic()
             expected = self._expected.get(tp)
             if expected is not None and offset > expected:
                 self.holes += 1
@@ -106,3 +136,21 @@ def read_hole(config: dict[str, Any], hole: Hole, timeout: float = 30.0) -> list
     finally:
         consumer.close()
     return found
+
+
+def lag_and_committed(config: dict[str, Any], group: str, tps: list[Any]) -> dict[Any, tuple[int, int | None]]:
+    """Return, per partition, its end offset and the group's committed offset (None: none yet)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+    try:
+        wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        committed = {(c.topic, c.partition): (c.offset if c.offset >= 0 else None)
+                     for c in consumer.committed(wanted, timeout=10)}
+        out: dict[Any, tuple[int, int | None]] = {}
+        for tp in tps:
+            _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
+            out[tp] = (high, committed.get((tp.topic, tp.partition)))
+        return out
+    finally:
+        consumer.close()

@@ -37,3 +37,18 @@ def test_reset_forgets_the_offsets_of_an_old_assignment() -> None:
     guard.check(events("p0", 1, 2))
     guard.reset()
     assert guard.check(events("p0", 50)) == []  # a new assignment starts where the commits were
+
+
+def test_a_partition_quiet_since_its_assignment_or_last_event_is_found() -> None:
+    guard = OffsetGuard("t", "topic")
+    guard.follow(frozenset({"p0", "p1"}), now=100.0)
+    assert guard.quiet(guard.assignment, now=110.0, after=15.0) == []
+    guard.check(events("p0", 1))  # p0 delivers (at the real clock: long after 100)
+    assert guard.quiet(guard.assignment, now=116.0, after=15.0) == ["p1"]
+    guard.restarted("p1", now=116.0)
+    assert guard.quiet(["p1"], now=120.0, after=15.0) == []  # given time after its seek
+    assert guard.stalls == 1
+    guard.follow(frozenset({"p0", "p1"}), now=200.0)  # same assignment: nothing forgotten
+    assert guard.next_offset("p0") == 2
+    guard.follow(frozenset({"p1"}), now=300.0)  # a new one: start afresh
+    assert guard.next_offset("p0") is None
