@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # The suite runs in three processes, one test file each at a time: most integration tests wait on a
 # worker or the broker, so three overlap well even on two cores (fresh clone, 855 tests: pytest
 # 6 min 35 s with 3, 7 min 37 s with 2). PYTEST_WORKERS=0: one process.
-PYTEST_WORKERS ?= 4
+PYTEST_WORKERS ?= 3
 
 .PHONY: install setup up train run test unit lint demo bench stop status clean clean-all
 

@@ -456,6 +456,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
         # faust's StreamT declares take() but not take_events(), which its Stream has.
         batches = stream.take_events(settings.embed_batch_max, within=within)  # type: ignore[attr-defined]
         async for events in batches:
+            clean_guard.begin(time.monotonic())
             extra, holes = await fill_holes(app, clean_guard, events, settings, offload)
             known = head_set.known
             metrics.phrases_read(len(events) + len(extra))
@@ -480,12 +481,14 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
             await holes_done(app, holes)
             if settings.commit_every_batch:
                 await commit_batch(app, events)
+            clean_guard.end(time.monotonic(), STALL_SECONDS / 3)
 
     @app.agent(topic_cleaned)
     async def embed_and_classify(stream: faust.StreamT[bytes]) -> None:
         await changelog_metadata(app, table.changelog_topic.get_topic_name())
         adopted: set = set()
         async for events in stream.take_events(settings.embed_batch_max, within=within):  # type: ignore[attr-defined]
+            serve_guard.begin(time.monotonic())
             extra, holes = await fill_holes(app, serve_guard, events, settings, offload)
             values = [event.value for event in extra + events]
             assigned = frozenset(app.consumer.assignment())
@@ -506,6 +509,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
             await holes_done(app, holes)
             if settings.commit_every_batch:
                 await commit_batch(app, events)
+            serve_guard.end(time.monotonic(), STALL_SECONDS / 3)
 
     @app.timer(interval=STALL_CHECK_SECONDS)
     async def restart_stalled_partitions() -> None:

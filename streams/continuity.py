@@ -62,6 +62,8 @@ class OffsetGuard:
         self.assignment: frozenset = frozenset()  # the assignment the offsets belong to
         self.holes = 0  # holes found (for the log and the tests)
         self.stalls = 0  # stalled partitions sent back to their next offset
+        self._began = 0.0
+        self.busy = False  # the agent is inside a batch (e.g. waiting for the broker to take its outputs)
 
     def reset(self) -> None:
         self._expected.clear()
@@ -79,8 +81,27 @@ class OffsetGuard:
         return self._expected.get(tp)
 
     def quiet(self, tps: Iterable[Any], now: float, after: float) -> list[Any]:
-        """Return the partitions of ``tps`` with no event for ``after`` seconds."""
+        """Return the partitions of ``tps`` with no event for ``after`` seconds.
+
+        None while the agent is inside a batch: then the partitions wait for the agent (say,
+        for a broker that is down to take its outputs), not the other way round; seeking them
+        would only read their buffered messages twice.
+        """
+        if self.busy:
+            return []
         return [tp for tp in tps if now - self._seen.get(tp, now) >= after]
+
+    def begin(self, now: float) -> None:
+        """The agent starts a batch."""
+        self.busy = True
+        self._began = now
+
+    def end(self, now: float, long: float) -> None:
+        """The agent is done with a batch. After a long one (the broker was away, say) every
+        partition counts as just seen: they waited for the agent, not the other way round."""
+        self.busy = False
+        if now - self._began >= long:
+            self._seen.update({tp: now for tp in self.assignment})
 
     def restarted(self, tp: Any, now: float) -> None:
         """Count a stalled partition sent back to its next offset; give it time to deliver."""

@@ -52,3 +52,13 @@ def test_a_partition_quiet_since_its_assignment_or_last_event_is_found() -> None
     assert guard.next_offset("p0") == 2
     guard.follow(frozenset({"p1"}), now=300.0)  # a new one: start afresh
     assert guard.next_offset("p0") is None
+
+
+def test_no_partition_counts_as_quiet_while_the_agent_is_busy_or_just_after_a_long_batch() -> None:
+    guard = OffsetGuard("t", "topic")
+    guard.follow(frozenset({"p0"}), now=0.0)
+    guard.begin(now=1.0)  # say the broker is away and the outputs wait
+    assert guard.quiet(guard.assignment, now=40.0, after=15.0) == []
+    guard.end(now=40.0, long=5.0)
+    assert guard.quiet(guard.assignment, now=50.0, after=15.0) == []  # it waited for the agent
+    assert guard.quiet(guard.assignment, now=56.0, after=15.0) == ["p0"]
