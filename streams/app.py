@@ -305,7 +305,9 @@ async def fill_holes(app: faust.App, guard: OffsetGuard, events: list[Any], sett
     See ``streams.continuity``. A new assignment starts the guard afresh: its first offsets are
     where the commits were.
     """
-    guard.follow(frozenset(tp for tp in app.consumer.assignment() if tp.topic == guard.topic), time.monotonic())
+    if guard.follow(frozenset(tp for tp in app.consumer.assignment() if tp.topic == guard.topic), time.monotonic()):
+        ends = await offload(lag_and_committed, client_config(settings), settings.app_id, list(guard.assignment))
+        guard.baseline({tp: committed for tp, (_, committed) in ends.items()})
     holes = guard.check(events)
     extra: list[Any] = []
     for hole in holes:
@@ -323,7 +325,9 @@ async def restart_stalled(app: faust.App, guard: OffsetGuard, settings: Settings
     if app.rebalancing:  # a rebalance moves partitions on purpose; look again next time
         return
     now = time.monotonic()
-    guard.follow(frozenset(tp for tp in app.consumer.assignment() if tp.topic == guard.topic), now)
+    if guard.follow(frozenset(tp for tp in app.consumer.assignment() if tp.topic == guard.topic), now):
+        ends = await offload(lag_and_committed, client_config(settings), settings.app_id, list(guard.assignment))
+        guard.baseline({tp: committed for tp, (_, committed) in ends.items()})
     quiet = guard.quiet(guard.assignment, now, after)
     if not quiet:
         return

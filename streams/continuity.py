@@ -69,12 +69,24 @@ class OffsetGuard:
         self._expected.clear()
         self._seen.clear()
 
-    def follow(self, assigned: frozenset, now: float) -> None:
-        """Start afresh when the assignment changed; its partitions count as just seen."""
+    def follow(self, assigned: frozenset, now: float) -> bool:
+        """Start afresh when the assignment changed (its partitions count as just seen); say if it did."""
         if assigned != self.assignment:
             self.reset()
             self.assignment = assigned
             self._seen.update({tp: now for tp in assigned})
+            return True
+        return False
+
+    def baseline(self, committed: dict[Any, int | None]) -> None:
+        """Expect each partition's first message at its committed offset (a new assignment).
+
+        Without it a hole at the very start of an assignment, the first message after the
+        commit never delivered, would go unseen.
+        """
+        for tp, offset in committed.items():
+            if offset is not None and tp not in self._expected:
+                self._expected[tp] = offset
 
     def next_offset(self, tp: Any) -> int | None:
         """Return the next offset expected from ``tp``, if an event of it came in this assignment."""

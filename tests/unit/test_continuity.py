@@ -62,3 +62,11 @@ def test_no_partition_counts_as_quiet_while_the_agent_is_busy_or_just_after_a_lo
     guard.end(now=40.0, long=5.0)
     assert guard.quiet(guard.assignment, now=50.0, after=15.0) == []  # it waited for the agent
     assert guard.quiet(guard.assignment, now=56.0, after=15.0) == ["p0"]
+
+
+def test_a_hole_at_the_start_of_an_assignment_is_seen_from_the_committed_offset() -> None:
+    guard = OffsetGuard("t", "topic")
+    assert guard.follow(frozenset({"p2"}), now=0.0)
+    guard.baseline({"p2": 284})
+    assert guard.check(events("p2", 285, 286)) == [Hole("p2", 284, 285)]
+    assert not guard.follow(frozenset({"p2"}), now=1.0)
