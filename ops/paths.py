@@ -2,9 +2,9 @@
 
     .local/kafka/libs/           broker jars (+ .kafka-version marker)
     .local/kafka/server.properties, log4j2.properties, cluster.id
-    .local/kafka/scram-password  password of the SASL/SCRAM user phrasestream (mode 0600; ops/kafka_security.py)
+    .local/kafka/scram-password  password of the SASL/SCRAM user phrasestream (mode 0600; ops/kafka/security.py)
     .local/kafka/data/           log.dirs (topics and KRaft metadata)
-    .local/pg/data/              PostgreSQL data directory (as root: a server area, see ops.pg_area)
+    .local/pg/data/              PostgreSQL data directory (as root: a server area, see ops.postgres.area)
     .local/pg/password           password of the PostgreSQL role phrasestream (mode 0600)
     .local/logs/kafka.log, postgres.log
     .local/logs/<app_id>/sink.log, worker-1.log, ...   the daemons (ops.daemons)
@@ -19,7 +19,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ops import pg_area
+from ops.postgres import area as pg_area
 from schemas.settings import Settings
 
 
@@ -29,7 +29,7 @@ class Paths:
 
     ``server_dir`` is ``PHRASESTREAM_PG_SERVER_DIR``: where the embedded PostgreSQL keeps its
     data, binaries and log. Empty: ``<home>/pg`` when the server runs as the caller, and a
-    server area of its own (``ops.pg_area``) when it must run as another user (we are root).
+    server area of its own (``ops.postgres.area``) when it must run as another user (we are root).
     """
 
     home: Path
@@ -119,7 +119,7 @@ class Paths:
 
     @property
     def pg_record(self) -> Path:
-        """Where the data lives and when it was initialised (``ops.pg_area.write_record``)."""
+        """Where the data lives and when it was initialised (``ops.postgres.area.write_record``)."""
         return self.pg_home / pg_area.RECORD_NAME
 
     @property

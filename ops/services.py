@@ -3,10 +3,10 @@
 Nothing here needs Docker or root. This module only orchestrates, in a stated order; each
 service lives in its own module:
 
-    ops/kafka_local.py      the local Kafka broker (or waiting for an external one)
-    ops/topics.py           the project topics
-    ops/postgres_local.py   the local PostgreSQL server (or waiting for an external one)
-    ops/migrations.py       the SQL migrations
+    ops/kafka/local.py      the local Kafka broker (or waiting for an external one)
+    ops/kafka/topics.py           the project topics
+    ops/postgres/local.py   the local PostgreSQL server (or waiting for an external one)
+    ops/postgres/migrations.py       the SQL migrations
     ops/daemons.py          the worker and sink processes (``phrasestream start/stop/status``)
 
 ``up`` starts the broker first (topics need it), then PostgreSQL, then applies the migrations.
@@ -29,15 +29,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from ops import pg_area
-from ops.db import pg_answers, redacted_dsn
-from ops.kafka_clients import client_config
-from ops.kafka_local import ensure_kafka, kafka_answers, kafka_process, stop_kafka
-from ops.migrations import apply_migrations
+from ops.kafka.clients import client_config
+from ops.kafka.local import ensure_kafka, kafka_answers, kafka_process, stop_kafka
+from ops.kafka.topics import create_topics, topic_specs
 from ops.paths import Paths
-from ops.postgres_local import ensure_postgres, pg_os_user, pg_process, stop_postgres
+from ops.postgres import area as pg_area
+from ops.postgres.db import pg_answers, redacted_dsn
+from ops.postgres.local import ensure_postgres, pg_os_user, pg_process, stop_postgres
+from ops.postgres.migrations import apply_migrations
 from ops.processes import ServiceError, locked, read_pid
-from ops.topics import create_topics, topic_specs
 from schemas.settings import Settings
 
 

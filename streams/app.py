@@ -36,18 +36,18 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import faust
 
 from models.heads import Head, HeadError, HeadRef, load_head
-from models.pointers import Follower, read_all
+from models.registry.pointers import Follower, read_all
 from ops.daemons import READY_LINE
-from ops.kafka_clients import client_config, faust_credentials
+from ops.kafka.clients import client_config, faust_credentials
 from ops.logs import always
 from schemas.messages import DeadLetter, ErrorKind, RegistryPointer
 from schemas.settings import Settings
-from streams.cache import LRUCache, MappingBackend, cache_key
-from streams.continuity import Hole, OffsetGuard, lag_and_committed, read_hole
 from streams.decode import Limits, Source, decode_phrase
+from streams.kafka.continuity import Hole, OffsetGuard, lag_and_committed, read_hole
 from streams.metrics import WorkerMetrics, serve_metrics
 from streams.pipeline import AnswerMemo, Embedder, serve_batch
 from streams.rollups import RollupPublisher, rollups_for
+from streams.state.cache import LRUCache, MappingBackend, cache_key
 
 if TYPE_CHECKING:
     from faust.transport.drivers.aiokafka import Producer as FaustKafkaProducer
@@ -140,8 +140,8 @@ class HeadSet:
     def _load(self, pointer: RegistryPointer, retries: int = 0) -> bool:
         import psycopg2
 
-        from models.bundles import BundleError
-        from retrain.lifecycle import head_folder
+        from models.registry.bundles import BundleError
+        from models.registry.lifecycle import head_folder
 
         key = (pointer.region, pointer.model)
         ref = HeadRef(pointer.region, pointer.model, pointer.version)
@@ -302,7 +302,7 @@ async def fill_holes(app: faust.App, guard: OffsetGuard, events: list[Any], sett
                      offload: Any) -> tuple[list[Any], list[Hole]]:
     """Return the messages of any hole in the batch's partitions, read directly, and the holes.
 
-    See ``streams.continuity``. A new assignment starts the guard afresh: its first offsets are
+    See ``streams.kafka.continuity``. A new assignment starts the guard afresh: its first offsets are
     where the commits were.
     """
     if guard.follow(frozenset(tp for tp in app.consumer.assignment() if tp.topic == guard.topic), time.monotonic()):
@@ -319,7 +319,7 @@ async def restart_stalled(app: faust.App, guard: OffsetGuard, settings: Settings
                           after: float) -> None:
     """Seek a partition that stopped delivering, with messages left in it, to its next offset.
 
-    See ``streams.continuity``. The next offset is the one after the last event this worker
+    See ``streams.kafka.continuity``. The next offset is the one after the last event this worker
     read from it, or the group's committed offset when it read none since the assignment.
     """
     if app.rebalancing:  # a rebalance moves partitions on purpose; look again next time
@@ -384,7 +384,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> faust.App
     app = faust.App(
         settings.app_id,
         broker=faust_broker_url(settings.bootstrap),
-        broker_credentials=faust_credentials(settings),  # None for PLAINTEXT; see ops.kafka_clients
+        broker_credentials=faust_credentials(settings),  # None for PLAINTEXT; see ops.kafka.clients
         # The cache table lives in memory and is rebuilt from its changelog at start. Faust's
         # rocksdb store cannot serve it: its writes need the current event's partition, and
         # micro-batches (take) have no current event.

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from schemas.messages import CleanedPhrase, ErrorKind, Prediction, utcnow
-from streams.cache import LRUCache
+from streams.state.cache import LRUCache
 
 log = logging.getLogger("phrasestream.worker")
 

@@ -4,7 +4,7 @@ The inferences table holds labels, confidences and texts, but no embedding and n
 pieces. For those, the worker keeps running sums per (region, model, model_version, UTC
 hour of ``predicted_at``): for every prediction it makes, cached or not, :class:`Rollups`
 adds one phrase, its L2-normalised sentence embedding (the ``mean6`` block of the features
-the head got, as ``retrain/reference.py`` normalises it), its unknown-word-piece rate and
+the head got, as ``retrain/drift/reference.py`` normalises it), its unknown-word-piece rate and
 whether it had any unknown piece. ``n`` counts predictions made (one per phrase and head),
 so it matches the rows of a head in ``inferences``, duplicates by a client's repeated
 ``id`` aside.
@@ -47,7 +47,7 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 from pydantic import ValidationError
 
-from ops.kafka_clients import client_config
+from ops.kafka.clients import client_config
 from schemas.messages import CleanedPhrase, Prediction, ServingRollup
 from schemas.settings import Settings
 

@@ -22,12 +22,12 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from psycopg2 import sql
 
-from models.pointers import publish, read_all
-from ops.db import pg_answers
-from ops.kafka_clients import client_config
-from ops.kafka_local import kafka_answers
-from ops.migrations import apply_migrations
-from ops.topics import create_topics
+from models.registry.pointers import publish, read_all
+from ops.kafka.clients import client_config
+from ops.kafka.local import kafka_answers
+from ops.kafka.topics import create_topics
+from ops.postgres.db import pg_answers
+from ops.postgres.migrations import apply_migrations
 from schemas.settings import Settings
 
 START_HINT = "start the services with `make up` (or `.venv/bin/phrasestream up`) and train with `make train`"

@@ -1,6 +1,6 @@
 """What the fault-injection tests share: a demo stream, a watcher that counts every answer, the figures.
 
-A fault test produces a demo stream (``streams.demo.demo_messages``: CLINC150 test phrases
+A fault test produces a demo stream (``streams.tools.demo_feed.demo_messages``: CLINC150 test phrases
 over every region, 5% invalid), breaks something in the middle of it, and then checks what
 came back. :class:`Watch` reads ``predictions.out`` and ``phrases.dlq`` in a thread from the
 moment it starts, and keeps *every* copy of every answer, so duplicates are counted, not
@@ -31,13 +31,13 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg2 import sql
 from pydantic import SecretStr
 
-from ops.kafka_local import ensure_kafka, stop_kafka
-from ops.migrations import apply_migrations
+from ops.kafka.local import ensure_kafka, stop_kafka
 from ops.paths import Paths
-from ops.postgres_local import ensure_postgres
+from ops.postgres.local import ensure_postgres
+from ops.postgres.migrations import apply_migrations
 from ops.services import clean
 from schemas.settings import Settings
-from streams.demo import DemoMessage, demo_messages
+from streams.tools.demo_feed import DemoMessage, demo_messages
 
 
 def stress() -> bool:

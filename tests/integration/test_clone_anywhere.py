@@ -21,8 +21,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ops import db, pg_area, postgres_local, processes
+from ops import processes
 from ops.paths import Paths
+from ops.postgres import area as pg_area
+from ops.postgres import db
+from ops.postgres import local as postgres_local
 from schemas.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from datetime import UTC
 import pytest
 from psycopg2.extensions import make_dsn
 
-from retrain.lifecycle import active_heads
+from models.registry.lifecycle import active_heads
 from streams.app import READY_LINE
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@
 
 Rows are inserted with SQL straight into the test's own schema (``bare_stack``): no worker,
 no sink. The training reference is passed in (``head_reference``), built with
-``retrain.reference.reference_stats`` like a trained head's ``reference.json``.
+``retrain.drift.reference.reference_stats`` like a trained head's ``reference.json``.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ import pytest
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
-from retrain.drift_report import EmptyWindow, build_report, window_side
-from retrain.reference import CONFIDENCE_EDGES, TEXT_LENGTH_EDGES, histogram_counts, reference_stats
+from retrain.drift.reference import CONFIDENCE_EDGES, TEXT_LENGTH_EDGES, histogram_counts, reference_stats
+from retrain.drift.report import EmptyWindow, build_report, window_side
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 LABELS = [f"label_{i:03d}" for i in range(150)]
 
-# The contract table (ops/migrations/003_serving_rollups.sql); created here only if that
+# The contract table (ops/postgres/sql/003_serving_rollups.sql); created here only if that
 # migration is not in this tree yet, so the test runs with or without it.
 ROLLUPS_DDL = """
 CREATE TABLE IF NOT EXISTS {} (
@@ -196,7 +196,7 @@ def test_the_cli_exits_2_for_an_empty_window_and_for_a_head_without_reference(ba
 
 
 def test_the_training_reference_is_the_live_heads_reference_json(stack, tmp_path):
-    from models.pointers import read_all
+    from models.registry.pointers import read_all
 
     pointer = read_all(stack.settings).get(("global", "intent"))
     if pointer is None:
@@ -215,7 +215,7 @@ def test_the_training_reference_is_the_live_heads_reference_json(stack, tmp_path
 def test_drift_watch_checks_every_live_head_once_and_publishes_one_alert_per_tripped_flag(stack, tmp_path):
     """`drift-watch --once`: global/intent's last 24 h hold two labels only (drift), the other live
     heads have no rows (skipped, not failed); each tripped flag is one message on drift.alerts."""
-    from models.pointers import read_all
+    from models.registry.pointers import read_all
     from schemas.messages import DriftAlert
 
     live = sorted(read_all(stack.settings))
@@ -251,9 +251,9 @@ def test_the_drift_demo_trips_the_label_flag_and_the_plain_demo_does_not(stack, 
     """End to end: the demo stream through a real worker and sink, then the report of its window
     against the live head's training reference. With ``demo --drift`` the second half comes from
     three domains only: the label flags trip; the plain demo (the test split's own mix) must not."""
-    from retrain.lifecycle import active_heads
+    from models.registry.lifecycle import active_heads
     from streams.app import READY_LINE
-    from streams.demo import Shift, run_demo
+    from streams.tools.demo_feed import Shift, run_demo
 
     heads = active_heads(stack.settings) or pytest.fail("no active heads: run `make train`")
     stack.start("worker", READY_LINE)

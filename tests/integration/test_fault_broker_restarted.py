@@ -13,11 +13,11 @@ import time
 import pytest
 from faults import Stream, Watch, figures, pid_alive, private_broker, size, wait_db_rows
 
-from models.pointers import publish, read_all
-from ops.kafka_local import ensure_kafka, stop_kafka
+from models.registry.lifecycle import active_heads
+from models.registry.pointers import publish, read_all
+from ops.kafka.local import ensure_kafka, stop_kafka
+from ops.kafka.topics import create_topics
 from ops.paths import Paths
-from ops.topics import create_topics
-from retrain.lifecycle import active_heads
 from streams.app import READY_LINE
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

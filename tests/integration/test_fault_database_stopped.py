@@ -13,9 +13,9 @@ import time
 import pytest
 from faults import Stream, Watch, figures, pid_alive, private_postgres, size, stress, wait_db_rows
 
+from models.registry.lifecycle import active_heads
 from ops.paths import Paths
-from ops.postgres_local import ensure_postgres, stop_postgres
-from retrain.lifecycle import active_heads
+from ops.postgres.local import ensure_postgres, stop_postgres
 from streams.app import READY_LINE
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -16,8 +16,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from faults import Stream, Watch, figures, size, wait_db_rows
 
-from ops.kafka_clients import client_config
-from retrain.lifecycle import active_heads
+from models.registry.lifecycle import active_heads
+from ops.kafka.clients import client_config
 from streams.app import READY_LINE
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from faults import Stream, Watch, figures, size, wait_db_rows
 
-from retrain.lifecycle import active_heads
+from models.registry.lifecycle import active_heads
 from streams.app import READY_LINE, group_instance_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from retrain.lifecycle import active_heads
+from models.registry.lifecycle import active_heads
 from schemas.settings import Settings
 from streams.app import READY_LINE
 

@@ -3,7 +3,7 @@ topics, and no password in any log.
 
 The broker that ``phrasestream up`` starts has a SASL_PLAINTEXT listener (SCRAM-SHA-512) on
 ``PHRASESTREAM_KAFKA_SASL_PORT`` beside its PLAINTEXT one; its user's password is generated into
-``<home>/kafka/scram-password`` (see ``ops/kafka_security.py``).
+``<home>/kafka/scram-password`` (see ``ops/kafka/security.py``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from psycopg2.extensions import parse_dsn
 from pydantic import SecretStr
 
-from ops.kafka_clients import KafkaAuthError, check_access, client_config
-from ops.kafka_local import kafka_answers
-from retrain.lifecycle import active_heads
+from models.registry.lifecycle import active_heads
+from ops.kafka.clients import KafkaAuthError, check_access, client_config
+from ops.kafka.local import kafka_answers
 from schemas.settings import Settings
 from streams.app import READY_LINE
 

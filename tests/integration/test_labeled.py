@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ops import topics
-from ops.kafka_clients import client_config
+from ops.kafka import topics
+from ops.kafka.clients import client_config
 
 pytestmark = pytest.mark.integration
 

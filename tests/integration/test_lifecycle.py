@@ -13,7 +13,7 @@ import pytest
 from psycopg2 import sql
 
 from models.heads import METADATA_FILE, HeadRef
-from retrain.lifecycle import WHAT_WAS_LIVE_SQL, live_at, live_ref
+from models.registry.lifecycle import WHAT_WAS_LIVE_SQL, live_at, live_ref
 from streams import cli
 
 pytestmark = pytest.mark.integration
@@ -176,7 +176,7 @@ def test_the_readme_shows_the_history_query():
     readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8").split())
     query = " ".join(WHAT_WAS_LIVE_SQL.replace("%(t)s", "").split())
     head, tail = query.split("WHERE at <= ")
-    assert head in readme and tail in readme, "README.md shows the query of retrain.lifecycle.WHAT_WAS_LIVE_SQL"
+    assert head in readme and tail in readme, "README.md shows the query of models.registry.lifecycle.WHAT_WAS_LIVE_SQL"
 
 
 def test_models_json_lists_versions_only_stored_in_the_database(capsys, home: Path):  # type: ignore[no-untyped-def]

@@ -8,10 +8,10 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from ops.kafka_clients import client_config
+from ops.kafka.clients import client_config
 from schemas.messages import PhraseIn
 from schemas.settings import Settings
-from streams.loadgen import Traffic, send
+from streams.tools.loadgen import Traffic, send
 
 pytestmark = pytest.mark.integration
 

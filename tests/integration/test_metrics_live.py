@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from retrain.lifecycle import active_heads
+from models.registry.lifecycle import active_heads
 from streams.app import READY_LINE
 
 pytestmark = pytest.mark.integration

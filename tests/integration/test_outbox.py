@@ -11,10 +11,10 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, TopicPartition
 
-from ops.kafka_clients import client_config
-from ops.topics import create_topic
+from ops.kafka.clients import client_config
+from ops.kafka.topics import create_topic
 from streams.app import READY_LINE, Outbox
-from streams.cache import cache_key
+from streams.state.cache import cache_key
 
 pytestmark = pytest.mark.integration
 

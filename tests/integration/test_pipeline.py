@@ -10,7 +10,7 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from retrain.lifecycle import active_heads
+from models.registry.lifecycle import active_heads
 from streams.app import READY_LINE
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,7 @@ def test_a_demo_stream_cold_then_cached_is_stored_exactly_once_with_the_demos_co
     phrase still gets one prediction per requested head, each invalid one one dead letter, and
     PostgreSQL holds each (id, model, version) once: first with every phrase new, then with the
     same phrases again, all served from the cache."""
-    from streams.demo import demo_messages, run_demo
+    from streams.tools.demo_feed import demo_messages, run_demo
 
     stack.start("worker", WORKER_READY)
     stack.start("sink", SINK_READY)

@@ -26,8 +26,8 @@ import pytest
 
 from models.checksums import sha256_file
 from models.heads import HEAD_FILE, METADATA_FILE, Head, HeadRef, load_head, new_version
-from models.pointers import read_all
-from retrain import lifecycle
+from models.registry import lifecycle
+from models.registry.pointers import read_all
 from schemas.messages import CleanedPhrase
 from schemas.settings import Settings
 from streams.app import READY_LINE

@@ -21,10 +21,10 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from psycopg2 import sql
 
-from models.bundles import BundleStore
 from models.heads import HeadRef, verify_head
-from ops.kafka_clients import client_config
-from retrain import lifecycle
+from models.registry.bundles import BundleStore
+from models.registry import lifecycle
+from ops.kafka.clients import client_config
 from streams.app import READY_LINE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,9 +41,9 @@ def origin(base_settings, link_models, tmp_path_factory) -> tuple[Path, list[Hea
     """Train two versions of acme/intent (different halves of the data) in an origin models folder."""
     from models.datasets import load_clinc150
     from models.embedder import load_embedder
-    from retrain.commands import _load_config
-    from retrain.data import rows_from_records
-    from retrain.train import make_trainer
+    from retrain.train.commands import _load_config
+    from retrain.train.data import rows_from_records
+    from retrain.train.trainer import make_trainer
 
     root = link_models(base_settings.models_root.resolve(), tmp_path_factory.mktemp("origin") / "models")
     settings = base_settings.model_copy(update={"models_dir": root})

@@ -20,9 +20,9 @@ from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from models.datasets import load_clinc150
-from ops.kafka_clients import client_config
-from retrain import lifecycle
-from retrain.replay import Window, epoch_ms, from_ms, iso, read_window
+from models.registry import lifecycle
+from ops.kafka.clients import client_config
+from retrain.replay.core import Window, epoch_ms, from_ms, iso, read_window
 from schemas.messages import LabeledPhrase
 
 pytestmark = [pytest.mark.integration]
@@ -173,9 +173,9 @@ def embedder(base_settings):  # type: ignore[no-untyped-def]
 
 def train_live(settings, embedder, rows: list[tuple[str, str]]) -> str:  # type: ignore[no-untyped-def]
     """Train a head on ``rows`` directly and make it live; return its version."""
-    from retrain.commands import _load_config
-    from retrain.data import rows_from_records
-    from retrain.train import make_trainer
+    from retrain.train.commands import _load_config
+    from retrain.train.data import rows_from_records
+    from retrain.train.trainer import make_trainer
 
     config = _load_config(None, {"region": "acme", "model": "intent", "data": {}, **FAST_CONFIG})
     data = rows_from_records([{"text": t, "label": label} for t, label in rows], source="test")
@@ -185,7 +185,7 @@ def train_live(settings, embedder, rows: list[tuple[str, str]]) -> str:  # type:
 
 
 def retrain(settings, embedder, tmp_path: Path, capsys) -> dict:  # type: ignore[no-untyped-def]
-    from retrain.retrain_command import retrain_command
+    from retrain.replay.command import retrain_command
 
     config = tmp_path / "fast.json"
     config.write_text(json.dumps(FAST_CONFIG), encoding="utf-8")

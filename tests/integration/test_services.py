@@ -13,8 +13,11 @@ import uuid
 
 import pytest
 
-from ops import db, kafka_local, migrations, postgres_local, topics
-from ops.kafka_clients import client_config
+from ops.kafka import local as kafka_local
+from ops.kafka import topics
+from ops.kafka.clients import client_config
+from ops.postgres import db, migrations
+from ops.postgres import local as postgres_local
 from schemas.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -108,7 +111,7 @@ def test_duplicate_inference_is_stored_once(schema_settings: Settings):
     from psycopg2 import sql
 
     from schemas.messages import Prediction
-    from streams.sink import PostgresSink
+    from streams.sinks.postgres import PostgresSink
 
     migrations.apply_migrations(schema_settings)
     now = dt.datetime.now(dt.UTC)

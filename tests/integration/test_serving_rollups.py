@@ -16,8 +16,8 @@ from psycopg2 import sql
 
 from models.datasets import load_clinc150
 from models.heads import block_columns
-from ops.kafka_clients import client_config
-from retrain.lifecycle import active_heads
+from models.registry.lifecycle import active_heads
+from ops.kafka.clients import client_config
 from schemas.messages import ServingRollup
 from streams.app import READY_LINE
 from streams.rollups import hour_of, unit_rows

@@ -11,13 +11,13 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from psycopg2 import sql
 
-from ops.db import pg_connect
-from ops.kafka_clients import client_config
-from ops.migrations import apply_migrations
+from ops.kafka.clients import client_config
+from ops.postgres.db import pg_connect
+from ops.postgres.migrations import apply_migrations
 from schemas.messages import ErrorKind, Prediction
 from schemas.settings import Settings
-from streams import sink_bench
-from streams.sink import PostgresSink, SinkRunner
+from streams.sinks.postgres import PostgresSink, SinkRunner
+from streams.tools import sink_bench
 
 pytestmark = pytest.mark.integration
 

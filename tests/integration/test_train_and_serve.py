@@ -19,8 +19,8 @@ import pytest
 
 from models.datasets import load_clinc150
 from models.heads import TRAIN_DATA_FILE, heads_root, load_head
-from models.registry import REGISTRY_FILE, Registry
-from retrain.artifacts import read_jsonl_gz
+from models.registry.mirror import REGISTRY_FILE, Registry
+from retrain.train.artifacts import read_jsonl_gz
 from streams.app import READY_LINE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -1,4 +1,4 @@
-"""Unit tests of streams.cache and streams.pipeline with a fake embedder and fake heads."""
+"""Unit tests of streams.state.cache and streams.pipeline with a fake embedder and fake heads."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from schemas.messages import CleanedPhrase, ErrorKind, utcnow
-from streams.cache import LRUCache, MappingBackend, cache_key
 from streams.pipeline import Embedded, Served, classify, embed_with_cache, serve_batch
+from streams.state.cache import LRUCache, MappingBackend, cache_key
 
 DIM = 8
 VERSION = "fake-v1"

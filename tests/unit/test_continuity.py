@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from streams.continuity import Hole, OffsetGuard
+from streams.kafka.continuity import Hole, OffsetGuard
 
 
 def events(tp: str, *offsets: int) -> list:

@@ -7,7 +7,7 @@ import pytest
 from models.datasets import load_clinc150
 from schemas.messages import PhraseIn
 from streams.decode import Source, decode_phrase
-from streams.demo import DRIFT_DOMAINS, Shift, demo_messages
+from streams.tools.demo_feed import DRIFT_DOMAINS, Shift, demo_messages
 
 HEADS = {"global": ["domain", "intent"], "eu": ["domain", "intent"]}
 

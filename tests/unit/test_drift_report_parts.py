@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from retrain import drift
-from retrain.drift_html import render_html
-from retrain.drift_report import Side, compare, format_summary, moved_labels, side_from_reference
-from retrain.reference import CONFIDENCE_EDGES, TEXT_LENGTH_EDGES, reference_stats
+from retrain.drift import stats as drift
+from retrain.drift.page import render_html
+from retrain.drift.reference import CONFIDENCE_EDGES, TEXT_LENGTH_EDGES, reference_stats
+from retrain.drift.report import Side, compare, format_summary, moved_labels, side_from_reference
 from streams.cli import main
 
 LABELS = ["a", "b", "c", "oos"]

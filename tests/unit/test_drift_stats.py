@@ -1,4 +1,4 @@
-"""The drift statistics of ``retrain.drift`` against direct numpy/scipy computations on known data."""
+"""The drift statistics of ``retrain.drift.stats`` against direct numpy/scipy computations on known data."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from scipy.spatial.distance import cosine, jensenshannon
 from scipy.stats import wasserstein_distance
 
-from retrain import drift
-from retrain.reference import CONFIDENCE_EDGES, TEXT_LENGTH_EDGES
+from retrain.drift import stats as drift
+from retrain.drift.reference import CONFIDENCE_EDGES, TEXT_LENGTH_EDGES
 
 REF = np.array([30, 25, 20, 15, 10], dtype=float)
 CUR = np.array([10, 15, 20, 25, 30], dtype=float)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from retrain.drift_watch import alerts_of, check_round
+from retrain.drift.watch import alerts_of, check_round
 from schemas.messages import DriftAlert
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -44,7 +44,7 @@ def test_a_window_reference_is_named_by_its_length(tmp_path: Path):
 
 
 def test_a_round_skips_empty_windows_isolates_failures_and_collects_alerts(tmp_path: Path):
-    from retrain.drift_report import EmptyWindow
+    from retrain.drift.report import EmptyWindow
 
     calls = []
 

@@ -1,4 +1,4 @@
-"""Unit tests of retrain.evaluate.summarise and its CSV report, against hand-computed numbers."""
+"""Unit tests of retrain.train.evaluate.summarise and its CSV report, against hand-computed numbers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from retrain.evaluate import ClassMetrics, Report, summarise
+from retrain.train.evaluate import ClassMetrics, Report, summarise
 
 A = pytest.approx
 

@@ -1,4 +1,4 @@
-"""Unit tests of models.heads, models.registry, models.datasets, retrain.artifacts and retrain.demo.
+"""Unit tests of models.heads, models.registry, models.datasets, retrain.train.artifacts and retrain.train.demo_heads.
 
 They use a fake embedder (hash-seeded random vectors per word) and tiny heads: no MiniLM here.
 The numpy ``Head`` is also tested on hand-made arrays, with no training at all.
@@ -33,12 +33,12 @@ from models.heads import (
     load_head,
     new_version,
 )
-from models.registry import Registry, RegistryError
-from retrain import artifacts
-from retrain.artifacts import read_jsonl_gz
-from retrain.config import HeadConfig, SelectionConfig, TextFeatureConfig, TrainConfig
-from retrain.data import Row
-from retrain.train import make_trainer
+from models.registry.mirror import Registry, RegistryError
+from retrain.train import artifacts
+from retrain.train.artifacts import read_jsonl_gz
+from retrain.train.config import HeadConfig, SelectionConfig, TextFeatureConfig, TrainConfig
+from retrain.train.data import Row
+from retrain.train.trainer import make_trainer
 from schemas.cleaning import clean
 
 DIM = BLOCK_DIM
@@ -318,7 +318,7 @@ TEXTS = ["hello there my friend", "goodbye my friend", "hello hello again", "tha
 def test_text_features_rebuilt_from_json_equal_sklearn(cfg):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from retrain.recipe import fit_text_features
+    from retrain.train.recipe import fit_text_features
 
     spec = json.loads(json.dumps(fit_text_features({"t": cfg}, TEXTS)))["t"]
     ours = TextFeatures(spec)
@@ -338,7 +338,7 @@ def test_text_features_rebuilt_from_json_equal_sklearn(cfg):
 
 
 def test_a_member_with_a_text_block_adds_tfidf_times_its_weights():
-    from retrain.recipe import fit_text_features
+    from retrain.train.recipe import fit_text_features
 
     spec = fit_text_features({"word": TextFeatureConfig(analyzer="word", ngram_range=(1, 1), min_df=1)}, TEXTS)
     k, v = 3, len(spec["word"]["vocabulary"])
@@ -405,7 +405,7 @@ def test_artifact_layout_and_metadata(built):  # type: ignore[no-untyped-def]
     assert len(read_jsonl_gz(path / "eval_predictions.jsonl.gz")) == 16
     with zipfile.ZipFile(path / "code.zip") as zf:
         zipped = set(zf.namelist())
-    assert {"models/heads.py", "models/registry.py", "retrain/train.py", "retrain/demo.py",
+    assert {"models/heads/__init__.py", "models/registry/mirror.py", "retrain/train/trainer.py", "retrain/train/demo_heads.py",
             "schemas/settings.py"} <= zipped
     assert zipped == set(meta["code_files"])
     assert all(n.endswith(".py") for n in zipped)
@@ -507,7 +507,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):  # type: ignore[no-
 
 
 def test_feature_cache_embeds_each_text_once(tmp_path):  # type: ignore[no-untyped-def]
-    from retrain.embcache import cache_dir, cached_features
+    from retrain.train.features import cache_dir, cached_features
 
     emb = FakeEmbedder()
     a, now = cached_features(emb, ["a", "b", "c", "a"], tmp_path, progress=False)
@@ -600,7 +600,7 @@ DOMAINS = {"social": WORDS["greet"] + WORDS["bye"], "manners": WORDS["thanks"]}
 
 def small_demo_data(spec):  # type: ignore[no-untyped-def]
     """A few rows per class instead of CLINC150 (domain heads get two domains)."""
-    from retrain.demo import DemoData
+    from retrain.train.demo_heads import DemoData
 
     labels = WORDS if spec.target == "intent" else DOMAINS
     seed = 10 if spec.variant == "full" else 20
@@ -608,7 +608,7 @@ def small_demo_data(spec):  # type: ignore[no-untyped-def]
 
 
 def test_demo_heads_with_fake_embedder(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    from retrain import demo
+    from retrain.train import demo_heads as demo
     from schemas.settings import Settings
 
     monkeypatch.setattr(demo, "demo_data", small_demo_data)

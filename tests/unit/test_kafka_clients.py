@@ -7,8 +7,10 @@ from types import SimpleNamespace
 import faust
 import pytest
 
-from ops import kafka_local, kafka_security, topics
-from ops.kafka_clients import client_config, faust_credentials
+from ops.kafka import local as kafka_local
+from ops.kafka import security as kafka_security
+from ops.kafka import topics
+from ops.kafka.clients import client_config, faust_credentials
 from ops.logs import redact_secrets
 from ops.paths import Paths
 from schemas.settings import Settings

@@ -13,8 +13,8 @@ from schemas.cleaning import clean
 from schemas.messages import PhraseIn
 from schemas.settings import Settings
 from streams import cli
-from streams.cache import LRUCache, MappingBackend
-from streams.loadgen import (
+from streams.state.cache import LRUCache, MappingBackend
+from streams.tools.loadgen import (
     MAX_COUNT,
     LoadgenError,
     NewPhrases,

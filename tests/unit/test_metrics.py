@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.messages import CleanedPhrase, ErrorKind, Prediction
-from streams.cache import LRUCache, MappingBackend
 from streams.metrics import BatchHistogram, SinkMetrics, WorkerMetrics, serve_metrics
 from streams.pipeline import HeadRun, Served, serve_batch
-from streams.sink import SinkStats
+from streams.sinks.postgres import SinkStats
+from streams.state.cache import LRUCache, MappingBackend
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

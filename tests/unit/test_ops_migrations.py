@@ -11,9 +11,12 @@ from urllib.parse import quote
 
 import pytest
 
-from ops import db, kafka_local, postgres_local, topics
-from ops.migrations import MIGRATIONS_DIR, list_migrations
+from ops.kafka import local as kafka_local
+from ops.kafka import topics
 from ops.paths import Paths
+from ops.postgres import db
+from ops.postgres import local as postgres_local
+from ops.postgres.migrations import MIGRATIONS_DIR, list_migrations
 from ops.processes import ServiceError
 from schemas.settings import Settings
 

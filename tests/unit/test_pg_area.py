@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ops import pg_area, postgres_local, services
+from ops import services
 from ops.paths import Paths
+from ops.postgres import area as pg_area
+from ops.postgres import local as postgres_local
 from ops.processes import ServiceError
 from schemas.settings import Settings
 

@@ -35,7 +35,7 @@ def test_an_exception_in_the_check_ends_the_wait_at_once():
 
 
 def test_the_migrations_import_without_the_service_set_up():
-    code = ("import json, sys, ops.migrations; "
+    code = ("import json, sys, ops.postgres.migrations; "
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ops.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert json.loads(out) == ["ops.db", "ops.migrations", "ops.processes"], "the sink needs no broker or server code"
+    assert json.loads(out) == ["ops.postgres", "ops.postgres.db", "ops.postgres.migrations", "ops.processes"], "the sink needs no broker or server code"

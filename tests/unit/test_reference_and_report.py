@@ -1,4 +1,4 @@
-"""Unit tests of retrain.reference (drift reference statistics) and retrain.report (error analysis HTML)."""
+"""Unit tests of retrain.drift.reference (drift reference statistics) and retrain.reports.error_analysis (error analysis HTML)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import precision_recall_fscore_support
 
-from retrain.reference import (
+from retrain.drift.reference import (
     CONFIDENCE_EDGES,
     TEXT_LENGTH_EDGES,
     WORD_COUNT_EDGES,
@@ -23,7 +23,7 @@ from retrain.reference import (
     histogram_shares,
     reference_stats,
 )
-from retrain.report import EvalRows, oos_detection, write_report
+from retrain.reports.error_analysis import EvalRows, oos_detection, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 EVIL = "<script>alert(1)</script>"
@@ -344,7 +344,7 @@ def test_report_rejects_labels_outside_classes(tmp_path: Path, rows: EvalRows) -
 def test_report_renders_without_a_display_and_without_pyplot(tmp_path: Path) -> None:
     code = (
         "import sys, numpy as np\n"
-        "from retrain.report import EvalRows, write_report\n"
+        "from retrain.reports.error_analysis import EvalRows, write_report\n"
         "rows = EvalRows(['a', 'b'], ['x', 'y'], ['x', 'x'], np.array([0.9, 0.6]))\n"
         f"write_report({str(tmp_path)!r}, title='t', classes=['x', 'y'], rows=rows)\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"

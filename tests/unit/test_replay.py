@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 from fakes import ReadoutEmbedder as FakeEmbedder
 
-from retrain import replay, retrain_command
-from retrain.config import HeadConfig, SelectionConfig
-from retrain.data import Row
-from retrain.replay import (
+from retrain.replay import command as retrain_command
+from retrain.replay import core as replay
+from retrain.replay.core import (
     EPOCH,
     Example,
     KafkaRecord,
@@ -38,6 +37,8 @@ from retrain.replay import (
     since_window,
     time_split,
 )
+from retrain.train.config import HeadConfig, SelectionConfig
+from retrain.train.data import Row
 from schemas.settings import Settings
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -317,7 +318,7 @@ def topic_examples(n: int, start_ms: int, wrong: bool = False) -> list[Example]:
 @pytest.fixture
 def stubbed(monkeypatch, tmp_path: Path):  # type: ignore[no-untyped-def]
     """The command with a fake embedder, a replay from a list, and a lifecycle of one dict."""
-    from retrain import lifecycle
+    from models.registry import lifecycle
 
     live: dict[tuple[str, str], object] = {}
     promoted: list[dict] = []

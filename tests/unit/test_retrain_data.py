@@ -1,4 +1,4 @@
-"""Unit tests of retrain.data: formats, every DataError, dropped rows, and the stratified split."""
+"""Unit tests of retrain.train.data: formats, every DataError, dropped rows, and the stratified split."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from retrain.data import DataError, Dataset, Row, read_labeled, rows_from_records, stratified_split
+from retrain.train.data import DataError, Dataset, Row, read_labeled, rows_from_records, stratified_split
 from schemas.cleaning import clean
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from schemas.messages import DeadLetter, ErrorKind, Prediction
 from schemas.settings import Settings
-from streams.sink import SinkRunner
+from streams.sinks.postgres import SinkRunner
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -188,7 +188,7 @@ def test_copy_csv_reads_back_as_the_same_row_whatever_the_text(text: str):
     import csv
     import io
 
-    from streams.sink import COLUMNS, copy_csv
+    from streams.sinks.postgres import COLUMNS, copy_csv
 
     p = Prediction.model_validate_json(prediction("a\\b", label=text)).model_copy(update={"clean_text": text})
     [row] = list(csv.reader(io.StringIO(copy_csv([p]).decode("utf-8"), newline="")))
@@ -201,7 +201,7 @@ def test_copy_csv_reads_back_as_the_same_row_whatever_the_text(text: str):
 def test_copy_csv_quotes_every_field_so_that_no_value_reads_as_null():
     import re
 
-    from streams.sink import COLUMNS, copy_csv
+    from streams.sinks.postgres import COLUMNS, copy_csv
 
     line = copy_csv([typed("a", clean_text="")]).decode("utf-8")
     fields = re.findall(r'"(?:[^"]|"")*"', line)
@@ -211,7 +211,7 @@ def test_copy_csv_quotes_every_field_so_that_no_value_reads_as_null():
 
 
 def test_copy_csv_refuses_text_that_is_not_unicode_as_a_row_error():
-    from streams.sink import ROW_ERRORS, copy_csv
+    from streams.sinks.postgres import ROW_ERRORS, copy_csv
 
     with pytest.raises(ROW_ERRORS):
         copy_csv([typed("a", clean_text="lone \ud800 surrogate")])
@@ -335,7 +335,7 @@ def test_serve_finishes_and_commits_the_batch_in_flight_before_its_partitions_ar
 
 
 def test_the_bench_refuses_a_broker_that_is_not_on_this_machine():
-    from streams.sink_bench import BenchError, check_local
+    from streams.tools.sink_bench import BenchError, check_local
 
     check_local(Settings(kafka_bootstrap="127.0.0.1:9092,localhost:9093"))
     with pytest.raises(BenchError, match="local broker"):

@@ -22,12 +22,12 @@ from models.heads import (
     ChecksumMismatch,
     load_head,
 )
-from models.registry import Registry
-from retrain.artifacts import read_jsonl_gz
-from retrain.config import HeadConfig, SelectionConfig, TrainConfig
-from retrain.data import read_labeled
-from retrain.reference import reference_stats
-from retrain.train import make_trainer
+from models.registry.mirror import Registry
+from retrain.drift.reference import reference_stats
+from retrain.train.artifacts import read_jsonl_gz
+from retrain.train.config import HeadConfig, SelectionConfig, TrainConfig
+from retrain.train.data import read_labeled
+from retrain.train.trainer import make_trainer
 
 DIM = 384
 
