@@ -162,3 +162,17 @@ def configure_logging(settings: Settings, level: str | int | None = None, stream
 def always(logger: logging.Logger, message: str) -> None:
     """Write ``message`` through ``logger``'s handlers whatever the configured level (readiness lines)."""
     logger.handle(logger.makeRecord(logger.name, logging.INFO, "", 0, message, (), None))
+
+
+def progress(logger: logging.Logger, message: str, show: bool, tag: str = "") -> None:
+    """Log ``message`` at INFO; with ``show``, also print it to stderr (``[tag] message``) for a person watching.
+
+    The one progress helper of the long commands (training, the embedder export, the demo heads):
+    a log file gets every line whatever ``show`` says, and a terminal sees them only when asked.
+    """
+    logger.info(message)
+    if show:
+        try:
+            print(f"[{tag}] {message}" if tag else message, file=sys.stderr, flush=True)
+        except OSError:  # a closed terminal or pipe (Ctrl-C through `| tee`) is no error
+            pass

@@ -1,0 +1,52 @@
+"""The one-per-job helpers: percentiles, produce with retry, progress lines."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from ops.kafka.produce import produce_retrying
+from ops.logs import progress
+from ops.measure import percentile
+
+
+def test_percentile_interpolates_linearly_and_says_none_for_no_values() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([10.0], 99) == 10.0
+    assert percentile([0.0, 100.0], 99) == 99.0
+    assert percentile([], 50) is None
+
+
+class FullOnce:
+    """A producer whose local queue is full for the first ``full`` produce calls."""
+
+    def __init__(self, full: int) -> None:
+        self.full, self.polls, self.sent = full, 0, []
+
+    def produce(self, topic, value, key=None, **kwargs) -> None:
+        if self.full:
+            self.full -= 1
+            raise BufferError("Local: Queue full")
+        self.sent.append((topic, value, key, kwargs))
+
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        return 0
+
+
+def test_produce_retrying_polls_while_the_queue_is_full_then_sends_once() -> None:
+    producer = FullOnce(full=3)
+    produce_retrying(producer, "t", b"v", b"k", on_delivery=print)
+    assert producer.polls == 3
+    assert producer.sent == [("t", b"v", b"k", {"on_delivery": print})]
+
+
+def test_progress_logs_always_and_prints_only_when_shown(caplog: pytest.LogCaptureFixture,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    log = logging.getLogger("phrasestream.test")
+    with caplog.at_level(logging.INFO, logger="phrasestream.test"):
+        progress(log, "quiet line", show=False)
+        progress(log, "loud line", show=True, tag="train")
+    assert [r.getMessage() for r in caplog.records] == ["quiet line", "loud line"]
+    assert capsys.readouterr().err == "[train] loud line\n"
