@@ -24,11 +24,20 @@ def _partitions(consumer: Consumer, topic: str, partitions: Iterable[int] | None
     return sorted(meta.partitions)
 
 
+def read_watermarks(consumer: Consumer, topic: str, partitions: Iterable[int] | None = None,
+                    timeout: float = TIMEOUT_S) -> dict[int, tuple[int, int]]:
+    """Return partition -> (low, high) watermarks of ``topic``, asked through an open ``consumer`` (never cached).
+
+    The low watermark is the oldest offset still held (past 0 once retention deleted records).
+    """
+    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)
+            for p in _partitions(consumer, topic, partitions, timeout)}
+
+
 def read_end_offsets(consumer: Consumer, topic: str, partitions: Iterable[int] | None = None,
                      timeout: float = TIMEOUT_S) -> dict[int, int]:
     """Return partition -> high watermark of ``topic``, asked through an open ``consumer`` (never cached)."""
-    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)[1]
-            for p in _partitions(consumer, topic, partitions, timeout)}
+    return {p: high for p, (_low, high) in read_watermarks(consumer, topic, partitions, timeout).items()}
 
 
 def read_committed(consumer: Consumer, topic: str, partitions: Iterable[int] | None = None,

@@ -421,7 +421,7 @@ def build_report(settings: Any, region: str, model: str, current: timedelta, ref
     """Compare the window ``[now - current, now)`` of (region, model) with ``reference``; return the summary.
 
     ``reference`` is ``"training"`` (the live head's ``reference.json``) or a length like
-    ``"30d"`` (the window of that length just before the current one; ``retrain.replay.core``'s
+    ``"30d"`` (the window of that length just before the current one; ``retrain.replay.windows``'s
     units h, d, w, y). ``head_reference`` (version, reference dict) stands in for the live
     head's, read from the registry otherwise (with a window reference only its oos threshold
     is used, and a missing live head leaves that threshold out). Writes ``report.html`` and
@@ -436,7 +436,7 @@ def build_report(settings: Any, region: str, model: str, current: timedelta, ref
 
     from ops.postgres.db import pg_connect
     from retrain.drift.page import render_html
-    from retrain.replay.core import WindowError, parse_duration
+    from retrain.replay.windows import WindowError, parse_duration
 
     now = (now or datetime.now(UTC)).astimezone(UTC)
     if current <= timedelta(0):

@@ -6,8 +6,10 @@
         [--tolerance 0.005] [--test-fraction 0.2] [--config FILE] [--reason TEXT] [--json] [--quiet]
     phrasestream retrain --region R --model M --compare-windows 30d,90d,1y,all [--json]
 
-The window, deduplication, time split, scoring and gate are ``retrain.replay.core``'s; this module
-wires them to Kafka, the trainer, the embedder and ``models.registry.lifecycle``, and prints. Progress
+The steps are named functions in their own modules: the window (``retrain.replay.windows``), the
+Kafka read (``retrain.replay.reader``), selection, deduplication and the time split
+(``retrain.replay.select``), scoring and the gate (``retrain.replay.gate``). This module wires
+them to the trainer, the embedder and ``models.registry.lifecycle``, and prints. Progress
 and warnings go to standard error, the result to standard output (with ``--json`` the last
 line is one JSON object). Exit codes: 0 the command ran (the candidate was promoted or kept
 out of service: see ``decision``); 1 Kafka could not be read or the promotion failed; 2 bad
@@ -24,28 +26,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from models.heads import HeadRef
-from retrain.replay.core import (
+from retrain.replay.gate import Score, gate, score
+from retrain.replay.reader import Replay, ReplayError, read_window
+from retrain.replay.select import (
     MIN_TRAIN_CLASSES,
     Deduped,
     Example,
     NotEnoughData,
-    Replay,
-    ReplayError,
-    Score,
-    Window,
-    WindowError,
-    between_window,
     check_enough,
-    compare_windows,
     deduplicate,
-    from_ms,
-    gate,
-    iso,
-    read_window,
-    score,
-    since_window,
     time_split,
 )
+from retrain.replay.windows import Window, WindowError, between_window, compare_windows, from_ms, iso, since_window
 
 USAGE_ERROR = 2
 FAILED = 1

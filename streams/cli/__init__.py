@@ -155,7 +155,7 @@ def labeled_messages(rows: Iterable[Row], region: str, model: str) -> list[tuple
     timestamp it is produced with, so that a replay window (``phrasestream retrain``) selects
     examples by the time they were labelled. A row without ``ts`` gets the time now.
     """
-    from retrain.replay.core import epoch_ms
+    from retrain.replay.windows import epoch_ms
     from schemas.messages import LabeledPhrase
 
     out = []
@@ -423,7 +423,7 @@ def cmd_drift_report(settings: Settings, args: argparse.Namespace) -> int:
         build_report,
         format_summary,
     )
-    from retrain.replay.core import WindowError, parse_duration
+    from retrain.replay.windows import WindowError, parse_duration
 
     if args.bench_rows is not None:
         return _drift_bench(settings, args)
@@ -462,7 +462,7 @@ def cmd_drift_watch(settings: Settings, args: argparse.Namespace) -> int:
     import threading
 
     from retrain.drift.watch import watch
-    from retrain.replay.core import WindowError, parse_duration
+    from retrain.replay.windows import WindowError, parse_duration
 
     try:
         every, current = parse_duration(args.every), parse_duration(args.current)

@@ -22,7 +22,8 @@ from confluent_kafka.admin import AdminClient
 from models.datasets import load_clinc150
 from models.registry import lifecycle
 from ops.kafka.clients import client_config
-from retrain.replay.core import Window, epoch_ms, from_ms, iso, read_window
+from retrain.replay.reader import read_window
+from retrain.replay.windows import Window, epoch_ms, from_ms, iso
 from schemas.messages import LabeledPhrase
 
 pytestmark = [pytest.mark.integration]

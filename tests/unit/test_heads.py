@@ -405,8 +405,9 @@ def test_artifact_layout_and_metadata(built):  # type: ignore[no-untyped-def]
     assert len(read_jsonl_gz(path / "eval_predictions.jsonl.gz")) == 16
     with zipfile.ZipFile(path / "code.zip") as zf:
         zipped = set(zf.namelist())
-    assert {"models/heads/__init__.py", "models/registry/mirror.py", "retrain/train/trainer.py", "retrain/train/demo_heads.py",
-            "schemas/settings.py"} <= zipped
+    assert {"models/heads/__init__.py", "models/heads/ref.py", "models/heads/artifact.py", "models/heads/serve.py",
+            "models/registry/mirror.py", "retrain/train/trainer.py", "retrain/train/demo_heads.py",
+            "retrain/replay/reader.py", "retrain/drift/report.py", "schemas/settings.py"} <= zipped
     assert zipped == set(meta["code_files"])
     assert all(n.endswith(".py") for n in zipped)
     report = (path / "report_eval.csv").read_text().splitlines()

@@ -15,27 +15,30 @@ import pytest
 from fakes import ReadoutEmbedder as FakeEmbedder
 
 from retrain.replay import command as retrain_command
-from retrain.replay import core as replay
-from retrain.replay.core import (
-    EPOCH,
+from retrain.replay.gate import Score, gate, score
+from retrain.replay.reader import Replay
+from retrain.replay.select import (
     Example,
     KafkaRecord,
     NotEnoughData,
-    Score,
+    Selection,
+    check_enough,
+    deduplicate,
+    select,
+    time_split,
+)
+from retrain.replay.windows import (
+    EPOCH,
     Window,
     WindowError,
     between_window,
-    check_enough,
     compare_windows,
-    deduplicate,
     epoch_ms,
-    gate,
+    from_ms,
+    iso,
     parse_duration,
     parse_instant,
-    score,
-    select,
     since_window,
-    time_split,
 )
 from retrain.train.config import HeadConfig, SelectionConfig
 from retrain.train.data import Row
@@ -118,7 +121,7 @@ def test_compare_windows_come_narrowest_first_and_refuse_repeats():
 def test_epoch_ms_is_exact_and_refuses_naive_times():
     t = datetime(2026, 3, 1, 10, 0, 0, 123999, tzinfo=UTC)
     assert epoch_ms(t) == 1772359200123
-    assert replay.from_ms(epoch_ms(t)) == t.replace(microsecond=123000)
+    assert from_ms(epoch_ms(t)) == t.replace(microsecond=123000)
     with pytest.raises(ValueError, match="no time zone"):
         epoch_ms(datetime(2026, 3, 1))
 
@@ -128,7 +131,7 @@ def test_epoch_ms_is_exact_and_refuses_naive_times():
 
 
 def test_select_keeps_this_heads_valid_examples_inside_the_window_by_record_time():
-    w = Window(replay.from_ms(T0), replay.from_ms(T0 + 1000), "test")
+    w = Window(from_ms(T0), from_ms(T0 + 1000), "test")
     key = b"eu/intent"
     records = [
         KafkaRecord(0, 0, T0 + 999, key, labeled("last ms", "a")),
@@ -284,8 +287,8 @@ def test_bad_flags_exit_2_with_one_error_line(capsys, flags, match):  # type: ig
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and match in err, err
 
 
-def fake_replay(examples: list[Example], window: Window) -> replay.Replay:
-    return replay.Replay(window, "t.labeled", replay.Selection(examples=list(examples)), [])
+def fake_replay(examples: list[Example], window: Window) -> Replay:
+    return Replay(window, "t.labeled", Selection(examples=list(examples)), [])
 
 
 def test_a_window_with_too_few_examples_exits_2_before_training(capsys, monkeypatch):  # type: ignore[no-untyped-def]
@@ -382,7 +385,7 @@ def test_compare_windows_scores_one_candidate_per_window_on_one_test_slice_and_p
                 for i, e in enumerate(topic_examples(120, T0))]
     code, out, err = run_stubbed(capsys, monkeypatch, stubbed, examples, compare="30d,90d,1y,all", since=None)
     assert code == 0, err
-    assert out["n_test"] == 24 and out["test_slice"]["start"] >= replay.iso(NOW - timedelta(days=81))
+    assert out["n_test"] == 24 and out["test_slice"]["start"] >= iso(NOW - timedelta(days=81))
     rows = {r["window"]: r for r in out["windows"]}
     assert list(rows) == ["30d", "90d", "1y", "all"]
     assert rows["30d"]["n_train"] == 0 and rows["30d"]["note"].startswith("skipped")
