@@ -16,10 +16,10 @@ import numpy as np
 
 from retrain.drift import stats as drift
 from retrain.drift.reference import CONFIDENCE_EDGES, TEXT_LENGTH_EDGES
-from retrain.reports.error_analysis import png_img
+from retrain.reports.page import png_img
 
 if TYPE_CHECKING:
-    from retrain.drift.report import Side
+    from retrain.drift.sides import Side
 
 
 def _figure(width: float = 9.0, height: float = 3.2) -> Any:

@@ -21,7 +21,8 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from retrain.drift.reference import CONFIDENCE_EDGES, TEXT_LENGTH_EDGES, histogram_counts, reference_stats
-from retrain.drift.report import EmptyWindow, build_report, window_side
+from retrain.drift.report import EmptyWindow, build_report
+from retrain.drift.sides import window_side
 
 pytestmark = pytest.mark.integration
 

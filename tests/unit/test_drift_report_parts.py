@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from retrain.drift import stats as drift
+from retrain.drift.compare import compare, moved_labels
 from retrain.drift.page import render_html
 from retrain.drift.reference import CONFIDENCE_EDGES, TEXT_LENGTH_EDGES, reference_stats
-from retrain.drift.report import Side, compare, format_summary, moved_labels, side_from_reference
+from retrain.drift.report import format_summary
+from retrain.drift.sides import Side, side_from_reference
 from streams.cli import main
 
 LABELS = ["a", "b", "c", "oos"]
