@@ -1,4 +1,9 @@
-"""Train and activate the demo heads on the vendored CLINC150 data.
+"""Train and activate the four demo heads on the vendored CLINC150 data (not the demo feed).
+
+The commands that need heads (``phrasestream train`` without ``--data``, ``start``, ``run``,
+``demo``, ``bench``) call :func:`ensure_demo_heads`: it trains these heads only when they are
+not all active for the running embedder. (The stream of demo phrases that ``phrasestream demo``
+produces is another job: ``streams.tools.demo_feed``.)
 
 =========  ========  ===============================  =======================
 region     model     training data                    classes
@@ -23,8 +28,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +38,7 @@ from typing import TYPE_CHECKING
 from models.datasets import Clinc150, load_clinc150
 from models.heads import HeadError, HeadRef, read_metadata
 from models.registry.mirror import Registry
+from ops.logs import progress as progress_line
 from retrain.train.config import EnsembleConfig, HeadConfig, SelectionConfig, TrainConfig
 from retrain.train.data import Row
 from retrain.train.trainer import Embedder, TrainedHead, make_trainer
@@ -41,9 +47,13 @@ from schemas.cleaning import clean
 if TYPE_CHECKING:  # pragma: no cover
     from schemas.settings import Settings
 
+log = logging.getLogger("phrasestream.train")
+
 
 @dataclass(frozen=True)
 class DemoHead:
+    """One demo head: the slot it is active in and the CLINC150 data it learns."""
+
     region: str
     model: str
     variant: str
@@ -156,7 +166,7 @@ def build_demo_heads(
     for spec in DEMO_HEADS:
         data = demo_data(spec)
         config = (configs or {}).get((spec.region, spec.model)) or demo_config(spec)
-        _say(progress, f"training {spec.region}/{spec.model} on CLINC150 data_{spec.variant}")
+        progress_line(log, f"training {spec.region}/{spec.model} on CLINC150 data_{spec.variant}", progress)
         trained = make_trainer(config).train(
             settings.models_root, embedder, demo_rows(data.train), demo_rows(data.test), progress=progress,
             extra_metadata={
@@ -167,7 +177,7 @@ def build_demo_heads(
         registry.activate(trained.ref)
         run.trained.append(trained)
         run.refs.append(trained.ref)
-        _say(progress, format_head_line(trained))
+        progress_line(log, format_head_line(trained), progress)
     run.train_seconds = time.perf_counter() - t0
     return run
 
@@ -186,8 +196,8 @@ def train_demo_heads(
 def ensure_demo_heads(settings: Settings, progress: bool = True, force: bool = False) -> None:
     """Build the embedder and train the demo heads unless they are active for this embedder.
 
-    The check needs no TensorFlow: the embedder's version is a hash of its files. Heads active
-    here that the registry topic does not name yet are published to it.
+    The check needs no TensorFlow (``models.embedder.current_version``). Heads active here that
+    the registry topic does not name yet are published to it.
     """
     from models.embedder import current_version, load_embedder
     from models.registry.lifecycle import change, publish_local
@@ -210,11 +220,6 @@ def format_head_line(trained: TrainedHead) -> str:
                  f"in-scope weighted F1 {ev.get('in_scope_weighted_f1') or 0:.4f}, "
                  f"oos recall {ev.get('oos_recall') or 0:.4f}")
     return line + f" ({trained.n_train} train / {trained.n_eval} eval rows, {trained.train_seconds:.0f}s)"
-
-
-def _say(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,13 +16,14 @@ this machine (CLINC150, every choice made on a validation split, never on test):
 :func:`fit` tries the candidates of ``SelectionConfig`` on a validation split of the training
 data and keeps the best by validation accuracy, trains the ensemble member, fits each member's
 temperature (validation NLL), the members' weight and the ``oos`` threshold on that split,
-then trains the members again on all training rows for the epochs they needed. The result is
-plain arrays and a JSON config that ``models.heads.Head`` computes in numpy: what is evaluated
-here is what serving computes.
+then trains the members again on all training rows for the epochs they needed (each member by
+``retrain.train.softmax.train_softmax``). The result is plain arrays and a JSON config that
+``models.heads.Head`` computes in numpy: what is evaluated here is what serving computes.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -33,7 +34,11 @@ from typing import Any
 import numpy as np
 
 from models.heads import Head, HeadRef, LabelEncoder, TextFeatures, block_columns
+from ops.logs import progress as progress_line
 from retrain.train.config import HeadConfig, OosConfig, SelectionConfig, TextFeatureConfig
+from retrain.train.softmax import train_softmax
+
+log = logging.getLogger("phrasestream.train")
 
 TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
 
@@ -91,186 +96,6 @@ def fit_text_features(specs: dict[str, TextFeatureConfig], texts: Sequence[str])
         vocab = sorted(vec.vocabulary_, key=vec.vocabulary_.get)
         out[name] = {**settings, "vocabulary": vocab, "idf": [float(x) for x in vec.idf_]}
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# the softmax trainer (TensorFlow, mini-batch Adam)
-
-
-def _class_weights(y: np.ndarray, k: int, mode: str) -> np.ndarray:
-    counts = np.bincount(y, minlength=k).astype(np.float64)
-    w = np.ones(k)
-    present = counts > 0
-    w[present] = counts[present].sum() / (present.sum() * counts[present])
-    if mode == "sqrt":
-        w = np.sqrt(w)
-    elif mode == "none":
-        w = np.ones(k)
-    return (w / np.mean(w[present])).astype(np.float32)
-
-
-def _padded(csr: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Return a CSR matrix as (column ids, weights), each ``[n, max nonzeros per row]``, padded with 0/0.
-
-    A batch is then two array slices, and ``tf.gather`` on the weight matrix gives sparse
-    (row-wise) gradients.
-    """
-    csr = csr.tocsr()
-    n = csr.shape[0]
-    counts = np.diff(csr.indptr)
-    width = max(1, int(counts.max()) if n else 1)
-    ids = np.zeros((n, width), dtype=np.int32)
-    weights = np.zeros((n, width), dtype=np.float32)
-    rows = np.repeat(np.arange(n), counts)
-    pos = np.arange(csr.nnz) - np.repeat(csr.indptr[:-1], counts)
-    ids[rows, pos] = csr.indices
-    weights[rows, pos] = csr.data
-    return ids, weights
-
-
-class _LazyAdam:
-    """Adam with decoupled weight decay; rows of a sparse gradient update only those rows.
-
-    The TF-IDF weight matrices have tens of thousands of rows, of which a batch touches a few
-    thousand: updating only them (as "lazy Adam" does) makes an epoch many times faster.
-    """
-
-    def __init__(self, tf: Any, variables: list[Any], lr: float, weight_decay: float,
-                 b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7) -> None:
-        self.tf = tf
-        self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
-        self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
-        self.t = tf.Variable(0.0, trainable=False)
-        self.lr, self.wd, self.b1, self.b2, self.eps = lr, weight_decay, b1, b2, eps
-
-    def apply(self, grads: list[Any], variables: list[Any]) -> None:
-        tf = self.tf
-        self.t.assign_add(1.0)
-        lr_t = self.lr * tf.sqrt(1.0 - self.b2 ** self.t) / (1.0 - self.b1 ** self.t)
-        for g, var, m, v in zip(grads, variables, self.m, self.v):
-            decay = self.wd if len(var.shape) == 2 else 0.0
-            if isinstance(g, tf.IndexedSlices):
-                rows, seg = tf.unique(g.indices)
-                vals = tf.math.unsorted_segment_sum(g.values, seg, tf.shape(rows)[0])
-                at = rows[:, None]
-                m_rows = self.b1 * tf.gather(m, rows) + (1.0 - self.b1) * vals
-                v_rows = self.b2 * tf.gather(v, rows) + (1.0 - self.b2) * vals * vals
-                m.scatter_nd_update(at, m_rows)
-                v.scatter_nd_update(at, v_rows)
-                step = lr_t * m_rows / (tf.sqrt(v_rows) + self.eps) + self.lr * decay * tf.gather(var, rows)
-                var.scatter_nd_sub(at, step)
-            else:
-                m.assign(self.b1 * m + (1.0 - self.b1) * g)
-                v.assign(self.b2 * v + (1.0 - self.b2) * g * g)
-                var.assign_sub(lr_t * m / (tf.sqrt(v) + self.eps) + self.lr * decay * var)
-
-
-def train_softmax(
-    dense: np.ndarray,
-    text: dict[str, Any],
-    y: np.ndarray,
-    k: int,
-    hp: HeadConfig,
-    val: tuple[np.ndarray, dict[str, Any], np.ndarray] | None = None,
-    epochs: int | None = None,
-    progress: Any = None,
-) -> tuple[dict[str, np.ndarray], int, float]:
-    """Train one member; return (arrays, epochs that counted, best validation accuracy).
-
-    With ``val`` the run stops after ``hp.patience`` epochs without a better validation
-    accuracy and keeps the best epoch's weights; without it, it runs ``epochs`` epochs.
-    """
-    import tensorflow as tf
-
-    rng = np.random.default_rng(hp.seed)
-    tf.random.set_seed(hp.seed)
-    d = dense.shape[1]
-    names = sorted(text)
-
-    def init(shape: tuple[int, int]) -> np.ndarray:  # Glorot uniform
-        limit = math.sqrt(6.0 / (shape[0] + shape[1]))
-        return rng.uniform(-limit, limit, size=shape).astype(np.float32)
-
-    v: dict[str, tf.Variable] = {}
-    if hp.hidden:
-        v["W1"] = tf.Variable(init((d, hp.hidden)))
-        v["b1"] = tf.Variable(tf.zeros(hp.hidden))
-        for name in names:
-            v[f"W1_{name}"] = tf.Variable(tf.zeros((text[name].shape[1], hp.hidden)))
-        v["W2"] = tf.Variable(init((hp.hidden, k)))
-        v["b2"] = tf.Variable(tf.zeros(k))
-    else:
-        v["W"] = tf.Variable(tf.zeros((d, k)))
-        v["b"] = tf.Variable(tf.zeros(k))
-        for name in names:
-            v[f"W_{name}"] = tf.Variable(tf.zeros((text[name].shape[1], k)))
-    weights = list(v.values())
-    opt = _LazyAdam(tf, weights, hp.learning_rate, hp.weight_decay)
-    cw = tf.constant(_class_weights(y, k, hp.class_weight))
-    scale = float(hp.text_weight)
-
-    def lookup(w: Any, m: tuple[Any, Any]) -> Any:
-        return tf.reduce_sum(tf.gather(w, m[0]) * m[1][:, :, tf.newaxis], axis=1)
-
-    def logits(xd: Any, xs: list[Any], training: bool) -> Any:
-        if hp.hidden:
-            h = tf.matmul(xd, v["W1"]) + v["b1"]
-            for name, m in zip(names, xs):
-                h += lookup(v[f"W1_{name}"], m) * scale
-            h = tf.nn.relu(h)
-            if training and hp.dropout:
-                h = tf.nn.dropout(h, hp.dropout, seed=hp.seed)
-            return tf.matmul(h, v["W2"]) + v["b2"]
-        z = tf.matmul(xd, v["W"]) + v["b"]
-        for name, m in zip(names, xs):
-            z += lookup(v[f"W_{name}"], m) * scale
-        return z
-
-    @tf.function(reduce_retracing=True)
-    def step(xd: Any, xs: list[Any], yb: Any) -> Any:
-        with tf.GradientTape() as tape:
-            z = logits(xd, xs, True)
-            target = tf.one_hot(yb, k) * (1.0 - hp.label_smoothing) + hp.label_smoothing / k
-            loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(target, z) * tf.gather(cw, yb))
-        opt.apply(tape.gradient(loss, weights), weights)
-        return loss
-
-    def predict(xd: np.ndarray, xs: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        out = []
-        for i in range(0, len(xd), 1024):
-            z = logits(tf.constant(xd[i:i + 1024]),
-                       [(tf.constant(xs[n][0][i:i + 1024]), tf.constant(xs[n][1][i:i + 1024])) for n in names], False)
-            out.append(z.numpy())
-        return np.concatenate(out) if out else np.zeros((0, k), np.float32)
-
-    padded = {name: _padded(m) for name, m in text.items()}
-    val_padded = {name: _padded(m) for name, m in val[1].items()} if val is not None else {}
-
-    n = len(y)
-    max_epochs = epochs or hp.max_epochs
-    best = (-1.0, 0, {key: w.numpy() for key, w in v.items()})
-    for epoch in range(1, max_epochs + 1):
-        order = rng.permutation(n)
-        for i in range(0, n, hp.batch_size):
-            b = order[i:i + hp.batch_size]
-            step(tf.constant(dense[b]), [(tf.constant(padded[n][0][b]), tf.constant(padded[n][1][b])) for n in names],
-                 tf.constant(y[b]))
-        if progress is not None:
-            progress.update(1)
-        if val is not None:
-            acc = float(np.mean(predict(val[0], val_padded).argmax(axis=1) == val[2]))
-            if acc > best[0]:
-                best = (acc, epoch, {key: w.numpy() for key, w in v.items()})
-            elif epoch - best[1] >= hp.patience:
-                break
-    if val is None:
-        best = (math.nan, max_epochs, {key: w.numpy() for key, w in v.items()})
-    arrays = best[2]
-    if scale != 1.0:  # fold the text weight into the exported weights
-        for name in names:
-            key = f"W1_{name}" if hp.hidden else f"W_{name}"
-            arrays[key] = arrays[key] * scale
-    return arrays, best[1], best[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,11 +157,6 @@ def _dense(features: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(features[:, columns], dtype=np.float32)
 
 
-def _say(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
-
-
 def fit(
     train: TrainSet,
     encoder: LabelEncoder,
@@ -366,7 +186,8 @@ def fit(
     best: tuple[float, HeadConfig, dict[str, np.ndarray], int, dict] | None = None
     for i, override in enumerate(selection.candidates):
         if best is not None and time.perf_counter() - t0 > selection.time_budget_s:
-            _say(progress, f"time budget of {selection.time_budget_s:.0f}s spent: {len(tried)} candidates tried")
+            progress_line(log, f"time budget of {selection.time_budget_s:.0f}s spent: {len(tried)} candidates tried",
+                          progress)
             break
         hp = head_cfg.model_copy(update=override)
         c0 = time.perf_counter()
@@ -376,8 +197,8 @@ def fit(
                                                 progress=bar)
         tried.append({"override": override, "val_accuracy": round(acc, 6), "epochs": epochs,
                       "seconds": round(time.perf_counter() - c0, 1)})
-        _say(progress, f"candidate {i + 1}: {override or 'defaults'}: val accuracy {acc:.4f} "
-                       f"({epochs} epochs, {time.perf_counter() - c0:.0f}s)")
+        progress_line(log, f"candidate {i + 1}: {override or 'defaults'}: val accuracy {acc:.4f} "
+                           f"({epochs} epochs, {time.perf_counter() - c0:.0f}s)", progress)
         if best is None or acc > best[0]:
             best = (acc, hp, arrays, epochs, override)
     assert best is not None
@@ -399,8 +220,8 @@ def fit(
                   file=sys.stderr, leave=False) as bar:
             m_arrays, m_epochs, m_acc = train_softmax(d_part, {}, part.y, k, mhp, val=(d_val, {}, val.y),
                                                       progress=bar)
-        _say(progress, f"ensemble member (one hidden layer of {ens.hidden} on the readout): val accuracy "
-                       f"{m_acc:.4f} ({m_epochs} epochs, {time.perf_counter() - c0:.0f}s)")
+        progress_line(log, f"ensemble member (one hidden layer of {ens.hidden} on the readout): val accuracy "
+                           f"{m_acc:.4f} ({m_epochs} epochs, {time.perf_counter() - c0:.0f}s)", progress)
         members["m1"] = {"name": "m1", "kind": "mlp", "text_features": [], "temperature": 1.0, "weight": 0.0}
         member_arrays["m1"], member_hp["m1"], member_epochs["m1"] = m_arrays, mhp, m_epochs
         tried.append({"override": {"ensemble_member": ens.model_dump()}, "val_accuracy": round(m_acc, 6),
@@ -431,8 +252,8 @@ def fit(
         w = max(ens.weights, key=lambda x: (scores[x], -x))
         weights = {"m0": 1.0 - w, "m1": w}
         ensemble_info = {"val_accuracy_by_weight": {str(x): round(v, 6) for x, v in scores.items()}, "weight": w}
-        _say(progress, f"ensemble weight of the hidden-layer member: {w} (validation accuracy "
-                       + ", ".join(f"{x}: {v:.4f}" for x, v in scores.items()) + ")")
+        progress_line(log, f"ensemble weight of the hidden-layer member: {w} (validation accuracy "
+                           + ", ".join(f"{x}: {v:.4f}" for x, v in scores.items()) + ")", progress)
     used = [n for n, w in weights.items() if w > 0]
     config = config_with(weights)
     oos_info: dict[str, Any] = {}

@@ -20,7 +20,7 @@ The steps, each in its own module:
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,13 +30,17 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.heads import HeadRef, LabelEncoder, block_columns, new_version
+from ops.logs import progress as progress_line
 from retrain.drift.reference import reference_stats
 from retrain.train import recipe
 from retrain.train.artifacts import write_head
 from retrain.train.config import TrainConfig
-from retrain.train.data import Row, stratified_split
+from retrain.train.data import Row
 from retrain.train.evaluate import Report, summarise
 from retrain.train.features import FeatureEmbedder, cached_features
+from retrain.train.split import stratified_split
+
+log = logging.getLogger("phrasestream.train")
 
 
 class Embedder(FeatureEmbedder, Protocol):
@@ -83,11 +87,6 @@ class TrainedHead:
         return out
 
 
-def _say(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
-
-
 def split_for_training(rows: Sequence[Row], eval_rows: Sequence[Row] | None, config: TrainConfig
                        ) -> tuple[list[Row], list[Row], dict[str, int]]:
     """Return (training rows, evaluation rows, counts) with no evaluation text in training."""
@@ -131,16 +130,16 @@ class Trainer:
         unseen = sorted({r.label for r in ev_rows} - set(labels))
         if unseen:
             notes["eval_rows_with_labels_not_in_training"] = sum(r.label in unseen for r in ev_rows)
-            _say(progress, f"warning: {notes['eval_rows_with_labels_not_in_training']} evaluation rows have "
-                           f"labels the training rows lack ({unseen[:10]}); they count as errors")
+            progress_line(log, f"warning: {notes['eval_rows_with_labels_not_in_training']} evaluation rows have "
+                               f"labels the training rows lack ({unseen[:10]}); they count as errors", progress)
         encoder = LabelEncoder(tuple(labels))
 
         texts = list(dict.fromkeys([r.clean_text for r in train_rows] + [r.clean_text for r in ev_rows]))
         e0 = time.perf_counter()
         feats, embedded_now = cached_features(embedder, texts, models_root, progress=progress)
         embed_seconds = time.perf_counter() - e0
-        _say(progress, f"features of {len(texts)} distinct texts in {embed_seconds:.1f}s "
-                       f"({embedded_now} embedded now, the rest from the cache)")
+        progress_line(log, f"features of {len(texts)} distinct texts in {embed_seconds:.1f}s "
+                           f"({embedded_now} embedded now, the rest from the cache)", progress)
         index = {t: i for i, t in enumerate(texts)}
 
         train_set = recipe.TrainSet([r.clean_text for r in train_rows],

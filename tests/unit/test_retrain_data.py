@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from retrain.train.data import DataError, Dataset, Row, read_labeled, rows_from_records, stratified_split
+from retrain.train.data import DataError, Dataset, Row, read_labeled, rows_from_records
+from retrain.train.split import stratified_split
 from schemas.cleaning import clean
 
 
