@@ -72,17 +72,17 @@ def read_all(settings: Any, timeout: float = 30.0) -> dict[Key, RegistryPointer]
     """Read the registry topic from its start to its current end; return the newest pointer per key."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException
 
+    from ops.kafka.offsets import read_watermarks
+
     consumer = _consumer(settings)
     try:
         parts = _partitions(consumer, settings.topic_registry, min(timeout, 15.0))
-        ends = {}
-        for tp in parts:
-            try:
-                low, high = consumer.get_watermark_offsets(tp, timeout=min(timeout, 15.0))
-            except KafkaException as exc:
-                raise PointerError(f"cannot read the registry topic {settings.topic_registry}: {exc}") from None
-            if high > low:
-                ends[tp.partition] = high
+        try:
+            marks = read_watermarks(consumer, settings.topic_registry, [tp.partition for tp in parts],
+                                    min(timeout, 15.0))
+        except KafkaException as exc:
+            raise PointerError(f"cannot read the registry topic {settings.topic_registry}: {exc}") from None
+        ends = {partition: high for partition, (low, high) in marks.items() if high > low}
         out: dict[Key, RegistryPointer] = {}
         if not ends:
             return out
