@@ -196,7 +196,8 @@ def bench_sink(settings: Settings, n_rows: int, *, timeout_s: float) -> dict:
     predictions produced. Scratch topic, group and schema are deleted in every case.
     """
     from ops.postgres.migrations import apply_migrations
-    from streams.sinks.postgres import PostgresSink, SinkRunner
+    from streams.sinks.base import SinkRunner
+    from streams.sinks.postgres import PostgresSink
 
     if not 1 <= n_rows <= MAX_ROWS:
         raise BenchError(f"n_rows must be within 1..{MAX_ROWS}, not {n_rows}")

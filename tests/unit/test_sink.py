@@ -13,7 +13,7 @@ import pytest
 
 from schemas.messages import DeadLetter, ErrorKind, Prediction
 from schemas.settings import Settings
-from streams.sinks.postgres import SinkRunner
+from streams.sinks.base import SinkRunner
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -211,7 +211,8 @@ def test_copy_csv_quotes_every_field_so_that_no_value_reads_as_null():
 
 
 def test_copy_csv_refuses_text_that_is_not_unicode_as_a_row_error():
-    from streams.sinks.postgres import ROW_ERRORS, copy_csv
+    from streams.sinks.base import ROW_ERRORS
+    from streams.sinks.postgres import copy_csv
 
     with pytest.raises(ROW_ERRORS):
         copy_csv([typed("a", clean_text="lone \ud800 surrogate")])
