@@ -341,3 +341,14 @@ def test_the_bench_refuses_a_broker_that_is_not_on_this_machine():
     check_local(Settings(kafka_bootstrap="127.0.0.1:9092,localhost:9093"))
     with pytest.raises(BenchError, match="local broker"):
         check_local(Settings(kafka_bootstrap="127.0.0.1:9092,kafka.example.com:9092"))
+
+
+def test_the_sink_process_imports_no_worker_training_or_model_code():
+    import subprocess
+    import sys
+
+    code = ("import json, sys, streams.sinks.run; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('retrain', 'models', 'faust', 'tensorflow') or m in ('streams.app', 'streams.pipeline'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [], "the sink stores what the worker published; it needs none of its code"
