@@ -11,7 +11,7 @@ Keeping the hot path cheap (the worker serves 1,000+ phrases/s):
 - the timings are per batch (one embedder call, one call of each head);
 - what other objects already count is read when Prometheus scrapes, by a collector, at no
   cost in between: the embedding cache's hits, misses and size, the live head versions, and
-  the sink's :class:`~streams.sinks.postgres.SinkStats`;
+  the sink's :class:`~streams.sinks.base.SinkStats`;
 - the end-to-end latency, one value per prediction, goes into a :class:`BatchHistogram`:
   numpy sorts a whole batch into the buckets at once.
 
@@ -238,7 +238,7 @@ class SinkMetrics:
                          "(from librdkafka's statistics).", ["topic", "partition"], registry=r)
 
     def watch(self, stats: Callable[[], Any]) -> None:
-        """Expose the counts of ``stats()`` (a ``streams.sinks.postgres.SinkStats``) at scrape time."""
+        """Expose the counts of ``stats()`` (a ``streams.sinks.base.SinkStats``) at scrape time."""
         def families() -> Iterable[Any]:
             s = stats()
             yield CounterMetricFamily("phrasestream_sink_rows_written", "Rows inserted into the inferences table.",
@@ -282,7 +282,7 @@ class SinkMetrics:
 
 
 class TimedSink:
-    """A ``streams.sinks.postgres.Sink`` whose successful writes are timed; everything else passes through."""
+    """A ``streams.sinks.base.Sink`` whose successful writes are timed; everything else passes through."""
 
     def __init__(self, sink: Any, histogram: Histogram) -> None:
         self._sink = sink

@@ -21,6 +21,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -30,6 +31,8 @@ from psycopg2 import sql
 
 from models.datasets import OOS, load_clinc150, load_domain_lists
 from ops.kafka.clients import client_config
+from ops.kafka.offsets import read_end_offsets
+from ops.measure import percentile
 from schemas.settings import Settings
 
 log = logging.getLogger("phrasestream.demo")
@@ -128,14 +131,6 @@ def demo_messages(run: str, count: int, heads: dict[str, list[str]], max_chars: 
         yield DemoMessage(key, json.dumps(body).encode(), True, region, models, intent)
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
-    return round(ordered[k], 1)
-
-
 @dataclass
 class Tally:
     """What came back for one demo run."""
@@ -146,14 +141,8 @@ class Tally:
 
 
 def _end_offsets(consumer: Consumer, topic: str) -> list[TopicPartition]:
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    if meta.error is not None:
-        raise RuntimeError(f"topic {topic!r} is not available: {meta.error}")
-    parts = []
-    for p in meta.partitions:
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-        parts.append(TopicPartition(topic, p, high))
-    return parts
+    """Return the end of every partition of ``topic``: where a reader of what comes next starts."""
+    return [TopicPartition(topic, p, end) for p, end in read_end_offsets(consumer, topic).items()]
 
 
 def count_db_rows(settings: Settings, run: str) -> int | None:
@@ -171,6 +160,23 @@ def count_db_rows(settings: Settings, run: str) -> int | None:
         return None
     assert row is not None  # count(*) always returns one row
     return int(row[0])
+
+
+def wait_for_rows(settings: Settings, run: str, rows: int, until: float) -> int | None:
+    """Return the run's row count once it reaches ``rows``, or at ``until`` (``time.monotonic()``) what it is then.
+
+    ``None``: the database never answered. An outage is logged once, when the wait for it starts.
+    """
+    found = count_db_rows(settings, run)
+    warned = False
+    while (found is None or found < rows) and time.monotonic() < until:
+        if found is None and not warned:
+            log.warning("PostgreSQL does not answer; the demo waits for it (up to %.0f s more)",
+                        until - time.monotonic())
+            warned = True
+        time.sleep(1.0)
+        found = count_db_rows(settings, run)
+    return found
 
 
 def run_demo(
@@ -210,7 +216,6 @@ def run_demo(
     producer.flush(30)
 
     tally = Tally()
-    db_waited = False
     marker = run.encode()
     while (len(tally.predictions) < expected or len(tally.dlq) < invalid) and time.monotonic() - start < deadline_s:
         for msg in consumer.consume(num_messages=500, timeout=0.5):
@@ -232,14 +237,7 @@ def run_demo(
     seconds = time.monotonic() - start
     consumer.close()
 
-    db_rows = count_db_rows(settings, run)
-    while (db_rows is None or db_rows < len(tally.predictions)) and time.monotonic() - start < deadline_s + 60:
-        if db_rows is None and not db_waited:
-            log.warning("PostgreSQL does not answer; the demo waits for it (up to %.0f s more)",
-                        deadline_s + 60 - (time.monotonic() - start))
-        db_waited = db_waited or db_rows is None
-        time.sleep(1.0)
-        db_rows = count_db_rows(settings, run)
+    db_rows = wait_for_rows(settings, run, len(tally.predictions), until=start + deadline_s + 60)
 
     in_scope = [
         (p, truth[p["id"]].intent) for p in tally.predictions.values()
@@ -258,23 +256,16 @@ def run_demo(
         "expected_predictions": expected,
         "predictions": len(tally.predictions),
         "dlq": len(tally.dlq),
-        "dlq_kinds": dict(sorted(_kinds(tally.dlq).items())),
+        "dlq_kinds": dict(sorted(Counter(letter["error_kind"] for letter in tally.dlq.values()).items())),
         "db_rows": db_rows,
         "intent_accuracy": round(correct / len(in_scope), 4) if in_scope else None,
         "intent_accuracy_by_region": {r: round(sum(v) / len(v), 4) for r, v in sorted(by_region.items())},
         "cache_hits": sum(1 for p in tally.predictions.values() if p["cache_hit"]),
-        "p50_ms": _percentile(latencies, 50),
-        "p99_ms": _percentile(latencies, 99),
-        "e2e_p50_ms": _percentile(e2e, 50),
-        "e2e_p99_ms": _percentile(e2e, 99),
+        "p50_ms": percentile(latencies, 50, digits=1),
+        "p99_ms": percentile(latencies, 99, digits=1),
+        "e2e_p50_ms": percentile(e2e, 50, digits=1),
+        "e2e_p99_ms": percentile(e2e, 99, digits=1),
         "seconds": round(seconds, 2),
         "shift": shift.figures(count) if shift is not None else None,
         "complete": len(tally.predictions) == expected and len(tally.dlq) == invalid,
     }
-
-
-def _kinds(dlq: dict[str, dict]) -> dict[str, int]:
-    kinds: dict[str, int] = {}
-    for letter in dlq.values():
-        kinds[letter["error_kind"]] = kinds.get(letter["error_kind"], 0) + 1
-    return kinds

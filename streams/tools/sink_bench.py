@@ -28,6 +28,8 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from ops.kafka.clients import client_config
+from ops.kafka.offsets import committed_offsets, end_offsets
+from ops.kafka.produce import produce_retrying
 from ops.logs import configure_logging
 from schemas.messages import Prediction
 from schemas.settings import Settings
@@ -102,43 +104,10 @@ def fill_topic(settings: Settings, n: int) -> None:
     producer = Producer(client_config(settings, {"linger.ms": 20,
                                                  "queue.buffering.max.messages": 500_000}))
     for p in predictions(n):
-        while True:
-            try:
-                producer.produce(settings.topic_out, key=p.id.encode(), value=p.to_bytes())
-                break
-            except BufferError:  # the local queue is full: let it drain
-                producer.poll(0.1)
+        produce_retrying(producer, settings.topic_out, p.to_bytes(), p.id.encode(), wait_s=0.1)
         producer.poll(0)
     if producer.flush(120) > 0:
         raise BenchError(f"could not deliver {n} predictions to {settings.topic_out}")
-
-
-def end_offsets(settings: Settings) -> dict[int, int]:
-    """Return partition -> end offset (high watermark) of ``settings.topic_out``."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    probe = Consumer(client_config(settings, {"group.id": settings.sink_group,
-                                              "enable.auto.commit": False}))
-    try:
-        topic = settings.topic_out
-        parts = probe.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-    finally:
-        probe.close()
-
-
-def committed_offsets(settings: Settings) -> dict[int, int]:
-    """Return partition -> the offset the sink group has committed on ``settings.topic_out`` (-1: none)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    probe = Consumer(client_config(settings, {"group.id": settings.sink_group,
-                                              "enable.auto.commit": False}))
-    try:
-        topic = settings.topic_out
-        parts = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
-        return {tp.partition: tp.offset for tp in probe.committed(parts, timeout=10)}
-    finally:
-        probe.close()
 
 
 def count_rows(settings: Settings) -> tuple[int, int]:
@@ -196,7 +165,8 @@ def bench_sink(settings: Settings, n_rows: int, *, timeout_s: float) -> dict:
     predictions produced. Scratch topic, group and schema are deleted in every case.
     """
     from ops.postgres.migrations import apply_migrations
-    from streams.sinks.postgres import PostgresSink, SinkRunner
+    from streams.sinks.base import SinkRunner
+    from streams.sinks.postgres import PostgresSink
 
     if not 1 <= n_rows <= MAX_ROWS:
         raise BenchError(f"n_rows must be within 1..{MAX_ROWS}, not {n_rows}")
@@ -207,7 +177,7 @@ def bench_sink(settings: Settings, n_rows: int, *, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     try:
         fill_topic(scratch, n_rows)
-        ends = end_offsets(scratch)
+        ends = end_offsets(client_config(scratch), scratch.topic_out)
         if sum(ends.values()) != n_rows:
             raise BenchError(f"{scratch.topic_out} holds {sum(ends.values())} messages, not {n_rows}")
         topic = scratch.topic_out
@@ -226,8 +196,8 @@ def bench_sink(settings: Settings, n_rows: int, *, timeout_s: float) -> dict:
             raise BenchError(f"the sink committed {sum(runner.committed.values())} of {n_rows} offsets "
                              f"within {timeout_s:.0f}s")
         seconds = done_at[0] - runner.first_message_at
-        committed = committed_offsets(scratch)
-        if any(committed.get(p, -1) != end for p, end in ends.items()):
+        committed = committed_offsets(client_config(scratch), scratch.sink_group, topic)
+        if any(committed.get(p) != end for p, end in ends.items()):
             raise BenchError(f"the group's committed offsets {committed} are not the topic's ends {ends}")
         rows, distinct = count_rows(scratch)
         if rows != n_rows or distinct != n_rows:

@@ -136,7 +136,7 @@ def test_a_head_whose_files_changed_is_not_promoted(capsys, home: Path):  # type
 
 
 def test_the_history_table_says_what_was_live_at_any_time(capsys, home: Path):  # type: ignore[no-untyped-def]
-    """Promotions and rollbacks of two heads; the README's query answers "what was live at T"."""
+    """Promotions and rollbacks of two heads; the query in docs/registry.md answers "what was live at T"."""
     root = home / "models"
     for i in (1, 2, 3):
         built(root, "eu", "m", f"v2026110{i}", 0.8 + i / 100)
@@ -172,11 +172,11 @@ def test_the_history_table_says_what_was_live_at_any_time(capsys, home: Path):  
     assert all(r["at"] is not None and r["host"] for r in rows)
 
 
-def test_the_readme_shows_the_history_query():
-    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8").split())
+def test_the_registry_docs_show_the_history_query():
+    docs = " ".join((Path(__file__).resolve().parents[2] / "docs" / "registry.md").read_text(encoding="utf-8").split())
     query = " ".join(WHAT_WAS_LIVE_SQL.replace("%(t)s", "").split())
     head, tail = query.split("WHERE at <= ")
-    assert head in readme and tail in readme, "README.md shows the query of models.registry.lifecycle.WHAT_WAS_LIVE_SQL"
+    assert head in docs and tail in docs, "docs/registry.md shows the query of models.registry.lifecycle.WHAT_WAS_LIVE_SQL"
 
 
 def test_models_json_lists_versions_only_stored_in_the_database(capsys, home: Path):  # type: ignore[no-untyped-def]

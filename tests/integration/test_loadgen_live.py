@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from ops.kafka.clients import client_config
+from ops.kafka.offsets import end_offsets
 from schemas.messages import PhraseIn
 from schemas.settings import Settings
 from streams.tools.loadgen import Traffic, send
@@ -17,12 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def _messages_in(settings: Settings, topic: str) -> int:
-    consumer = Consumer(client_config(settings, {"group.id": f"count-{uuid.uuid4().hex}"}))
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
-    finally:
-        consumer.close()
+    return sum(end_offsets(client_config(settings), topic).values())
 
 
 def test_loadgen_sends_2000_messages_at_max_rate_each_once_with_ts(stack) -> None:

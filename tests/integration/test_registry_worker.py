@@ -22,8 +22,8 @@ from confluent_kafka import Consumer, Producer
 from psycopg2 import sql
 
 from models.heads import HeadRef, verify_head
-from models.registry.bundles import BundleStore
 from models.registry import lifecycle
+from models.registry.bundles import BundleStore
 from ops.kafka.clients import client_config
 from streams.app import READY_LINE
 

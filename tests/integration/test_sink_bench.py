@@ -16,7 +16,8 @@ from ops.postgres.db import pg_connect
 from ops.postgres.migrations import apply_migrations
 from schemas.messages import ErrorKind, Prediction
 from schemas.settings import Settings
-from streams.sinks.postgres import PostgresSink, SinkRunner
+from streams.sinks.base import SinkRunner
+from streams.sinks.postgres import PostgresSink
 from streams.tools import sink_bench
 
 pytestmark = pytest.mark.integration

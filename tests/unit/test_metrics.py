@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.messages import CleanedPhrase, ErrorKind, Prediction
 from streams.metrics import BatchHistogram, SinkMetrics, WorkerMetrics, serve_metrics
 from streams.pipeline import HeadRun, Served, serve_batch
-from streams.sinks.postgres import SinkStats
+from streams.sinks.base import SinkStats
 from streams.state.cache import LRUCache, MappingBackend
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

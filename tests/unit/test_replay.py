@@ -248,7 +248,7 @@ def test_with_no_scored_live_head_the_gate_promotes_and_says_why():
 
 
 def test_labeled_messages_carry_each_examples_ts_as_the_record_timestamp():
-    from streams.cli import labeled_messages
+    from streams.cli.stream import labeled_messages
 
     rows = [Row("reset my pin", "reset my pin", "pin", ts="2026-03-01T10:00:00+01:00"), Row("hi", "hi", "greet")]
     before = epoch_ms(datetime.now(UTC))

@@ -418,7 +418,7 @@ class Table:
 
 
 def test_the_rollup_runner_stores_a_redelivered_delta_once_and_dead_letters_what_is_not_a_rollup():
-    from streams.sinks.postgres import rollup_runner
+    from streams.sinks.run import rollup_runner
 
     delta = json.dumps(rollup()).encode()
     consumer, letters, table = Consumer([KafkaMsg(delta, 0), KafkaMsg(delta, 1), KafkaMsg(b'{"n": 1}', 2)]), \
@@ -445,7 +445,7 @@ def test_a_bucket_that_cannot_be_a_delta_is_dropped_alone():
 def test_while_the_database_is_down_the_rollup_runner_commits_nothing_and_reads_the_batch_again():
     import psycopg2
 
-    from streams.sinks.postgres import rollup_runner
+    from streams.sinks.run import rollup_runner
 
     class Down(Table):
         def write(self, batch: list[ServingRollup]) -> int:

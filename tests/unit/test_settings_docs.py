@@ -1,18 +1,24 @@
-"""The README's configuration table names every setting with its default."""
+"""docs/configuration.md's tables name every setting with its default, and nothing else."""
 
+import re
 from pathlib import Path
 
 from schemas.settings import Settings
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONFIGURATION = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
-def test_readme_documents_every_setting_with_its_default():
-    text = README.read_text()
+def test_the_configuration_docs_document_every_setting_with_its_default():
+    text = CONFIGURATION.read_text(encoding="utf-8")
     for name, field in Settings.model_fields.items():
         default = field.default.get_secret_value() if hasattr(field.default, "get_secret_value") else field.default
         shown = "(empty)" if default in (None, "") else str(default)
         assert f"| `PHRASESTREAM_{name.upper()}` | `{shown}` |" in text, name
+
+
+def test_the_configuration_docs_document_each_setting_once_and_no_other():
+    rows = re.findall(r"^\| `PHRASESTREAM_([A-Z0-9_]+)` \|", CONFIGURATION.read_text(encoding="utf-8"), flags=re.M)
+    assert sorted(rows) == sorted(name.upper() for name in Settings.model_fields)
 
 
 def test_defaults_use_the_local_services():

@@ -42,11 +42,27 @@ def test_produce_retrying_polls_while_the_queue_is_full_then_sends_once() -> Non
     assert producer.sent == [("t", b"v", b"k", {"on_delivery": print})]
 
 
-def test_progress_logs_always_and_prints_only_when_shown(caplog: pytest.LogCaptureFixture,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    log = logging.getLogger("phrasestream.test")
-    with caplog.at_level(logging.INFO, logger="phrasestream.test"):
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_progress_logs_always_and_prints_only_when_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    # A logger of its own that does not propagate: handlers other tests left on the root logger
+    # (configure_logging writes to stderr) must not mix their lines into what this test reads.
+    log = logging.getLogger("phrasestream.test.progress")
+    lines = Lines()
+    log.addHandler(lines)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
         progress(log, "quiet line", show=False)
         progress(log, "loud line", show=True, tag="train")
-    assert [r.getMessage() for r in caplog.records] == ["quiet line", "loud line"]
+    finally:
+        log.removeHandler(lines)
+    assert lines.lines == ["quiet line", "loud line"]
     assert capsys.readouterr().err == "[train] loud line\n"

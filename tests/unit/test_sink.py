@@ -13,7 +13,7 @@ import pytest
 
 from schemas.messages import DeadLetter, ErrorKind, Prediction
 from schemas.settings import Settings
-from streams.sinks.postgres import SinkRunner
+from streams.sinks.base import SinkRunner
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -211,7 +211,8 @@ def test_copy_csv_quotes_every_field_so_that_no_value_reads_as_null():
 
 
 def test_copy_csv_refuses_text_that_is_not_unicode_as_a_row_error():
-    from streams.sinks.postgres import ROW_ERRORS, copy_csv
+    from streams.sinks.base import ROW_ERRORS
+    from streams.sinks.postgres import copy_csv
 
     with pytest.raises(ROW_ERRORS):
         copy_csv([typed("a", clean_text="lone \ud800 surrogate")])
@@ -340,3 +341,14 @@ def test_the_bench_refuses_a_broker_that_is_not_on_this_machine():
     check_local(Settings(kafka_bootstrap="127.0.0.1:9092,localhost:9093"))
     with pytest.raises(BenchError, match="local broker"):
         check_local(Settings(kafka_bootstrap="127.0.0.1:9092,kafka.example.com:9092"))
+
+
+def test_the_sink_process_imports_no_worker_training_or_model_code():
+    import subprocess
+    import sys
+
+    code = ("import json, sys, streams.sinks.run; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('retrain', 'models', 'faust', 'tensorflow') or m in ('streams.app', 'streams.pipeline'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [], "the sink stores what the worker published; it needs none of its code"

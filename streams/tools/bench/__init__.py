@@ -1,0 +1,33 @@
+"""``phrasestream bench``: every speed figure of the issue, measured in one run on this machine.
+
+Everything runs against the local broker (127.0.0.1 only), in scratch topics, a scratch Faust
+app id and a scratch database schema, all deleted at the end. Stages, in order, each on an
+otherwise idle machine (no worker runs while the embedder or the passthrough is measured):
+
+1. ``passthrough_msgs_s``: one Python process, confluent-kafka consume → ``json.loads`` →
+   produce of the same messages: the ceiling of a Python stage on this machine.
+2. ``embedder_bs1_phrases_s`` / ``embedder_batched_phrases_s``: the embedder alone on unique
+   CLINC150 test phrases.
+3. A worker (a real ``phrasestream worker`` process on the live demo heads) gets
+   ``miss_path_phrases_s`` (every phrase new), then ``hit_path_phrases_s`` (the same phrases
+   again), then ``zipf_phrases_s`` and ``zipf_hit_rate`` on loadgen's default traffic, then
+   the latency percentiles at half of that rate (from the input's ``ts`` to the moment the
+   prediction can be read from ``predictions.out``).
+4. A worker with ``CACHE_MAX_ENTRIES=0`` gets ``zipf_nocache_phrases_s``.
+5. A worker whose cache changelog was filled to the default bound before it started gives
+   ``worker_rss_mb``.
+6. The cache sweep (1k, 10k, 50k, 200k entries) on the Zipf traffic: a table and a PNG under
+   ``<home>/bench/``.
+7. ``sink_rows_s``: the PostgreSQL sink alone (``streams.tools.sink_bench``).
+
+Throughput is phrases answered divided by the time from the first message produced to the
+last prediction read; a phrase counts when every head of its region answered it.
+
+The modules: ``scratch`` (the run's topics, app id and worker processes), ``measure`` (one
+stage each: the passthrough, a burst through a worker, a filled cache changelog, memory) and
+``run`` (the stages in order, the sweep's table and plot, the command).
+"""
+
+from streams.tools.bench.run import bench_command, run_bench
+
+__all__ = ["bench_command", "run_bench"]
