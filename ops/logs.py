@@ -165,12 +165,13 @@ def always(logger: logging.Logger, message: str) -> None:
 
 
 def progress(logger: logging.Logger, message: str, show: bool, tag: str = "") -> None:
-    """Log ``message`` at INFO; with ``show``, also print it to stderr (``[tag] message``) for a person watching.
+    """Say how a long command is doing: printed to stderr (``[tag] message``) with ``show``, else logged at INFO.
 
-    The one progress helper of the long commands (training, the embedder export, the demo heads):
-    a log file gets every line whatever ``show`` says, and a terminal sees them only when asked.
+    The one progress helper of the long commands (training, the embedder export, the demo heads,
+    the benchmark). A printed line is logged at DEBUG only, so a terminal whose log level is INFO
+    does not show it twice; without ``show`` the line still reaches the log at INFO.
     """
-    logger.info(message)
+    logger.log(logging.DEBUG if show else logging.INFO, message)
     if show:
         try:
             print(f"[{tag}] {message}" if tag else message, file=sys.stderr, flush=True)

@@ -13,7 +13,7 @@ Every ``PHRASESTREAM_ROLLUP_INTERVAL_SECONDS`` and at shutdown, :class:`RollupPu
 drains the sums into :class:`~schemas.messages.ServingRollup` deltas, each with a unique
 ``delta_id`` (worker instance uuid and a sequence number), and produces them to
 ``serving.rollups``. The sink stores each delta once in ``serving_rollups``
-(:class:`PostgresRollupSink`, ``ON CONFLICT (delta_id) DO NOTHING``), so a delta delivered
+(:class:`streams.sinks.rollups.PostgresRollupSink`, ``ON CONFLICT (delta_id) DO NOTHING``), so a delta delivered
 twice counts once. A drift report sums the rows of a window: centroid = Σ embedding_sum / Σ n.
 
 Why the publisher has its own producer, not the serving agent's ``Outbox``: the agent waits

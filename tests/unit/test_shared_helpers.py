@@ -51,13 +51,13 @@ class Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def test_progress_logs_always_and_prints_only_when_shown(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_prints_when_shown_and_logs_every_line_once(capsys: pytest.CaptureFixture[str]) -> None:
     # A logger of its own that does not propagate: handlers other tests left on the root logger
     # (configure_logging writes to stderr) must not mix their lines into what this test reads.
     log = logging.getLogger("phrasestream.test.progress")
     lines = Lines()
     log.addHandler(lines)
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG)
     log.propagate = False
     try:
         progress(log, "quiet line", show=False)
@@ -66,3 +66,17 @@ def test_progress_logs_always_and_prints_only_when_shown(capsys: pytest.CaptureF
         log.removeHandler(lines)
     assert lines.lines == ["quiet line", "loud line"]
     assert capsys.readouterr().err == "[train] loud line\n"
+
+
+def test_a_shown_progress_line_is_logged_below_info_so_a_terminal_sees_it_once() -> None:
+    log = logging.getLogger("phrasestream.test.progress-levels")
+    lines = Lines()
+    log.addHandler(lines)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        progress(log, "shown", show=True)
+        progress(log, "logged", show=False)
+    finally:
+        log.removeHandler(lines)
+    assert lines.lines == ["logged"]
