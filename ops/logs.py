@@ -165,13 +165,13 @@ def always(logger: logging.Logger, message: str) -> None:
 
 
 def progress(logger: logging.Logger, message: str, show: bool, tag: str = "") -> None:
-    """Say how a long command is doing: printed to stderr (``[tag] message``) with ``show``, else logged at INFO.
+    """Say how a long command is doing: printed to stderr (``[tag] message``) with ``show``; always logged at DEBUG.
 
     The one progress helper of the long commands (training, the embedder export, the demo heads,
-    the benchmark). A printed line is logged at DEBUG only, so a terminal whose log level is INFO
-    does not show it twice; without ``show`` the line still reaches the log at INFO.
+    the benchmark). The line is logged at DEBUG, so a terminal at the CLI's INFO level sees it once
+    (printed) or not at all (``--quiet``), and ``PHRASESTREAM_LOG_LEVEL=DEBUG`` shows every line.
     """
-    logger.log(logging.DEBUG if show else logging.INFO, message)
+    logger.debug(message)
     if show:
         try:
             print(f"[{tag}] {message}" if tag else message, file=sys.stderr, flush=True)
