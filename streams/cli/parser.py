@@ -23,8 +23,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
+from models.embedder.tfenv import prepare_tensorflow
 from schemas.settings import Settings
 from streams.cli.bench import cmd_bench
 from streams.cli.drift import cmd_drift_report, cmd_drift_watch
@@ -44,7 +44,7 @@ from streams.cli.training import cmd_models, cmd_promote, cmd_report, cmd_retrai
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``phrasestream`` command."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of logs
+    prepare_tensorflow()  # before anything imports TensorFlow: quiet logs, no CUDA probe without a GPU
     args = build_parser().parse_args(argv)
     settings = Settings()
     _setup_logging(settings)  # every command, the worker too (Faust keeps our handler)
