@@ -20,12 +20,24 @@ docs/embedder.md says what the version is made of, when to bump ``GRAPH_VERSION`
 the precision is chosen. ``python -m models.embedder build`` builds the export.
 """
 
-from models.embedder.bench import FeatureSource, measure_throughput
-from models.embedder.cpu import choose_precision
-from models.embedder.runtime import Embedder, load_embedder, quantise
-from models.embedder.spec import DIM, READOUT, EmbedderError
-from models.embedder.version import GRAPH_VERSION, current_version
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.embedder.bench import FeatureSource, measure_throughput
+    from models.embedder.cpu import choose_precision
+    from models.embedder.runtime import Embedder, load_embedder, quantise
+    from models.embedder.spec import DIM, READOUT, EmbedderError
+    from models.embedder.version import GRAPH_VERSION, current_version
+
+_HOME = {
+    "FeatureSource": "bench", "measure_throughput": "bench", "choose_precision": "cpu",
+    "Embedder": "runtime", "load_embedder": "runtime", "quantise": "runtime",
+    "DIM": "spec", "READOUT": "spec", "EmbedderError": "spec",
+    "GRAPH_VERSION": "version", "current_version": "version",
+}
 __all__ = [
     "DIM",
     "GRAPH_VERSION",
@@ -39,3 +51,21 @@ __all__ = [
     "measure_throughput",
     "quantise",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use.
+
+    Why lazily: every ``phrasestream`` command imports :mod:`models.embedder.tfenv` first, and
+    that must not cost the embedder's imports (numpy and the rest) to ``produce`` or ``status``.
+    """
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -313,3 +313,14 @@ def test_threads_use_every_usable_cpu_within_an_op_and_one_op_at_a_time() -> Non
     assert cpu.thread_counts(2) == (2, 1)
     assert cpu.thread_counts(16) == (16, 1)
     assert cpu.thread_counts(1) == (1, 1)
+
+
+def test_the_package_gives_every_public_name_from_its_module() -> None:
+    import models.embedder as package
+
+    for name in package.__all__:
+        assert name in dir(package)
+        value = getattr(package, name)
+        assert any(getattr(module, name, None) is value for module in (bench, cpu, runtime, spec, version))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        package.no_such_name  # noqa: B018 - the attribute access is the test

@@ -61,6 +61,12 @@ def test_without_the_cli_set_up_this_tensorflow_does_print_cuda_lines() -> None:
     assert re.search(r"cuInit|Could not find cuda drivers", done.stderr)
 
 
+def test_the_set_up_imports_neither_tensorflow_nor_numpy() -> None:
+    code = ("import sys; from models.embedder.tfenv import prepare_tensorflow; prepare_tensorflow(); "
+            "print(sorted({'tensorflow', 'numpy', 'models.embedder.runtime'} & set(sys.modules)))")
+    assert _run(code).stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize(("environ", "platform", "gpu", "want"), [
     ({}, "linux", False, {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLED_DEVICE_TYPES": "CPU"}),
     ({}, "linux", True, {"TF_CPP_MIN_LOG_LEVEL": "2"}),
