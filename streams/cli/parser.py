@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 
-from models.embedder.tfenv import prepare_tensorflow
 from schemas.settings import Settings
 from streams.cli.bench import cmd_bench
 from streams.cli.drift import cmd_drift_report, cmd_drift_watch
@@ -44,6 +43,8 @@ from streams.cli.training import cmd_models, cmd_promote, cmd_report, cmd_retrai
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``phrasestream`` command."""
+    from models.embedder.tfenv import prepare_tensorflow  # stdlib only; importing streams.cli loads no models
+
     prepare_tensorflow()  # before anything imports TensorFlow: quiet logs, no CUDA probe without a GPU
     args = build_parser().parse_args(argv)
     settings = Settings()
