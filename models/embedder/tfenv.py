@@ -14,6 +14,9 @@ TensorFlow (``phrasestream``'s ``main`` and ``python -m models.embedder`` do). I
   machine``, ``oneDNN custom operations are on``, absl's ``All log messages before
   absl::InitializeLog()``), so :func:`native_log_filter` applies that level to those lines.
   Every other line goes through unchanged. ``TF_CPP_MIN_LOG_LEVEL=0`` shows them all again.
+
+``load_embedder`` runs its first calls inside :func:`native_log_filter` too, for the one
+:data:`FALSE_ALARMS` line TensorFlow logs as an error there.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ _NATIVE_LINE = re.compile(
     r"[\w./-]+:\d+\] "
 )
 _ABSL_PRE_INIT_NOTE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+FALSE_ALARMS = (
+    # TensorFlow 2.21's oneDNN rewrite, at a function's first run, on CPUs with AVX-512 too: the
+    # int64 ops just run on Eigen. Logged as an error, it is not one.
+    "] oneDNN supports DT_INT64 only on platforms with AVX-512. Falling back to the default Eigen-based",
+)
+"""Native lines logged as errors that report no error; hidden like INFO lines (level >= 1)."""
 
 
 def gpu_present(dev: Path = Path("/dev")) -> bool:
@@ -72,7 +81,7 @@ def min_log_level(environ: Mapping[str, str] = os.environ) -> int:
 
 def is_hidden(line: str, level: int) -> bool:
     """Say whether a native log ``line`` is below ``level`` (TensorFlow's ``TF_CPP_MIN_LOG_LEVEL``)."""
-    if line.rstrip("\r\n") == _ABSL_PRE_INIT_NOTE:
+    if line.rstrip("\r\n") == _ABSL_PRE_INIT_NOTE or any(alarm in line for alarm in FALSE_ALARMS):
         return level >= 1
     match = _NATIVE_LINE.match(line)
     if match is None:

@@ -93,10 +93,13 @@ ABSL_INFO = "I0000 00:00:1796543877.582089    9705 cudart_stub.cc:31] Could not 
 ABSL_ERROR = "E0000 00:00:1796543888.459127    9787 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n"
 OLD_WARNING = "2025-09-17 14:44:05.157831: W external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] no cudart\n"
 PRE_INIT = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+ONEDNN_INT64 = ("E0000 00:00:1796545315.468753     456 util.cc:131] oneDNN supports DT_INT64 only on platforms with "
+                "AVX-512. Falling back to the default Eigen-based implementation if present.\n")
+OTHER_ERROR = "E0000 00:00:1796545315.468753     456 util.cc:131] oneDNN supports DT_HALF only on the moon.\n"
 
 
 @pytest.mark.parametrize(("line", "hidden_from_level"), [
-    (ABSL_INFO, 1), (ABSL_ERROR, 3), (OLD_WARNING, 2), (PRE_INIT, 1),
+    (ABSL_INFO, 1), (ABSL_ERROR, 3), (OLD_WARNING, 2), (PRE_INIT, 1), (ONEDNN_INT64, 1), (OTHER_ERROR, 3),
     ("Traceback (most recent call last):\n", None), ("I0000 is not a log line\n", None),
 ])
 def test_native_lines_are_hidden_below_tensorflows_level_and_other_lines_never(
