@@ -1,12 +1,12 @@
 """The named steps of the stream, as plain functions that need no Kafka.
 
-``embed_with_cache`` looks texts up in the cache, computes the features of the misses (the
-embedder's readout: the sentence embedding and more pools of the same encoder pass) in one
-batch through the shared embedder and stores them; ``classify`` runs every requested head of a
-region on the shared features (and the cleaned texts, for heads that use TF-IDF) and makes
-one :class:`Prediction` per (phrase, model); ``serve_batch``
-does both for a batch of raw cleaned-phrase messages and says what failed and why. The
-Faust agents in ``streams.app`` are thin loops around these.
+``lookup`` finds texts in the embedding cache; ``embed_misses`` computes the features of the
+misses (the embedder's readout: the sentence embedding and more pools of the same encoder
+pass) in one batch through the shared embedder, each distinct text once; ``store`` puts them in
+the cache; ``classify`` runs every requested head of a region on the shared features (and the
+cleaned texts, for heads that use TF-IDF) and makes one :class:`Prediction` per (phrase,
+model). ``serve_batch`` does all of it for a batch of raw cleaned-phrase messages and says what
+failed and why: it is what the serving agent (``streams.worker.Server``) runs.
 
 The cache is an optimisation: when it fails, the batch is embedded without it.
 """
@@ -14,9 +14,8 @@ The cache is an optimisation: when it fails, the batch is embedded without it.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -25,7 +24,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from schemas.messages import CleanedPhrase, ErrorKind, Prediction, utcnow
-from streams.state.cache import LRUCache
+from streams.state.cache import EmbeddingCache
+from streams.state.memos import AnswerMemo
 
 log = logging.getLogger("phrasestream.worker")
 
@@ -65,7 +65,7 @@ class Embedded:
     cache_hits: list[bool]
 
 
-def lookup(texts: Sequence[str], cache: LRUCache | None, dim: int) -> tuple[np.ndarray, list[bool]]:
+def lookup(texts: Sequence[str], cache: EmbeddingCache | None, dim: int) -> tuple[np.ndarray, list[bool]]:
     """Return a [n, dim] array with cached vectors filled in, and the hit mask."""
     vectors = np.zeros((len(texts), dim), dtype=np.float32)
     hits = [False] * len(texts)
@@ -91,7 +91,7 @@ def embed_misses(texts: Sequence[str], vectors: np.ndarray, hits: Sequence[bool]
     return missing
 
 
-def store(texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache: LRUCache | None) -> None:
+def store(texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache: EmbeddingCache | None) -> None:
     """Put the freshly embedded rows into the cache."""
     if cache is None:
         return
@@ -99,7 +99,7 @@ def store(texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache:
         cache.put(texts[i], vectors[i])
 
 
-def _lookup_or_miss(texts: Sequence[str], cache: LRUCache | None, dim: int) -> tuple[np.ndarray, list[bool]]:
+def _lookup_or_miss(texts: Sequence[str], cache: EmbeddingCache | None, dim: int) -> tuple[np.ndarray, list[bool]]:
     try:
         return lookup(texts, cache, dim)
     except Exception:  # the cache is an optimisation: embed everything instead
@@ -107,71 +107,11 @@ def _lookup_or_miss(texts: Sequence[str], cache: LRUCache | None, dim: int) -> t
         return lookup(texts, None, dim)
 
 
-def _store_or_skip(texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache: LRUCache | None) -> None:
+def _store_or_skip(texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache: EmbeddingCache | None) -> None:
     try:
         store(texts, vectors, rows, cache)
     except Exception:  # serving goes on without caching this batch
         log.warning("embedding cache write failed", exc_info=True)
-
-
-async def embed_with_cache(
-    texts: Sequence[str], embedder: Embedder, cache: LRUCache | None, offload: Offload | None = None
-) -> Embedded:
-    """Return the features of ``texts``: cached where possible, the rest in one batch.
-
-    The cache is read and written in the caller's thread (a Faust table belongs to the
-    event loop); the embedding itself runs through ``offload`` when given.
-    """
-    vectors, hits = _lookup_or_miss(texts, cache, embedder.feature_dim)
-    if offload is None:
-        rows = embed_misses(texts, vectors, hits, embedder)
-    else:
-        rows = await offload(embed_misses, texts, vectors, hits, embedder)
-    _store_or_skip(texts, vectors, rows, cache)
-    return Embedded(vectors, hits)
-
-
-class AnswerMemo:
-    """The last answers of each head for each cleaned text, least recently used out first.
-
-    Serving, a head is a deterministic function of the cleaned text: its features come from
-    the text alone (the embedder it was built for, float16-exact whether cached or computed)
-    and so do its TF-IDF rows. A phrase seen before by the same head version (``ref``) gets
-    the remembered answer without the head's matrix products, which are most of the cost of a
-    cached phrase. A promoted or rolled-back version has another ``ref``, so it is never
-    answered from its predecessor's memo. ``max_entries=0`` turns it off.
-    """
-
-    def __init__(self, max_entries: int) -> None:
-        self._max = max_entries
-        self._answers: OrderedDict[tuple[str, str, int], Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-
-    def __len__(self) -> int:
-        return len(self._answers)
-
-    def answer(self, head: Head, features: np.ndarray, texts: Sequence[str], top_k: int) -> list[Any]:
-        """Return ``head``'s answers for these rows, from the memo where it has them."""
-        if self._max <= 0:
-            return head.predict(features, top_k, texts=texts)
-        ref = str(head.ref)
-        with self._lock:
-            found = [self._answers.get((ref, t, top_k)) for t in texts]
-            for t, a in zip(texts, found):
-                if a is not None:
-                    self._answers.move_to_end((ref, t, top_k))
-        todo = [i for i, a in enumerate(found) if a is None]
-        self.hits += len(texts) - len(todo)
-        if todo:
-            fresh = head.predict(features[todo], top_k, texts=[texts[i] for i in todo])
-            with self._lock:
-                for i, a in zip(todo, fresh):
-                    found[i] = a
-                    self._answers[(ref, texts[i], top_k)] = a
-                while len(self._answers) > self._max:
-                    self._answers.popitem(last=False)
-        return found
 
 
 class HeadRun(NamedTuple):
@@ -305,7 +245,7 @@ def _compute(phrases: Sequence[CleanedPhrase], vectors: np.ndarray, hits: list[b
 async def serve_batch(
     values: Sequence[bytes],
     embedder: Embedder,
-    cache: LRUCache | None,
+    cache: EmbeddingCache | None,
     heads: Mapping[str, Mapping[str, Head]],
     top_k: int,
     offload: Offload | None = None,

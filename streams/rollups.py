@@ -34,7 +34,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +45,7 @@ from pydantic import ValidationError
 from ops.kafka.clients import client_config
 from schemas.messages import CleanedPhrase, Prediction, ServingRollup
 from schemas.settings import Settings
+from streams.state.memos import UnknownRates
 
 log = logging.getLogger("phrasestream.rollups")
 
@@ -78,55 +78,6 @@ class Bucket:
     n: int = 0
     unk_rate_sum: float = 0.0
     with_unk: int = 0
-
-
-class UnknownRates:
-    """Unknown-word-piece rates of cleaned texts, remembered for the last ``max_entries`` texts.
-
-    ``compute`` is ``Embedder.unknown_rates``: it runs the export's tokenizer, a TensorFlow
-    call. A text's rate never changes for one embedder, so each text is tokenized once while
-    it stays in this memo. Measured on this 2-core machine (shared with other test runs, so
-    ranges), for a batch of 64 cached CLINC150 phrases served by two heads: the heads' step
-    (``streams.pipeline._compute``, answers from the memo) took 1.5-2.6 ms; observing it took
-    0.16-0.3 ms with every rate in this memo, and 2.1-2.9 ms when the 64 texts were tokenized
-    (``unknown_rates``: 0.7-1.2 ms for one text, 1.8-4.8 ms for 64). Tokenizing on the hit path
-    would more than double the cost of a cached batch; the memo keeps it near a tenth.
-    Computing the rate only alongside an embedding miss would not do: a hit on an entry the
-    table recovered from its changelog has no rate anywhere. The bound is the embedding
-    cache's (``PHRASESTREAM_CACHE_MAX_ENTRIES``), so a phrase that skips the embedder usually
-    skips the tokenizer too; 100,000 rates take about 20 MB (texts included).
-    """
-
-    def __init__(self, compute: Callable[[Sequence[str]], np.ndarray], max_entries: int) -> None:
-        self._compute = compute
-        self._max = max_entries
-        self._rates: OrderedDict[str, float] = OrderedDict()
-        self.computed = 0
-        """How many texts were tokenized (memo misses)."""
-
-    def __len__(self) -> int:
-        return len(self._rates)
-
-    def rates(self, texts: Sequence[str]) -> np.ndarray:
-        """Return the rate of each text; the ones the memo lacks are computed in one call."""
-        found = [self._rates.get(t) for t in texts]
-        missing = list(dict.fromkeys(t for t, r in zip(texts, found) if r is None))
-        fresh: dict[str, float] = {}
-        if missing:
-            fresh = dict(zip(missing, (float(r) for r in self._compute(missing))))
-            self.computed += len(missing)
-        out = np.empty(len(texts), dtype=np.float64)
-        for i, (t, r) in enumerate(zip(texts, found)):
-            if r is None:
-                r = fresh[t]
-                if self._max > 0:
-                    self._rates[t] = r
-            else:
-                self._rates.move_to_end(t)
-            out[i] = r
-        while len(self._rates) > self._max:
-            self._rates.popitem(last=False)
-        return out
 
 
 class Rollups:

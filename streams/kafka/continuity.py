@@ -23,16 +23,28 @@ it with the batch. It also tells Faust's offset bookkeeping that the hole is don
 go on. A user's producer may be transactional: its commit markers leave real holes in
 ``phrases.in``. Reading such a hole returns only the messages that exist, which costs one
 short read.
+
+The agents use the guard through the functions at the end: :func:`fill_holes` before a batch,
+:func:`holes_done` and :func:`commit_batch` once its outputs are delivered, and, on a timer,
+:func:`restart_stalled`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
+
+import faust
+from faust.types import TP, EventT
+
+from ops.kafka.clients import client_config
+from ops.kafka.offsets import probe, read_committed, read_end_offsets
+from schemas.settings import Settings
+from streams.kafka.faust_compat import EventLike, add_gap, direct_event
+from streams.pipeline import Offload
 
 log = logging.getLogger("phrasestream.worker")
 
@@ -41,7 +53,7 @@ log = logging.getLogger("phrasestream.worker")
 class Hole:
     """Offsets ``start`` .. ``end - 1`` of partition ``tp`` were skipped."""
 
-    tp: Any
+    tp: TP
     start: int
     end: int
 
@@ -120,7 +132,8 @@ class OffsetGuard:
         self.stalls += 1
         self._seen[tp] = now
 
-    def check(self, events: Iterable[Any]) -> list[Hole]:
+    def check(self, events: Iterable[EventLike]) -> list[Hole]:
+        """Return the holes ``events`` (a batch, each with ``.message.tp`` and ``.message.offset``) show."""
         holes: list[Hole] = []
         for event in events:
             tp, offset = event.message.tp, event.message.offset
@@ -136,19 +149,19 @@ class OffsetGuard:
         return holes
 
 
-def read_hole(config: dict[str, Any], hole: Hole, timeout: float = 30.0) -> list[Any]:
+def read_hole(config: dict[str, Any], hole: Hole, timeout: float = 30.0) -> list[EventLike]:
     """Read the messages of ``hole`` with a consumer of its own; return them as events.
 
-    The events carry ``value`` and ``message`` (topic, partition, offset, tp) like Faust's,
-    which is all the agents read. Bounded by ``timeout``: what could not be read in time is
-    logged and left (it stays in the topic).
+    The events carry what the agents read of Faust's (``faust_compat.direct_event``).
+    Bounded by ``timeout``: what could not be read in time is logged and left (it stays in
+    the topic).
     """
     from confluent_kafka import Consumer, TopicPartition
 
     topic, partition = hole.tp.topic, hole.tp.partition
     consumer = Consumer({**config, "group.id": "phrasestream-hole-reader", "enable.auto.commit": False,
                          "auto.offset.reset": "earliest"})
-    found: list[Any] = []
+    found: list[EventLike] = []
     try:
         consumer.assign([TopicPartition(topic, partition, hole.start)])
         deadline = time.monotonic() + timeout
@@ -159,8 +172,7 @@ def read_hole(config: dict[str, Any], hole: Hole, timeout: float = 30.0) -> list
             offset = msg.offset()
             if offset is None or offset >= hole.end:
                 break
-            found.append(SimpleNamespace(value=msg.value(), message=SimpleNamespace(
-                topic=topic, partition=partition, offset=offset, tp=hole.tp)))
+            found.append(direct_event(hole.tp, offset, msg.value()))
             if offset == hole.end - 1:
                 break
         else:
@@ -171,19 +183,95 @@ def read_hole(config: dict[str, Any], hole: Hole, timeout: float = 30.0) -> list
     return found
 
 
-def lag_and_committed(config: dict[str, Any], group: str, tps: list[Any]) -> dict[Any, tuple[int, int | None]]:
+def lag_and_committed(config: dict[str, Any], group: str, tps: Iterable[TP]) -> dict[TP, tuple[int, int | None]]:
     """Return, per partition, its end offset and the group's committed offset (None: none yet)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+    by_topic: dict[str, list[TP]] = {}
+    for tp in tps:
+        by_topic.setdefault(tp.topic, []).append(tp)
+    consumer = probe(config, group)
     try:
-        wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
-        committed = {(c.topic, c.partition): (c.offset if c.offset >= 0 else None)
-                     for c in consumer.committed(wanted, timeout=10)}
-        out: dict[Any, tuple[int, int | None]] = {}
-        for tp in tps:
-            _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-            out[tp] = (high, committed.get((tp.topic, tp.partition)))
+        out: dict[TP, tuple[int, int | None]] = {}
+        for topic, parts in by_topic.items():
+            numbers = [tp.partition for tp in parts]
+            ends = read_end_offsets(consumer, topic, numbers)
+            committed = read_committed(consumer, topic, numbers)
+            out.update({tp: (ends[tp.partition], committed.get(tp.partition)) for tp in parts})
         return out
     finally:
         consumer.close()
+
+
+# --- the glue between the guard and a Faust app (the agents call these) -------------------
+
+
+async def follow_assignment(app: faust.App, guard: OffsetGuard, settings: Settings, offload: Offload,
+                            now: float) -> None:
+    """Point ``guard`` at the current assignment of its topic; a new one starts at the committed offsets."""
+    if guard.follow(frozenset(tp for tp in app.consumer.assignment() if tp.topic == guard.topic), now):
+        ends = await offload(lag_and_committed, client_config(settings), settings.app_id, list(guard.assignment))
+        guard.baseline({tp: committed for tp, (_, committed) in ends.items()})
+
+
+async def fill_holes(app: faust.App, guard: OffsetGuard, events: Sequence[EventLike], settings: Settings,
+                     offload: Offload) -> tuple[list[EventLike], list[Hole]]:
+    """Return the messages of any hole in the batch's partitions, read directly, and the holes.
+
+    A new assignment starts the guard afresh: its first offsets are where the commits were.
+    """
+    await follow_assignment(app, guard, settings, offload, time.monotonic())
+    holes = guard.check(events)
+    extra: list[EventLike] = []
+    for hole in holes:
+        extra.extend(await offload(read_hole, client_config(settings), hole))
+    return extra, holes
+
+
+async def restart_stalled(app: faust.App, guard: OffsetGuard, settings: Settings, offload: Offload,
+                          after: float) -> None:
+    """Seek a partition that stopped delivering, with messages left in it, to its next offset.
+
+    The next offset is the one after the last event this worker read from it, or the group's
+    committed offset when it read none since the assignment.
+    """
+    if app.rebalancing:  # a rebalance moves partitions on purpose; look again next time
+        return
+    now = time.monotonic()
+    await follow_assignment(app, guard, settings, offload, now)
+    quiet = guard.quiet(guard.assignment, now, after)
+    if not quiet:
+        return
+    ends = await offload(lag_and_committed, client_config(settings), settings.app_id, quiet)
+    for tp in quiet:
+        high, committed = ends[tp]
+        start = guard.next_offset(tp)
+        start = start if start is not None else committed
+        if start is not None and high > start:
+            log.warning("%s: %s delivered nothing for %.0f s with %d message(s) left after offset %d; "
+                        "seeking there again", guard.name, tp, after, high - start, start)
+            await app.consumer.seek(tp, start)
+            guard.restarted(tp, now)
+
+
+async def holes_done(app: faust.App, holes: Iterable[Hole]) -> None:
+    """Tell Faust's offset bookkeeping that the holes are served, so commits pass them.
+
+    Faust commits a partition only up to its first offset not acknowledged; the messages of a
+    hole were never delivered to it, so it would wait for them for ever (``faust_compat.add_gap``).
+    """
+    for hole in holes:
+        await add_gap(app, hole.tp, hole.start, hole.end - 1)
+
+
+async def commit_batch(app: faust.App, events: Sequence[EventT]) -> None:
+    """Mark a served batch's input events done and commit their offsets now.
+
+    Called once the batch's outputs are acknowledged by the broker (the outbox flushed), so
+    a commit never covers an unsent output. Faust would otherwise commit on a timer (every
+    2.8 s): the first agent runs far ahead of the second, so a worker killed between two
+    commits had tens of thousands of cleaned phrases re-cleaned, and served twice, after its
+    restart. With a commit per batch the work done again is at most the batch in flight.
+    Acking here is idempotent: the ack ``take_events`` does after the batch is then a no-op.
+    """
+    for event in events:
+        event.ack()
+    await app.consumer.commit({event.message.tp for event in events})

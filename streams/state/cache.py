@@ -1,23 +1,24 @@
 """The in-process embedding cache: a bounded LRU in front of a Faust table.
 
-A cache backend implements ``get`` and ``put`` on bytes; :class:`LRUCache` adds the bound
-and the hit accounting once, for every backend. The table backend keeps the vectors in a
-Faust table (changelog-backed, so a restarted worker gets its cache back from Kafka); the
-dict backend serves unit tests and one-off scripts.
+A cache backend implements ``get`` and ``put`` on bytes; :class:`EmbeddingCache` adds the
+bound and the hit accounting once, for every backend. The table backend keeps the vectors in
+a Faust table (changelog-backed, so a restarted worker gets its cache back from Kafka); the
+dict backend serves unit tests and one-off scripts. Which keys stay is cachetools' ``LRUCache``
+(:class:`TrackedKeys`), as for every memo of the worker (``streams.state.memos``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Protocol
 
+import cachetools
 import numpy as np
 
 
 class CacheBackend(Protocol):
-    """Store cache entries; ``LRUCache`` decides what stays."""
+    """Store cache entries; ``EmbeddingCache`` decides what stays."""
 
     def get(self, key: str) -> bytes | None: ...
     def put(self, key: str, value: bytes) -> None: ...
@@ -58,13 +59,39 @@ def cache_key(embedder_version: str, clean_text: str) -> str:
     return f"{embedder_version}:{digest}"
 
 
-class LRUCache:
+class TrackedKeys(cachetools.LRUCache[str, None]):
+    """The keys the cache holds, least recently used out first; an eviction deletes the entry from ``backend``.
+
+    cachetools calls :meth:`popitem` only to make room (its documented hook for evictions).
+    """
+
+    def __init__(self, maxsize: int, backend: CacheBackend) -> None:
+        super().__init__(maxsize)
+        self._backend = backend
+        self.evictions = 0
+
+    def popitem(self) -> tuple[str, None]:
+        key, value = super().popitem()
+        self._backend.delete(key)
+        self.evictions += 1
+        return key, value
+
+    def take_oldest_first(self) -> list[str]:
+        """Empty the set and return its keys, least recently used first (nothing is deleted from the backend)."""
+        keys: list[str] = []
+        while self:
+            keys.append(cachetools.LRUCache.popitem(self)[0])  # cachetools' own pop: not an eviction
+        return keys
+
+
+class EmbeddingCache:
     """Keep at most ``max_entries`` feature vectors, least recently used out first.
 
     Vectors are stored as float16 (half the memory and changelog of float32) and read back as
     float32. The embedder's features are float16-exact (``models.embedder.quantise``), so a hit
     gives exactly the vector a miss computes. ``max_entries=0`` disables the cache: every
-    lookup misses and nothing is stored.
+    lookup misses and nothing is stored. ``hits``, ``misses`` and ``evictions`` count lookups
+    and entries dropped for room (``/metrics`` reads the first two).
     """
 
     def __init__(self, backend: CacheBackend, embedder_version: str, dim: int, max_entries: int) -> None:
@@ -72,9 +99,13 @@ class LRUCache:
         self._version = embedder_version
         self._dim = dim
         self._max = max_entries
-        self._order: OrderedDict[str, None] = OrderedDict()
+        self._keys = TrackedKeys(max_entries, backend)  # stays empty when max_entries is 0
         self.hits = 0
         self.misses = 0
+
+    @property
+    def evictions(self) -> int:
+        return self._keys.evictions
 
     def get(self, clean_text: str) -> np.ndarray | None:
         """Return the cached vector of ``clean_text``, or None."""
@@ -87,7 +118,7 @@ class LRUCache:
             self.misses += 1
             return None
         self.hits += 1
-        self._touch(key)
+        self._keys[key] = None  # most recently used (an entry recovered from the changelog is tracked now)
         return np.frombuffer(raw, dtype=np.float16).astype(np.float32)
 
     def put(self, clean_text: str, vector: np.ndarray) -> None:
@@ -96,7 +127,7 @@ class LRUCache:
             return
         key = cache_key(self._version, clean_text)
         self._backend.put(key, np.asarray(vector, dtype=np.float16).tobytes())
-        self._touch(key)
+        self._keys[key] = None
 
     def adopt(self, keys: Iterable[str]) -> int:
         """Track exactly the entries the backend holds (after a recovery or a rebalance).
@@ -109,31 +140,29 @@ class LRUCache:
         another worker of a rolling deploy) go before this version's. Return how many were
         evicted to keep the bound.
         """
-        prefix = f"{self._version}:"
         keys = list(keys)
+        if self._max == 0:  # nothing is kept: what the table recovered goes at once
+            for key in keys:
+                self._backend.delete(key)
+            self._keys.evictions += len(keys)
+            return len(keys)
         held = set(keys)
-        for gone in [k for k in self._order if k not in held]:  # partitions revoked by a rebalance
-            del self._order[gone]
-        fresh = [k for k in keys if k not in self._order]
+        tracked = self._keys.take_oldest_first()
+        known = set(tracked)
+        fresh = [k for k in keys if k not in known]
+        prefix = f"{self._version}:"
         ours = [k for k in fresh if k.startswith(prefix)]
         others = [k for k in fresh if not k.startswith(prefix)]
-        for key in reversed(others + ours):  # the others end up oldest
-            self._order[key] = None
-            self._order.move_to_end(key, last=False)
-        return self._evict()
+        before = self._keys.evictions
+        # oldest first: other versions, then this version's recovered entries, then those used since
+        # start; beyond the bound the oldest are evicted (and deleted) as the newer come in
+        for key in [*others, *ours, *(k for k in tracked if k in held)]:
+            self._keys[key] = None
+        return self._keys.evictions - before
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._keys)
 
-    def _touch(self, key: str) -> None:
-        self._order[key] = None
-        self._order.move_to_end(key)
-        self._evict()
 
-    def _evict(self) -> int:
-        evicted = 0
-        while len(self._order) > self._max:
-            old, _ = self._order.popitem(last=False)
-            self._backend.delete(old)
-            evicted += 1
-        return evicted
+LRUCache = EmbeddingCache
+"""The old name, for callers not yet moved (``tests/unit/test_loadgen.py``)."""

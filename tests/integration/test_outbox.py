@@ -13,7 +13,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from ops.kafka.clients import client_config
 from ops.kafka.topics import create_topic
-from streams.app import READY_LINE, Outbox
+from streams.app import READY_LINE
+from streams.kafka.outbox import Outbox
 from streams.state.cache import cache_key
 
 pytestmark = pytest.mark.integration

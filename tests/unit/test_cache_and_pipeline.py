@@ -1,4 +1,4 @@
-"""Unit tests of streams.state.cache and streams.pipeline with a fake embedder and fake heads."""
+"""Unit tests of streams.state (the embedding cache, the answer memo) and streams.pipeline, with a fake embedder and fake heads."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from schemas.messages import CleanedPhrase, ErrorKind, utcnow
-from streams.pipeline import Embedded, Served, classify, embed_with_cache, serve_batch
-from streams.state.cache import LRUCache, MappingBackend, cache_key
+from streams.pipeline import Embedded, Served, classify, serve_batch
+from streams.state.cache import EmbeddingCache, MappingBackend, cache_key
 
 DIM = 8
 VERSION = "fake-v1"
@@ -97,8 +97,8 @@ def heads_for(spec: dict[str, list[str]]) -> dict[str, dict[str, FakeHead]]:
     }
 
 
-def cache(max_entries: int = 100, version: str = VERSION, backend: MappingBackend | None = None) -> LRUCache:
-    return LRUCache(backend or MappingBackend({}), version, DIM, max_entries)
+def cache(max_entries: int = 100, version: str = VERSION, backend: MappingBackend | None = None) -> EmbeddingCache:
+    return EmbeddingCache(backend or MappingBackend({}), version, DIM, max_entries)
 
 
 def phrase(pid: str, text: str, models: list[str], region: str = "global", received_at: datetime | None = None) -> CleanedPhrase:
@@ -130,7 +130,7 @@ def test_cache_key_differs_across_texts() -> None:
     assert cache_key("v1", "hello") != cache_key("v1", "hello ")
 
 
-# --- LRUCache -----------------------------------------------------------------------------
+# --- EmbeddingCache ---------------------------------------------------------------------
 
 
 def test_miss_then_hit() -> None:
@@ -247,79 +247,89 @@ def test_mapping_backend_get_put_delete() -> None:
     assert data == {}
 
 
-def embed(texts, embedder, cache):
-    """Run the async step to completion (no offload: the embedder runs in this thread)."""
-    return asyncio.run(embed_with_cache(texts, embedder, cache))
+def serve_texts(texts: Sequence[str], embedder: FakeEmbedder, cache: EmbeddingCache | None,
+                heads: dict | None = None) -> tuple[Served, list[np.ndarray]]:
+    """Serve one batch, one cleaned phrase per text, as the serving agent does (``serve_batch``, no offload).
+
+    Return what it gave and the features the head got for each phrase, in order.
+    """
+    heads = heads or heads_for({"global": ["intent"]})
+    values = [phrase(f"p{i}", text, ["intent"]).to_bytes() for i, text in enumerate(texts)]
+    head = heads["global"]["intent"]
+    before = len(head.calls)
+    served = asyncio.run(serve_batch(values, embedder, cache, heads, top_k=2))
+    assert served.failures == []
+    return served, [row for call in head.calls[before:] for row in call]
 
 
-# --- embed_with_cache ---------------------------------------------------------------------
+# --- serve_batch: the embedding cache on the serving path ---------------------------------
 
 
-def test_embed_without_cache_embeds_everything_once() -> None:
+def test_serving_without_a_cache_embeds_every_text_once() -> None:
     embedder = FakeEmbedder()
-    out = embed(["a", "b"], embedder, None)
+    served, features = serve_texts(["a", "b"], embedder, None)
     assert embedder.calls == [["a", "b"]]
-    assert out.cache_hits == [False, False]
-    np.testing.assert_array_equal(out.vectors, np.stack([embedder.vector("a"), embedder.vector("b")]))
+    assert [p.cache_hit for p in served.predictions] == [False, False]
+    np.testing.assert_array_equal(np.stack(features), np.stack([embedder.vector("a"), embedder.vector("b")]))
 
 
-def test_second_lookup_hits_and_does_not_call_embedder() -> None:
+def test_a_second_batch_hits_the_cache_and_does_not_call_the_embedder() -> None:
     embedder, c = FakeEmbedder(), cache()
-    first = embed(["hello"], embedder, c)
-    second = embed(["hello"], embedder, c)
+    first, first_features = serve_texts(["hello"], embedder, c)
+    second, second_features = serve_texts(["hello"], embedder, c)
     assert embedder.calls == [["hello"]]
-    assert first.cache_hits == [False] and second.cache_hits == [True]
-    np.testing.assert_array_equal(first.vectors, second.vectors)
+    assert [p.cache_hit for p in first.predictions] == [False] and [p.cache_hit for p in second.predictions] == [True]
+    np.testing.assert_array_equal(first_features[0], second_features[0])
     assert (c.hits, c.misses) == (1, 1)
 
 
 def test_duplicate_texts_in_one_batch_are_embedded_once() -> None:
     embedder, c = FakeEmbedder(), cache()
-    out = embed(["a", "b", "a", "a", "b"], embedder, c)
+    served, features = serve_texts(["a", "b", "a", "a", "b"], embedder, c)
     assert embedder.calls == [["a", "b"]]
-    assert out.cache_hits == [False] * 5
-    np.testing.assert_array_equal(out.vectors[0], out.vectors[2])
-    np.testing.assert_array_equal(out.vectors[0], out.vectors[3])
-    np.testing.assert_array_equal(out.vectors[1], out.vectors[4])
-    assert not np.array_equal(out.vectors[0], out.vectors[1])
+    assert [p.cache_hit for p in served.predictions] == [False] * 5
+    np.testing.assert_array_equal(features[0], features[2])
+    np.testing.assert_array_equal(features[0], features[3])
+    np.testing.assert_array_equal(features[1], features[4])
+    assert not np.array_equal(features[0], features[1])
 
 
-def test_mixed_batch_embeds_only_misses_in_one_call() -> None:
+def test_a_mixed_batch_embeds_only_its_misses_in_one_call() -> None:
     embedder, c = FakeEmbedder(), cache()
-    embed(["a"], embedder, c)
-    out = embed(["b", "a", "c", "b"], embedder, c)
+    serve_texts(["a"], embedder, c)
+    served, features = serve_texts(["b", "a", "c", "b"], embedder, c)
     assert embedder.calls == [["a"], ["b", "c"]]
-    assert out.cache_hits == [False, True, False, False]
-    expected = np.stack([embedder.vector(t) for t in ["b", "a", "c", "b"]])
-    np.testing.assert_array_equal(out.vectors, expected)
+    assert [p.cache_hit for p in served.predictions] == [False, True, False, False]
+    np.testing.assert_array_equal(np.stack(features), np.stack([embedder.vector(t) for t in ["b", "a", "c", "b"]]))
 
 
-def test_all_hits_do_not_call_embedder() -> None:
+def test_a_batch_of_hits_does_not_call_the_embedder() -> None:
     embedder, c = FakeEmbedder(), cache()
-    embed(["a", "b"], embedder, c)
-    out = embed(["b", "a"], embedder, c)
-    assert len(embedder.calls) == 1 and out.cache_hits == [True, True]
+    serve_texts(["a", "b"], embedder, c)
+    served, _ = serve_texts(["b", "a"], embedder, c)
+    assert len(embedder.calls) == 1 and [p.cache_hit for p in served.predictions] == [True, True]
 
 
-def test_embed_with_disabled_cache_always_embeds() -> None:
+def test_a_disabled_cache_embeds_every_batch() -> None:
     embedder, c = FakeEmbedder(), cache(max_entries=0)
-    embed(["a"], embedder, c)
-    embed(["a"], embedder, c)
+    serve_texts(["a"], embedder, c)
+    serve_texts(["a"], embedder, c)
     assert embedder.calls == [["a"], ["a"]]
 
 
-def test_new_embedder_version_misses_old_entries() -> None:
+def test_a_new_embedder_version_misses_the_entries_of_the_old_one() -> None:
     backend = MappingBackend({})
     old, new = FakeEmbedder("v1"), FakeEmbedder("v2")
-    embed(["a"], old, cache(version=old.version, backend=backend))
-    out = embed(["a"], new, cache(version=new.version, backend=backend))
-    assert new.calls == [["a"]] and out.cache_hits == [False]
+    serve_texts(["a"], old, cache(version=old.version, backend=backend))
+    served, _ = serve_texts(["a"], new, cache(version=new.version, backend=backend))
+    assert new.calls == [["a"]] and [p.cache_hit for p in served.predictions] == [False]
 
 
-def test_empty_batch() -> None:
+def test_an_empty_batch_serves_nothing_and_embeds_nothing() -> None:
     embedder = FakeEmbedder()
-    out = embed([], embedder, cache())
-    assert embedder.calls == [] and out.vectors.shape == (0, DIM) and out.cache_hits == []
+    served, features = serve_texts([], embedder, cache())
+    assert embedder.calls == [] and features == []
+    assert (served.predictions, served.payloads, served.embed_seconds) == ([], [], [])
 
 
 # --- classify -----------------------------------------------------------------------------
@@ -436,22 +446,20 @@ def test_classify_empty_batch() -> None:
     assert classify([], Embedded(np.zeros((0, DIM), dtype=np.float32), []), heads_for({"g": ["m"]}), VERSION, 2) == ([], [])
 
 
-def test_embed_then_classify_end_to_end_with_cache() -> None:
+def test_a_text_served_twice_is_embedded_once_and_labelled_alike() -> None:
     embedder, c = FakeEmbedder(), cache()
-    heads = heads_for({"global": ["intent"]})
-    batch1 = [phrase("a1", "same", ["intent"]), phrase("a2", "same", ["intent"])]
-    preds1, _ = classify(batch1, embed([p.clean_text for p in batch1], embedder, c), heads, VERSION, 2)
-    batch2 = [phrase("b1", "same", ["intent"])]
-    preds2, _ = classify(batch2, embed([p.clean_text for p in batch2], embedder, c), heads, VERSION, 2)
+    first, _ = serve_texts(["same", "same"], embedder, c)
+    second, _ = serve_texts(["same"], embedder, c)
     assert embedder.calls == [["same"]]
-    assert [p.cache_hit for p in preds1] == [False, False] and [p.cache_hit for p in preds2] == [True]
-    assert {p.label for p in preds1 + preds2} == {"intent:0"}
+    assert [p.cache_hit for p in first.predictions] == [False, False]
+    assert [p.cache_hit for p in second.predictions] == [True]
+    assert {p.label for p in first.predictions + second.predictions} == {"intent:0"}
 
 
 @pytest.mark.parametrize("max_entries", [1, 2, 5])
-def test_cache_bound_holds_through_embed_with_cache(max_entries: int) -> None:
+def test_the_cache_bound_holds_on_the_serving_path(max_entries: int) -> None:
     backend = RecordingBackend()
-    embed([f"t{i}" for i in range(7)], FakeEmbedder(), cache(max_entries, backend=backend))
+    serve_texts([f"t{i}" for i in range(7)], FakeEmbedder(), cache(max_entries, backend=backend))
     assert len(backend.store) == max_entries
 
 
@@ -460,7 +468,7 @@ def test_cache_bound_holds_through_embed_with_cache(max_entries: int) -> None:
 
 def test_adopted_entries_are_evicted_before_entries_used_since_start():
     store: dict = {cache_key("v1", t): np.ones(4, np.float16).tobytes() for t in ("old-a", "old-b")}
-    cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=3)
+    cache = EmbeddingCache(MappingBackend(store), "v1", dim=4, max_entries=3)
     cache.put("new", np.ones(4, np.float32))
     assert cache.adopt(list(store)) == 0
     cache.put("newer", np.ones(4, np.float32))
@@ -469,7 +477,7 @@ def test_adopted_entries_are_evicted_before_entries_used_since_start():
 
 def test_adopt_evicts_entries_of_another_embedder_version_first():
     store: dict = {cache_key("v1", "kept"): b"x" * 8, cache_key("v0", "stale"): b"x" * 8}
-    cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=1)
+    cache = EmbeddingCache(MappingBackend(store), "v1", dim=4, max_entries=1)
     assert cache.adopt(list(store)) == 1
     assert list(store) == [cache_key("v1", "kept")]
     assert len(cache) == 1
@@ -477,14 +485,14 @@ def test_adopt_evicts_entries_of_another_embedder_version_first():
 
 def test_adopt_keeps_other_versions_while_under_the_bound():
     store: dict = {cache_key("v0", "other-worker"): b"x" * 8}
-    cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=5)
+    cache = EmbeddingCache(MappingBackend(store), "v1", dim=4, max_entries=5)
     assert cache.adopt(list(store)) == 0
     assert list(store) == [cache_key("v0", "other-worker")]
 
 
 def test_a_hit_on_an_untracked_entry_keeps_the_bound():
     store: dict = {cache_key("v1", t): np.ones(4, np.float16).tobytes() for t in ("a", "b", "c")}
-    cache = LRUCache(MappingBackend(store), "v1", dim=4, max_entries=2)
+    cache = EmbeddingCache(MappingBackend(store), "v1", dim=4, max_entries=2)
     for text in ("a", "b", "c"):
         assert cache.get(text) is not None
     assert len(cache) == 2 and len(store) == 2
@@ -548,7 +556,7 @@ def test_serve_batch_serialises_each_prediction_keyed_by_its_id_through_the_offl
 
 def test_adopt_forgets_entries_of_partitions_that_moved_away():
     backend = MappingBackend({})
-    lru = LRUCache(backend, "v1", 4, max_entries=10)
+    lru = EmbeddingCache(backend, "v1", 4, max_entries=10)
     for text in ("a", "b", "c"):
         lru.put(text, np.ones(4, dtype=np.float32))
     held = backend.keys()  # a MappingBackend's keys, not a dict's
@@ -559,7 +567,7 @@ def test_adopt_forgets_entries_of_partitions_that_moved_away():
 
 
 def test_the_answer_memo_gives_the_heads_answers_and_never_those_of_another_version():
-    from streams.pipeline import AnswerMemo
+    from streams.state.memos import AnswerMemo
 
     v7 = FakeHead(FakeRef("global", "intent", "v7"))
     v8 = FakeHead(FakeRef("global", "intent", "v8"))

@@ -18,7 +18,7 @@ from schemas.messages import CleanedPhrase, ErrorKind, Prediction
 from streams.metrics import BatchHistogram, SinkMetrics, WorkerMetrics, serve_metrics
 from streams.pipeline import HeadRun, Served, serve_batch
 from streams.sinks.base import SinkStats
-from streams.state.cache import LRUCache, MappingBackend
+from streams.state.cache import EmbeddingCache, MappingBackend
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -80,7 +80,7 @@ def test_worker_batch_timings_go_to_the_embed_and_per_head_histograms():
 
 
 def test_worker_reads_cache_counts_and_live_head_versions_when_scraped():
-    cache = LRUCache(MappingBackend({}), "e1", 4, max_entries=10)
+    cache = EmbeddingCache(MappingBackend({}), "e1", 4, max_entries=10)
     heads: dict = {}
     m = WorkerMetrics(process=False)
     m.watch(cache=cache, heads=lambda: heads)
@@ -162,7 +162,7 @@ def test_serve_batch_reports_an_embed_time_only_when_it_embeds_and_one_time_per_
             return [Answer() for _ in range(len(features))]
 
     heads = {"g": {"m1": Head("m1"), "m2": Head("m2")}}
-    cache = LRUCache(MappingBackend({}), "e", 2, max_entries=10)
+    cache = EmbeddingCache(MappingBackend({}), "e", 2, max_entries=10)
     raw = [CleanedPhrase(id=str(i), region="g", models=["m1", "m2"], clean_text="hi",
                          received_at=T0).to_bytes() for i in range(3)]
     first = asyncio.run(serve_batch(raw, Embedder(), cache, heads, top_k=1))

@@ -17,7 +17,8 @@ from models.heads import BLOCK_DIM, block_columns
 from schemas.messages import CleanedPhrase, DeadLetter, ErrorKind, Prediction, ServingRollup
 from schemas.settings import Settings
 from streams.pipeline import serve_batch
-from streams.rollups import RollupPublisher, Rollups, UnknownRates, hour_of, rollups_for, unit_rows
+from streams.rollups import RollupPublisher, Rollups, hour_of, rollups_for, unit_rows
+from streams.state.memos import UnknownRates
 
 T0 = datetime(2026, 11, 28, 10, 59, 59, 999_000, tzinfo=UTC)
 T1 = datetime(2026, 11, 28, 11, 0, 0, tzinfo=UTC)

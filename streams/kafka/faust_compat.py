@@ -1,0 +1,129 @@
+"""Every call the worker makes into Faust's, mode's or aiokafka's private parts, behind one door.
+
+Each call is a small named function with the reason there is no public one. Each is pinned
+by ``tests/unit/test_faust_compat.py``, which fails when faust-streaming (0.15 here) renames,
+re-signs or drops what it uses: after an upgrade, run that file first. Nothing else in
+``streams/`` touches an underscore name of these libraries (``git grep '\\._add_gap\\|_ensure_producer'``).
+
+What the agents read of an event is written down here too (:class:`EventLike`): the messages
+the offset guard reads itself (:func:`direct_event`) pose as Faust events and must carry the
+same attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import faust
+from faust.types import TP, EventT
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
+
+
+class MessageLike(Protocol):
+    """What the agents read of an event's message: where it was read."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def tp(self) -> TP: ...
+
+
+class EventLike(Protocol):
+    """What the agents read of an event: its value (raw bytes) and its message (see :class:`MessageLike`)."""
+
+    @property
+    def value(self) -> Any: ...
+    @property
+    def message(self) -> MessageLike: ...
+
+
+@dataclass(frozen=True)
+class DirectMessage:
+    """The ``message`` of a :class:`DirectEvent`: the attributes of Faust's ``Message`` the agents read."""
+
+    topic: str
+    partition: int
+    offset: int
+    tp: TP
+
+
+@dataclass(frozen=True)
+class DirectEvent:
+    """A message the worker read with a consumer of its own (a hole, ``streams.kafka.continuity``).
+
+    It is served with a batch of Faust events, so it carries what the agents read of one
+    (``value`` and ``message``), and nothing else: it is never acked or committed through
+    Faust (the hole's offsets are handed to :func:`add_gap` instead).
+    """
+
+    value: bytes | None
+    message: DirectMessage
+
+
+def direct_event(tp: TP, offset: int, value: bytes | None) -> DirectEvent:
+    """Return the message at ``offset`` of ``tp``, read outside Faust, as the agents read a Faust event."""
+    return DirectEvent(value, DirectMessage(tp.topic, tp.partition, offset, tp))
+
+
+async def add_gap(app: faust.App, tp: TP, first: int, last: int) -> None:
+    """Tell the consumer's offset bookkeeping that offsets ``first`` .. ``last`` (inclusive) are done.
+
+    Faust commits a partition only up to its first offset not acknowledged. It records known
+    gaps (offsets a compacted topic does not have) with ``Consumer._add_gap``, and commits
+    past them; there is no public call to record one. The offset guard uses it for a hole
+    it served itself. Upstream: robinhood/faust#401 (commits stop at a gap; ``_add_gap`` came
+    with its fix), faust-streaming/faust#378 and #606 (gap handling still changing).
+    """
+    await app.consumer._add_gap(tp, first, last)  # type: ignore[attr-defined]  # ConsumerT does not declare it
+
+
+def kafka_producer(app: faust.App) -> AIOKafkaProducer:
+    """Return the aiokafka producer inside Faust's producer (once Faust has started it).
+
+    Faust exposes no public handle on it; ``Producer._ensure_producer`` of its aiokafka
+    driver (the only transport the worker configures) returns it, or raises ``NotReady``.
+    """
+    from faust.transport.drivers.aiokafka import Producer
+
+    return cast(Producer, app.producer)._ensure_producer()
+
+
+async def changelog_metadata(app: faust.App, topic: str) -> None:
+    """Wait until Faust's producer knows the partitions of the changelog ``topic`` of a table.
+
+    A table with ``use_partitioner=True`` routes keys with the producer's partitioner, and
+    aiokafka's partitioner reads partitions from cached metadata without fetching it: the
+    first write to a changelog the producer has not seen yet fails. Faust has no public call
+    that fetches it, so we ask its aiokafka producer (public ``partitions_for``) directly.
+    Upstream: robinhood/faust#499 (stale partition metadata at first boot; Faust's fix
+    refreshes it after creating topics, not for the producer's partitioner).
+    """
+    await kafka_producer(app).partitions_for(topic)
+
+
+def take_events(stream: faust.StreamT, max_: int, within: float) -> AsyncIterator[Sequence[EventT]]:
+    """Return ``stream.take_events(max_, within)``: batches of events (not values), each acked when the next is taken.
+
+    ``faust.Stream`` has ``take_events`` (public, documented) but ``StreamT``, the type an
+    agent is given, does not declare it; the cast says which class the agent really gets.
+    Upstream: faust-streaming/faust#392 added it to ``Stream`` only.
+    """
+    return cast(faust.Stream, stream).take_events(max_, within=within)
+
+
+def drop_spinner(worker: faust.Worker) -> None:
+    """Keep ``worker`` from drawing Faust's terminal spinner, whose cursor codes would land in the log.
+
+    ``faust.Worker.__init__`` always makes one; Faust itself drops it only when it sets
+    logging up, which the worker leaves to us (``override_logging=False``). The attribute is
+    ``Optional`` in Faust and every use checks it, so ``None`` is safe, but no setting asks for it.
+    """
+    worker.spinner = None
