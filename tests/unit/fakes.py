@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
+from confluent_kafka import Message
 
 from models.embedder import READOUT, quantise
 from models.heads import BLOCK_DIM
@@ -44,3 +46,49 @@ class ReadoutEmbedder:
 
     def unknown_rates(self, texts: Sequence[str]) -> np.ndarray:
         return np.array([0.5 if "zzz" in t else 0.0 for t in texts])
+
+
+class FakeProducer:
+    """Stand in for confluent-kafka's ``Producer`` as an outbox uses it: a bounded local queue
+    (``BufferError`` when full) and delivery reports served by ``poll`` and ``flush``.
+
+    ``fail_once``: values whose first delivery fails; ``away_flushes``: flushes that deliver
+    nothing (a broker that is away). ``delivered`` holds (topic, key, value) in delivery order;
+    ``journal``, when given, gets ``"flush"`` at every flush (to order it against other calls).
+    """
+
+    def __init__(self, queue_max: int = 100, fail_once: Iterable[bytes] = (), away_flushes: int = 0,
+                 journal: list[str] | None = None) -> None:
+        self.queue: list[tuple[Message, Callable[[Any, Any], None]]] = []
+        self.queue_max, self.fail_once, self.away_flushes = queue_max, set(fail_once), away_flushes
+        self.delivered: list[tuple[str, bytes | None, bytes]] = []
+        self.full = 0
+        self.journal = journal
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None, on_delivery: Any = None) -> None:
+        if len(self.queue) >= self.queue_max:
+            self.full += 1
+            raise BufferError("Local: Queue full")
+        self.queue.append((Message(topic=topic, key=key, value=value), on_delivery))
+
+    def poll(self, timeout: float) -> int:
+        return self._deliver(1)
+
+    def flush(self, timeout: float) -> int:
+        if self.journal is not None:
+            self.journal.append("flush")
+        if self.away_flushes:
+            self.away_flushes -= 1
+            return len(self.queue)
+        self._deliver(len(self.queue))
+        return len(self.queue)
+
+    def _deliver(self, count: int) -> int:
+        done, self.queue = self.queue[:count], self.queue[count:]
+        for msg, report in done:
+            if msg.value() in self.fail_once:
+                self.fail_once.discard(msg.value())
+                report("Broker: Not enough in-sync replicas", msg)
+            else:
+                self.delivered.append((msg.topic(), msg.key(), msg.value()))
+        return len(done)

@@ -73,7 +73,7 @@ def pointer(version: str, seq: int, action: str = "promote") -> RegistryPointer:
 
 def head_set(registry: Registry) -> HeadSet:
     settings = Settings(_env_file=None, registry_retry_seconds=0.01)
-    return HeadSet(settings, "emb-v1", fetch=registry.fetch, load=registry.load)  # type: ignore[arg-type]
+    return HeadSet(settings, "emb-v1", fetch=registry.fetch, load=registry.load)
 
 
 def serving(heads: HeadSet) -> str:
@@ -137,7 +137,7 @@ def test_a_version_whose_bundle_waits_for_the_database_loads_once_it_answers(cap
     assert waits == ["cannot fetch head global/intent:v2 yet: PostgreSQL: connection refused; still serving v1; "
                      "trying again every 0 s at most"], "said once, when it starts waiting"
     [fetched] = [line for line in lines if line.startswith("head global/intent: fetched after")]
-    tries = int(re.fullmatch(r"head global/intent: fetched after (\d+) tries", fetched).group(1))  # type: ignore[union-attr]
+    tries = int(re.fullmatch(r"head global/intent: fetched after (\d+) tries", fetched).group(1))
     assert tries == registry.failed + 1
 
 

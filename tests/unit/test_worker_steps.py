@@ -1,0 +1,116 @@
+"""The agents' batch step (streams.worker.Step, through Cleaner): holes served first, outputs delivered
+before the commit, bad input dead-lettered. A stand-in Faust consumer and producer, no broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import faust
+from fakes import FakeProducer
+from faust.types import TP
+from faust.types.tuples import Message
+
+from schemas.messages import CleanedPhrase, DeadLetter, ErrorKind
+from schemas.settings import Settings
+from streams.decode import Limits
+from streams.heads import HeadSet
+from streams.kafka.continuity import OffsetGuard, lag_and_committed, read_hole
+from streams.kafka.faust_compat import direct_event
+from streams.kafka.outbox import Outbox
+from streams.metrics import WorkerMetrics
+from streams.state.cache import cache_key
+from streams.worker import Cleaner
+
+SETTINGS = Settings(_env_file=None)
+IN = TP(SETTINGS.topic_in, 0)
+CLEANED = "worker-phrases.cleaned"
+
+
+class Consumer:
+    """Faust's consumer as the step uses it; every call goes to ``journal``."""
+
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+        self.committed: list[set[TP]] = []
+        self.gaps: list[tuple[TP, int, int]] = []
+
+    def assignment(self) -> set[TP]:
+        return {IN}
+
+    def ack(self, message: Message) -> bool:
+        return True
+
+    async def commit(self, tps: set[TP]) -> bool:
+        self.journal.append("commit")
+        self.committed.append(set(tps))
+        return True
+
+    async def _add_gap(self, tp: TP, first: int, last: int) -> None:
+        self.journal.append("gap")
+        self.gaps.append((tp, first, last))
+
+
+class App:
+    rebalancing = False
+
+    def __init__(self, journal: list[str]) -> None:
+        self.consumer = Consumer(journal)
+
+
+def raw(text: str, pid: str) -> bytes:
+    return json.dumps({"id": pid, "text": text, "region": "global", "models": ["intent"]}).encode()
+
+
+def events(app: App, *offsets_and_values: tuple[int, bytes]) -> list[faust.Event]:
+    return [faust.Event(app, None, value, None, Message(IN.topic, IN.partition, offset, 0.0, 0, None, None, value,
+                                                        None, tp=IN))
+            for offset, value in offsets_and_values]
+
+
+def cleaner(app: App, producer: FakeProducer, topic_holds: dict[int, bytes]) -> Cleaner:
+    """A Cleaner whose offload answers the guard's broker questions from ``topic_holds`` (offset -> value)."""
+
+    async def offload(fn: Callable[..., Any], *args: Any) -> Any:
+        if fn is lag_and_committed:  # a new assignment: nothing committed yet, the topic ends after its last offset
+            return {tp: (max(topic_holds) + 1, 0) for tp in args[2]}
+        if fn is read_hole:
+            hole = args[1]
+            return [direct_event(hole.tp, o, topic_holds[o]) for o in range(hole.start, hole.end)]
+        return fn(*args)
+
+    heads = HeadSet(SETTINGS, "e1")
+    heads.heads = {"global": {"intent": object()}}  # only the names are read
+    return Cleaner(app=app, settings=SETTINGS, guard=OffsetGuard("validate_and_clean", IN.topic),
+                   outbox=Outbox(SETTINGS, "clean", producer=producer), metrics=WorkerMetrics(process=False),
+                   offload=offload, heads=heads, limits=Limits(), cleaned_topic=CLEANED, embedder_version="e1")
+
+
+def test_a_batch_is_cleaned_or_dead_lettered_and_committed_only_once_the_broker_has_its_outputs() -> None:
+    journal: list[str] = []
+    app, producer = App(journal), FakeProducer(journal=journal)
+    batch = events(app, (0, raw("What is my balance?", "a")), (1, b"{not json"))
+    asyncio.run(cleaner(app, producer, {0: batch[0].value, 1: batch[1].value}).run(batch))
+    [(topic, key, value), (dlq, _, letter)] = producer.delivered
+    phrase = CleanedPhrase.model_validate_json(value)
+    assert (topic, phrase.id, key) == (CLEANED, "a", cache_key("e1", phrase.clean_text).encode())
+    assert dlq == SETTINGS.topic_dlq and DeadLetter.model_validate_json(letter).error_kind == ErrorKind.INVALID_JSON
+    assert journal == ["flush", "commit"], "the commit comes after the outputs are delivered"
+    assert app.consumer.committed == [{IN}] and app.consumer.gaps == []
+
+
+def test_a_hole_is_read_and_served_first_then_marked_done_before_the_commit() -> None:
+    journal: list[str] = []
+    app, producer = App(journal), FakeProducer(journal=journal)
+    holds = {o: raw(f"phrase number {o}", f"p{o}") for o in range(7)}
+    step = cleaner(app, producer, holds)
+    asyncio.run(step.run(events(app, (0, holds[0]), (1, holds[1]))))
+    journal.clear()
+    asyncio.run(step.run(events(app, (5, holds[5]), (6, holds[6]))))  # offsets 2..4 never came
+    served = [CleanedPhrase.model_validate_json(value).id for _, _, value in producer.delivered]
+    assert served == ["p0", "p1", "p2", "p3", "p4", "p5", "p6"], "every message once, the hole's first"
+    assert app.consumer.gaps == [(IN, 2, 4)]
+    assert journal == ["flush", "gap", "commit"]
+    assert step.guard.holes == 1
