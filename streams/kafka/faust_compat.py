@@ -2,8 +2,8 @@
 
 Each call is a small named function with the reason there is no public one. Each is pinned
 by ``tests/unit/test_faust_compat.py``, which fails when faust-streaming (0.15 here) renames,
-re-signs or drops what it uses: after an upgrade, run that file first. Nothing else in
-``streams/`` touches an underscore name of these libraries (``git grep '\\._add_gap\\|_ensure_producer'``).
+re-signs or drops what it uses: after an upgrade, run that file first. The same file checks
+that no other module of the worker touches an underscore name of another object.
 
 What the agents read of an event is written down here too (:class:`EventLike`): the messages
 the offset guard reads itself (:func:`direct_event`) pose as Faust events and must carry the
@@ -82,7 +82,9 @@ async def add_gap(app: faust.App, tp: TP, first: int, last: int) -> None:
     it served itself. Upstream: robinhood/faust#401 (commits stop at a gap; ``_add_gap`` came
     with its fix), faust-streaming/faust#378 and #606 (gap handling still changing).
     """
-    await app.consumer._add_gap(tp, first, last)  # type: ignore[attr-defined]  # ConsumerT does not declare it
+    from faust.transport.consumer import Consumer
+
+    await cast(Consumer, app.consumer)._add_gap(tp, first, last)  # ConsumerT, app.consumer's type, lacks it
 
 
 def kafka_producer(app: faust.App) -> AIOKafkaProducer:

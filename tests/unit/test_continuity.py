@@ -2,71 +2,74 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from faust.types import TP
 
 from streams.kafka.continuity import Hole, OffsetGuard
+from streams.kafka.faust_compat import DirectEvent, direct_event
+
+P0, P1, P2 = TP("topic", 0), TP("topic", 1), TP("topic", 2)
 
 
-def events(tp: str, *offsets: int) -> list:
-    return [SimpleNamespace(message=SimpleNamespace(tp=tp, offset=o)) for o in offsets]
+def events(tp: TP, *offsets: int) -> list[DirectEvent]:
+    return [direct_event(tp, o, None) for o in offsets]
 
 
 def test_contiguous_offsets_show_no_hole() -> None:
     guard = OffsetGuard("t")
-    assert guard.check(events("p0", 5, 6, 7) + events("p1", 100, 101)) == []
-    assert guard.check(events("p0", 8, 9)) == []
+    assert guard.check(events(P0, 5, 6, 7) + events(P1, 100, 101)) == []
+    assert guard.check(events(P0, 8, 9)) == []
     assert guard.holes == 0
 
 
 def test_a_jump_is_reported_once_with_the_skipped_range() -> None:
     guard = OffsetGuard("t")
-    assert guard.check(events("p2", *range(368, 378))) == []
-    assert guard.check(events("p2", 412, 413) + events("p1", 7)) == [Hole("p2", 378, 412)]
-    assert guard.check(events("p2", 414, 415)) == []  # goes on from after the jump
+    assert guard.check(events(P2, *range(368, 378))) == []
+    assert guard.check(events(P2, 412, 413) + events(P1, 7)) == [Hole(P2, 378, 412)]
+    assert guard.check(events(P2, 414, 415)) == []  # goes on from after the jump
     assert guard.holes == 1
 
 
 def test_repeated_offsets_are_no_hole() -> None:
     guard = OffsetGuard("t")
-    guard.check(events("p0", 1, 2, 3))
-    assert guard.check(events("p0", 2, 3, 4)) == []
+    guard.check(events(P0, 1, 2, 3))
+    assert guard.check(events(P0, 2, 3, 4)) == []
 
 
 def test_reset_forgets_the_offsets_of_an_old_assignment() -> None:
     guard = OffsetGuard("t")
-    guard.check(events("p0", 1, 2))
+    guard.check(events(P0, 1, 2))
     guard.reset()
-    assert guard.check(events("p0", 50)) == []  # a new assignment starts where the commits were
+    assert guard.check(events(P0, 50)) == []  # a new assignment starts where the commits were
 
 
 def test_a_partition_quiet_since_its_assignment_or_last_event_is_found() -> None:
     guard = OffsetGuard("t", "topic")
-    guard.follow(frozenset({"p0", "p1"}), now=100.0)
+    guard.follow(frozenset({P0, P1}), now=100.0)
     assert guard.quiet(guard.assignment, now=110.0, after=15.0) == []
-    guard.check(events("p0", 1))  # p0 delivers (at the real clock: long after 100)
-    assert guard.quiet(guard.assignment, now=116.0, after=15.0) == ["p1"]
-    guard.restarted("p1", now=116.0)
-    assert guard.quiet(["p1"], now=120.0, after=15.0) == []  # given time after its seek
+    guard.check(events(P0, 1))  # p0 delivers (at the real clock: long after 100)
+    assert guard.quiet(guard.assignment, now=116.0, after=15.0) == [P1]
+    guard.restarted(P1, now=116.0)
+    assert guard.quiet([P1], now=120.0, after=15.0) == []  # given time after its seek
     assert guard.stalls == 1
-    guard.follow(frozenset({"p0", "p1"}), now=200.0)  # same assignment: nothing forgotten
-    assert guard.next_offset("p0") == 2
-    guard.follow(frozenset({"p1"}), now=300.0)  # a new one: start afresh
-    assert guard.next_offset("p0") is None
+    guard.follow(frozenset({P0, P1}), now=200.0)  # same assignment: nothing forgotten
+    assert guard.next_offset(P0) == 2
+    guard.follow(frozenset({P1}), now=300.0)  # a new one: start afresh
+    assert guard.next_offset(P0) is None
 
 
 def test_no_partition_counts_as_quiet_while_the_agent_is_busy_or_just_after_a_long_batch() -> None:
     guard = OffsetGuard("t", "topic")
-    guard.follow(frozenset({"p0"}), now=0.0)
+    guard.follow(frozenset({P0}), now=0.0)
     guard.begin(now=1.0)  # say the broker is away and the outputs wait
     assert guard.quiet(guard.assignment, now=40.0, after=15.0) == []
     guard.end(now=40.0, long=5.0)
     assert guard.quiet(guard.assignment, now=50.0, after=15.0) == []  # it waited for the agent
-    assert guard.quiet(guard.assignment, now=56.0, after=15.0) == ["p0"]
+    assert guard.quiet(guard.assignment, now=56.0, after=15.0) == [P0]
 
 
 def test_a_hole_at_the_start_of_an_assignment_is_seen_from_the_committed_offset() -> None:
     guard = OffsetGuard("t", "topic")
-    assert guard.follow(frozenset({"p2"}), now=0.0)
-    guard.baseline({"p2": 284})
-    assert guard.check(events("p2", 285, 286)) == [Hole("p2", 284, 285)]
-    assert not guard.follow(frozenset({"p2"}), now=1.0)
+    assert guard.follow(frozenset({P2}), now=0.0)
+    guard.baseline({P2: 284})
+    assert guard.check(events(P2, 285, 286)) == [Hole(P2, 284, 285)]
+    assert not guard.follow(frozenset({P2}), now=1.0)
