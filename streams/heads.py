@@ -202,5 +202,12 @@ class HeadSet:
                         self._changing.notify_all()
         except psycopg2.Error:
             return  # replaced by a newer pointer, or the set stops
+        except Exception:  # a bug, not the database: say so, and leave the version to a newer pointer
+            log.exception("head %s/%s: fetching version %s failed; not trying it again", *key, pointer.version)
+            with self._changing:
+                if self._waiting.get(key) is pointer:
+                    del self._waiting[key]
+                self._changing.notify_all()
+            return
         if loaded:
             log.info("head %s/%s: fetched after %d tries", *key, tries)

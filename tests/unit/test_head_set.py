@@ -41,9 +41,12 @@ class Registry:
         self.failed = 0
         self.failed_thrice = threading.Event()
         self.loaded: dict[str, threading.Event] = {}
+        self.broken = False
 
     def fetch(self, settings: Settings, ref: HeadRef, want_sha256: str | None) -> Path:
         self.fetched.append(ref.version)
+        if self.broken:
+            raise RuntimeError("a bug in the fetch")
         if ref.version in self.corrupt:
             raise BundleError(f"{ref}: a file fails its checksum")
         if ref.version in self.local:
@@ -164,6 +167,19 @@ def test_stop_ends_the_fetching_of_a_waiting_version() -> None:
     join_fetch_thread()
     registry.database_up.set()
     assert serving(heads) == "v1" and not registry.was_loaded("v2").is_set()
+
+
+def test_a_fetch_that_fails_for_another_reason_is_logged_and_no_longer_waits(caplog) -> None:
+    registry = Registry(local={"v1"}, stored={"v2"})
+    heads = head_set(registry)
+    heads.offer(pointer("v1", 1))
+    heads.offer(pointer("v2", 2))
+    registry.broken = True  # the next try, in the fetch thread, meets a bug instead of the database
+    with caplog.at_level(logging.ERROR, "phrasestream.worker"):
+        join_fetch_thread()
+    assert not heads.waiting and serving(heads) == "v1"
+    assert any(r.getMessage() == "head global/intent: fetching version v2 failed; not trying it again"
+               for r in caplog.records)
 
 
 class NoFollower:
