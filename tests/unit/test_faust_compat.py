@@ -23,14 +23,6 @@ from faust.types.tuples import Message
 from faust.utils.terminal import Spinner
 
 from streams.kafka import faust_compat
-from streams.kafka.faust_compat import (
-    DirectMessage,
-    add_gap,
-    changelog_metadata,
-    direct_event,
-    drop_spinner,
-    kafka_producer,
-)
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPIC = "phrases.cleaned"
@@ -54,7 +46,7 @@ def committable_after(acked: list[int], gap: tuple[int, int] | None) -> int | No
     for offset in acked:
         assert consumer.ack(message(offset))
     if gap is not None:
-        asyncio.run(add_gap(app, TP0, *gap))
+        asyncio.run(faust_compat.add_gap(app, TP0, *gap))
     return consumer._new_offset(TP0)  # what Consumer.commit() commits for the partition
 
 
@@ -85,7 +77,7 @@ def test_producer_ensure_producer_keeps_its_signature() -> None:
 
 def test_kafka_producer_raises_not_ready_before_faust_starts_its_producer() -> None:
     with pytest.raises(NotReady):
-        kafka_producer(offline_app())
+        faust_compat.kafka_producer(offline_app())
 
 
 def test_changelog_metadata_asks_the_aiokafka_producer_faust_started() -> None:
@@ -98,7 +90,7 @@ def test_changelog_metadata_asks_the_aiokafka_producer_faust_started() -> None:
 
     app = offline_app()
     app.producer._producer = Started()  # what Producer.on_start sets
-    asyncio.run(changelog_metadata(app, "worker-embedding-cache-changelog"))
+    asyncio.run(faust_compat.changelog_metadata(app, "worker-embedding-cache-changelog"))
     assert asked == ["worker-embedding-cache-changelog"]
 
 
@@ -122,7 +114,7 @@ def test_faust_still_draws_a_spinner_that_may_be_none_and_ours_draws_none() -> N
     assert "Optional" in str(faust.Worker.__annotations__["spinner"]), "None is no longer a value Faust expects"
     assert Worker(offline_app(), quiet=True, override_logging=False).spinner is None
     bare = faust.Worker(app, quiet=True, override_logging=False)
-    drop_spinner(bare)
+    faust_compat.drop_spinner(bare)
     assert bare.spinner is None
 
 
@@ -131,9 +123,9 @@ def test_faust_still_draws_a_spinner_that_may_be_none_and_ours_draws_none() -> N
 
 def test_an_event_read_directly_carries_what_the_agents_read_of_a_faust_event() -> None:
     real = faust.Event(offline_app(), b"k", b"phrase", None, message(41, b"phrase"))
-    direct = direct_event(TP0, 41, b"phrase")
+    direct = faust_compat.direct_event(TP0, 41, b"phrase")
     assert direct.value == real.value
-    for field in dataclasses.fields(DirectMessage):
+    for field in dataclasses.fields(faust_compat.DirectMessage):
         assert getattr(direct.message, field.name) == getattr(real.message, field.name), field.name
 
 

@@ -79,6 +79,14 @@ def head_set(registry: Registry) -> HeadSet:
     return HeadSet(settings, "emb-v1", fetch=registry.fetch, load=registry.load)
 
 
+def serving_v1(**registry: set[str]) -> tuple[Registry, HeadSet]:
+    """Return a registry holding v1 locally (and ``registry``'s versions), and a head set serving v1."""
+    files = Registry(local={"v1"}, **registry)
+    heads = head_set(files)
+    assert heads.offer(pointer("v1", 1))
+    return files, heads
+
+
 def serving(heads: HeadSet) -> str:
     return str(heads.heads["global"]["intent"].ref.version)
 
@@ -112,9 +120,7 @@ def test_an_older_or_replayed_pointer_changes_nothing() -> None:
 
 
 def test_a_refused_version_is_logged_once_never_tried_again_and_the_previous_keeps_serving(caplog) -> None:
-    registry = Registry(local={"v1"}, corrupt={"v2"})
-    heads = head_set(registry)
-    heads.offer(pointer("v1", 1))
+    registry, heads = serving_v1(corrupt={"v2"})
     with caplog.at_level(logging.ERROR, "phrasestream.worker"):
         assert heads.offer(pointer("v2", 2)) is False
         assert heads.offer(pointer("v2", 2)) is False
@@ -124,9 +130,7 @@ def test_a_refused_version_is_logged_once_never_tried_again_and_the_previous_kee
 
 
 def test_a_version_whose_bundle_waits_for_the_database_loads_once_it_answers(caplog) -> None:
-    registry = Registry(local={"v1"}, stored={"v2"})
-    heads = head_set(registry)
-    heads.offer(pointer("v1", 1))
+    registry, heads = serving_v1(stored={"v2"})
     with caplog.at_level(logging.INFO, "phrasestream.worker"):
         assert heads.offer(pointer("v2", 2)) is False
         assert heads.waiting and serving(heads) == "v1", "the previous version serves meanwhile"
@@ -145,9 +149,7 @@ def test_a_version_whose_bundle_waits_for_the_database_loads_once_it_answers(cap
 
 
 def test_a_newer_pointer_replaces_a_version_that_waits_for_the_database() -> None:
-    registry = Registry(local={"v1"}, stored={"v2"})
-    heads = head_set(registry)
-    heads.offer(pointer("v1", 1))
+    registry, heads = serving_v1(stored={"v2"})
     heads.offer(pointer("v2", 2))
     assert heads.waiting
     assert heads.offer(pointer("v1", 3, "rollback")) is False, "back to the version that serves: no load"
@@ -159,9 +161,7 @@ def test_a_newer_pointer_replaces_a_version_that_waits_for_the_database() -> Non
 
 
 def test_stop_ends_the_fetching_of_a_waiting_version() -> None:
-    registry = Registry(local={"v1"}, stored={"v2"})
-    heads = head_set(registry)
-    heads.offer(pointer("v1", 1))
+    registry, heads = serving_v1(stored={"v2"})
     heads.offer(pointer("v2", 2))
     heads.stop()
     join_fetch_thread()
@@ -170,9 +170,7 @@ def test_stop_ends_the_fetching_of_a_waiting_version() -> None:
 
 
 def test_a_fetch_that_fails_for_another_reason_is_logged_and_no_longer_waits(caplog) -> None:
-    registry = Registry(local={"v1"}, stored={"v2"})
-    heads = head_set(registry)
-    heads.offer(pointer("v1", 1))
+    registry, heads = serving_v1(stored={"v2"})
     heads.offer(pointer("v2", 2))
     registry.broken = True  # the next try, in the fetch thread, meets a bug instead of the database
     with caplog.at_level(logging.ERROR, "phrasestream.worker"):
