@@ -120,7 +120,10 @@ class HeadSet:
                 return False  # a replayed or older pointer
             if (*key, pointer.seq) in self.refused:
                 return False
-            self._waiting.pop(key, None)  # a newer pointer replaces one that waited
+            waiting = self._waiting.pop(key, None)  # a newer pointer replaces one that waited
+            if waiting is not None and pointer.seq <= waiting.seq:
+                self._waiting[key] = waiting  # the follower replays what start() offered: it waits already
+                return False
             if current is not None and current.version == pointer.version:
                 self.pointers = {**self.pointers, key: pointer}
                 return False

@@ -134,6 +134,7 @@ def test_a_version_whose_bundle_waits_for_the_database_loads_once_it_answers(cap
     with caplog.at_level(logging.INFO, "phrasestream.worker"):
         assert heads.offer(pointer("v2", 2)) is False
         assert heads.waiting and serving(heads) == "v1", "the previous version serves meanwhile"
+        assert heads.offer(pointer("v2", 2)) is False, "a replay of the waiting pointer (the follower's first read)"
         assert registry.failed_thrice.wait(BOUND_S), "tried again while the database is away"
         registry.database_up.set()
         assert registry.was_loaded("v2").wait(BOUND_S)
