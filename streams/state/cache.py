@@ -163,6 +163,3 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._keys)
 
-
-LRUCache = EmbeddingCache
-"""The old name, for callers not yet moved (``tests/unit/test_loadgen.py``)."""

@@ -13,7 +13,7 @@ from schemas.cleaning import clean
 from schemas.messages import PhraseIn
 from schemas.settings import Settings
 from streams import cli
-from streams.state.cache import LRUCache, MappingBackend
+from streams.state.cache import EmbeddingCache, MappingBackend
 from streams.tools.loadgen import (
     MAX_COUNT,
     LoadgenError,
@@ -123,7 +123,7 @@ def test_expected_lru_hit_rate_matches_the_workers_cache(plain_pool) -> None:
     traffic = Traffic.make(5000, zipf=0.9, new_share=0.05, seed=2, pool=plain_pool)
     texts = traffic.cleaned_texts()
     for size in (10, 300):
-        cache = LRUCache(MappingBackend({}), "e1", dim=1, max_entries=size)
+        cache = EmbeddingCache(MappingBackend({}), "e1", dim=1, max_entries=size)
         for text in texts:
             if cache.get(text) is None:
                 cache.put(text, np.zeros(1, dtype=np.float32))
