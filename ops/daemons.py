@@ -8,8 +8,13 @@ share one ``PHRASESTREAM_HOME``::
     <home>/run/<app_id>/<name>.pid
     <home>/logs/<app_id>/<name>.log     (the previous run's log is kept as <name>.log.1)
 
-A recorded pid counts only while that process's command line carries the marker
-``--daemon-id=<home>/<app_id>/<name>``: a reused pid is never signalled.
+A pid file holds the pid and the process's create time (``ops.processes.record_pid``), written
+the moment the child is spawned; a recorded pid counts only while a process with that create
+time runs (or, for an older pid file, while its command line carries the marker
+``--daemon-id=<home>/<app_id>/<name>``): a reused pid is never signalled. A child that
+``start`` has just spawned is judged by its ``Popen`` handle, never by a command line that
+may not be there yet (before ``exec``). When ``start`` fails midway (a worker exits, or is not
+ready in time), it stops every daemon it started itself, so none is left behind untracked.
 
 Example::
 
@@ -24,14 +29,14 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from ops.paths import Paths
-from ops.processes import ServiceError, our_process, terminate, wait_until
+from ops.processes import ServiceError, our_process, read_pid, record_pid, terminate, wait_until
 from schemas.settings import Settings
 
 SINK = "sink"
@@ -95,7 +100,7 @@ def _command(name: str) -> str:
 
 
 def daemon_process(settings: Settings, name: str) -> psutil.Process | None:
-    """Return our running daemon ``name`` (checked by command line), or None."""
+    """Return our running daemon ``name`` (checked by the create time in its pid file), or None."""
     files = daemon_files(settings, name)
     return our_process(files.pid, "streams.cli", _command(name), files.marker)
 
@@ -112,16 +117,18 @@ def running_daemons(settings: Settings) -> dict[str, int]:
     return found
 
 
-def start_daemon(settings: Settings, name: str, say: Callable[[str], None] = print) -> int:
-    """Start daemon ``name`` in the background unless it runs; return its pid.
+def daemon_argv(name: str, files: DaemonFiles) -> list[str]:
+    """Return the command line of daemon ``name``: ``python -m streams.cli worker|sink <marker>``."""
+    return [sys.executable, "-m", "streams.cli", _command(name), files.marker]
 
-    The child inherits this process's environment (so a test's ``PHRASESTREAM_*`` reach it);
-    a worker also gets ``PHRASESTREAM_WORKER_INDEX``.
+
+def spawn_daemon(settings: Settings, name: str, say: Callable[[str], None] = print) -> subprocess.Popen[bytes]:
+    """Start daemon ``name`` in the background (whether or not it runs) and record it; return its handle.
+
+    The pid file (pid and create time) is written before this returns, so ``stop`` and
+    ``status`` find the daemon from then on. The child inherits this process's environment
+    (so a test's ``PHRASESTREAM_*`` reach it); a worker also gets ``PHRASESTREAM_WORKER_INDEX``.
     """
-    proc = daemon_process(settings, name)
-    if proc is not None:
-        say(f"{name}: already running (pid {proc.pid}), left alone")
-        return proc.pid
     files = daemon_files(settings, name)
     files.pid.parent.mkdir(parents=True, exist_ok=True)
     files.log.parent.mkdir(parents=True, exist_ok=True)
@@ -131,13 +138,36 @@ def start_daemon(settings: Settings, name: str, say: Callable[[str], None] = pri
     index = worker_index(name)
     if index is not None:
         env["PHRASESTREAM_WORKER_INDEX"] = str(index)
-    argv = [sys.executable, "-m", "streams.cli", _command(name), files.marker]
     with open(files.log, "wb") as out:
-        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, env=env)
-    files.pid.write_text(f"{child.pid}\n")
+        child = subprocess.Popen(daemon_argv(name, files), stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    try:
+        record_pid(files.pid, child.pid)
+    except BaseException:  # unrecorded, no command could stop it: stop it now
+        _end_child(child)
+        raise
     say(f"{name}: started (pid {child.pid}), log {files.log}")
-    return child.pid
+    return child
+
+
+def start_daemon(settings: Settings, name: str, say: Callable[[str], None] = print) -> int:
+    """Start daemon ``name`` in the background unless it runs; return its pid (see :func:`spawn_daemon`)."""
+    proc = daemon_process(settings, name)
+    if proc is not None:
+        say(f"{name}: already running (pid {proc.pid}), left alone")
+        return proc.pid
+    return spawn_daemon(settings, name, say).pid
+
+
+def _end_child(child: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> None:
+    """Stop a child of ours by its handle (SIGTERM, then SIGKILL after ``timeout`` s) and reap it."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(10)
 
 
 def stop_daemon(settings: Settings, name: str, timeout: float = STOP_TIMEOUT_S,
@@ -159,12 +189,25 @@ def stop_daemons(settings: Settings, say: Callable[[str], None] = print) -> list
     return [name for name in order if stop_daemon(settings, name, say=say)]
 
 
-def wait_ready(settings: Settings, names: list[str], timeout: float = READY_TIMEOUT_S) -> None:
-    """Wait until every worker in ``names`` logs :data:`READY_LINE` (at most ``timeout`` s in all).
+def wait_ready(settings: Settings, names: list[str], timeout: float = READY_TIMEOUT_S,
+               children: Mapping[str, subprocess.Popen[bytes]] | None = None,
+               interval: float = 1.0) -> list[str]:
+    """Wait until every worker in ``names`` logs :data:`READY_LINE` (at most ``timeout`` s in all); return them.
 
-    Raise :class:`DaemonError` with the log's last lines when one exits first, or when time runs out.
+    ``children`` holds the handles of the daemons this process has just spawned: whether one
+    of those has exited is its handle's answer (``poll()``); any other is looked up by its pid
+    file. Raise :class:`DaemonError` with the log's last lines when one exits first, or when
+    time runs out. The sink has no ready line: it is left out (and out of the answer).
     """
-    pending = {n for n in names if worker_index(n) is not None}
+    workers = sorted((n for n in names if worker_index(n) is not None), key=lambda n: worker_index(n) or 0)
+    pending = set(workers)
+    handles = children or {}
+
+    def exit_code(name: str) -> int | None:
+        """Return the exit code of a worker that exited (-1 when not ours to ask), else None."""
+        if name in handles:
+            return handles[name].poll()
+        return -1 if daemon_process(settings, name) is None else None
 
     def all_ready() -> bool:
         for name in sorted(pending):
@@ -172,14 +215,18 @@ def wait_ready(settings: Settings, names: list[str], timeout: float = READY_TIME
             text = files.log.read_text(errors="replace") if files.log.exists() else ""
             if READY_LINE in text:
                 pending.discard(name)
-            elif daemon_process(settings, name) is None:
+                continue
+            code = exit_code(name)
+            if code is not None:
                 tail = "\n".join(text.splitlines()[-30:])
-                raise DaemonError(f"{name} exited; its log ({files.log}) ends with:\n{tail}")
+                how = f" with code {code}" if code != -1 else ""
+                raise DaemonError(f"{name} exited{how}; its log ({files.log}) ends with:\n{tail}")
         return not pending
 
-    if not wait_until(all_ready, timeout, 1.0):
+    if not wait_until(all_ready, timeout, interval):
         logs = ", ".join(str(daemon_files(settings, n).log) for n in sorted(pending))
         raise DaemonError(f"{', '.join(sorted(pending))} not ready within {timeout:.0f} s; see {logs}")
+    return workers
 
 
 def start_daemons(settings: Settings, workers: int = 1, sink: bool = True, wait: bool = True,
@@ -188,7 +235,10 @@ def start_daemons(settings: Settings, workers: int = 1, sink: bool = True, wait:
 
     Starts the missing ``worker-i`` for i in 1..workers and stops running workers with a
     larger index; running ones are left alone. With ``wait``, returns once every one of the
-    workers has logged :data:`READY_LINE` (bounded by ``READY_TIMEOUT_S``).
+    workers has logged :data:`READY_LINE` (bounded by ``READY_TIMEOUT_S``). If anything fails
+    on the way (a worker exits, one is not ready in time, Ctrl-C), the daemons this call
+    started are stopped again, workers first, before the error goes on; those that ran
+    before are left alone.
     """
     if workers < 0:
         raise ValueError(f"--workers {workers}: give 0 or more")
@@ -196,12 +246,28 @@ def start_daemons(settings: Settings, workers: int = 1, sink: bool = True, wait:
         index = worker_index(name)
         if index is not None and index > workers:
             stop_daemon(settings, name, say=say)
-    pids = {SINK: start_daemon(settings, SINK, say)} if sink else {}
     names = [worker_name(i) for i in range(1, workers + 1)]
-    for name in names:
-        pids[name] = start_daemon(settings, name, say)
-    if wait:
-        wait_ready(settings, names)
+    pids: dict[str, int] = {}
+    spawned: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name in ([SINK] if sink else []) + names:
+            proc = daemon_process(settings, name)
+            if proc is not None:
+                say(f"{name}: already running (pid {proc.pid}), left alone")
+                pids[name] = proc.pid
+            else:
+                spawned[name] = spawn_daemon(settings, name, say)
+                pids[name] = spawned[name].pid
+        if wait:
+            wait_ready(settings, names, children=spawned)
+    except BaseException:
+        for name, child in reversed(spawned.items()):  # the workers first, then the sink
+            _end_child(child)
+            files = daemon_files(settings, name)
+            if read_pid(files.pid) == child.pid:
+                files.pid.unlink(missing_ok=True)
+            say(f"{name}: stopped (pid {child.pid}), as start did not finish")
+        raise
     return pids
 
 

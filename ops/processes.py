@@ -1,7 +1,12 @@
 """Our own processes: pid files, the check that a recorded pid is still ours, stopping, locks.
 
-Only processes recorded in our pid files are ever stopped, and only after checking that their
-command line is the one we started: pids get reused.
+Only processes recorded in our pid files are ever stopped, and only after checking that the
+recorded pid is still the process we started: pids get reused. A pid file written by
+:func:`record_pid` holds the pid and the process's create time (``4712 1733472000.530``); the
+pid counts as ours while a process with that pid and that create time runs. The create time
+is known from the moment of the fork, so a child that has not yet exec'd (whose command line
+is still empty, or still its parent's) is recognised too. A pid file with the pid alone (or a
+create time that a clock step has moved) falls back on the command line.
 """
 
 from __future__ import annotations
@@ -59,33 +64,66 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text[-lines:])
 
 
+CREATE_TIME_SLACK_S = 0.05
+"""How far a create time read again may be from the recorded one (psutil counts in 0.01 s ticks)."""
+
+
 def read_pid(pid_file: Path) -> int | None:
+    """Return the pid on the first line of ``pid_file`` (ours, or PostgreSQL's ``postmaster.pid``), or None."""
+    record = read_pid_record(pid_file)
+    return record[0] if record else None
+
+
+def read_pid_record(pid_file: Path) -> tuple[int, float | None] | None:
+    """Return (pid, create time or None) from the first line of ``pid_file``, or None if it holds no pid."""
     try:
-        return int(pid_file.read_text().split()[0])
+        fields = pid_file.read_text().splitlines()[0].split()
+        return int(fields[0]), (float(fields[1]) if len(fields) > 1 else None)
     except (OSError, ValueError, IndexError):
         return None
 
 
-def our_process(pid_file: Path, *must_contain: str) -> psutil.Process | None:
-    """Return the live process recorded in ``pid_file`` if its command line is ours, else None.
+def record_pid(pid_file: Path, pid: int) -> float:
+    """Write ``pid`` and its create time to ``pid_file`` (replaced whole, never half-written); return the time.
 
-    Pids get reused: a recorded pid only counts when the process's command line contains every
-    one of ``must_contain``. A stale pid file is removed.
+    Call it with the pid of a child just spawned (``Popen.pid``): the create time is the fork's,
+    readable before the child has exec'd and while it is a zombie we have not reaped.
     """
-    pid = read_pid(pid_file)
-    if pid is None:
+    created = psutil.Process(pid).create_time()
+    part = pid_file.with_name(f".{pid_file.name}.{pid}")
+    part.write_text(f"{pid} {created:.3f}\n")
+    part.replace(pid_file)
+    return created
+
+
+def our_process(pid_file: Path, *must_contain: str) -> psutil.Process | None:
+    """Return the live process recorded in ``pid_file`` if it is still the one recorded, else None.
+
+    Pids get reused. A recorded pid counts when the process has the create time recorded beside
+    it (see :func:`record_pid`), whatever its command line says (a child that has not exec'd yet
+    has none); failing that, when its command line contains every one of ``must_contain``
+    (a pid file without a create time, or a clock stepped since; with nothing to look for,
+    only the create time counts). A stale pid file is removed.
+    """
+    record = read_pid_record(pid_file)
+    if record is None:
         return None
+    pid, created = record
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             raise psutil.NoSuchProcess(pid)
+        if created is not None and abs(proc.create_time() - created) <= CREATE_TIME_SLACK_S:
+            return proc
         cmdline = " ".join(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         pid_file.unlink(missing_ok=True)
         return None
-    if all(s in cmdline for s in must_contain):
+    if must_contain and all(s in cmdline for s in must_contain):
         return proc
-    log.warning("pid file %s names pid %d, which is not ours (%.80s); ignoring it", pid_file, pid, cmdline)
+    why = f"started at {proc.create_time():.3f}, not {created:.3f}; " if created is not None else ""
+    log.warning("pid file %s names pid %d, which is not ours (%scommand line %.80r); ignoring it", pid_file, pid,
+                why, cmdline)
     pid_file.unlink(missing_ok=True)
     return None
 

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from ops.daemons import READY_LINE, daemon_files, running_daemons, stop_daemons
+from ops.processes import read_pid_record
 
 pytestmark = pytest.mark.integration
 
@@ -43,13 +44,16 @@ def test_start_two_workers_then_scale_to_one(daemons_stack):
     stack = daemons_stack
     res = _phrasestream(stack, "start", "--workers", "2")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "not ours" not in res.stdout + res.stderr, res.stdout[-3000:] + res.stderr[-3000:]
     running = running_daemons(stack.settings)
     assert set(running) == {"sink", "worker-1", "worker-2"}, res.stdout[-3000:]
     for index in (1, 2):
         name = f"worker-{index}"
         files = daemon_files(stack.settings, name)
         assert READY_LINE in files.log.read_text(errors="replace"), f"{name} is not ready"
-        assert files.log.parent.name == stack.settings.app_id and files.pid.read_text().strip() == str(running[name])
+        assert files.log.parent.name == stack.settings.app_id
+        pid, created = read_pid_record(files.pid) or (None, None)
+        assert pid == running[name] and created == pytest.approx(psutil.Process(pid).create_time(), abs=0.01)
         assert psutil.Process(running[name]).environ()["PHRASESTREAM_WORKER_INDEX"] == str(index)
 
     status = _phrasestream(stack, "status", timeout=120)
