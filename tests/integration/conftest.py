@@ -30,6 +30,9 @@ from ops.postgres.db import pg_answers
 from ops.postgres.migrations import apply_migrations
 from schemas.settings import Settings
 
+# tests/unit/fakes.py holds the stand-ins every test shares (fake Kafka messages, consumer, producer)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+
 START_HINT = "start the services with `make up` (or `.venv/bin/phrasestream up`) and train with `make train`"
 
 

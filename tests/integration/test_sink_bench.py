@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import psycopg2
 import pytest
 from confluent_kafka.admin import AdminClient
+from fakes import FakeConsumer, FakeLetterBox, FakeMessage
 from psycopg2 import sql
 
 from ops.kafka.clients import client_config
@@ -91,57 +92,13 @@ def test_a_duplicate_delivery_is_stored_once_within_and_across_batches(schema_se
     assert sorted(rows(schema_settings)) == ["a", "b", "c", "d"]
 
 
-class Msg:
-    def __init__(self, value: bytes, offset: int) -> None:
-        self._value, self._offset = value, offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def topic(self) -> str:
-        return "predictions.out"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def error(self) -> None:
-        return None
-
-
-class OneBatch:
-    def __init__(self, messages: list[Msg]) -> None:
-        self.messages, self.commits = messages, []
-
-    def consume(self, num_messages: int, timeout: float) -> list[Msg]:
-        batch, self.messages = self.messages, []
-        return batch
-
-    def commit(self, offsets, asynchronous: bool):  # type: ignore[no-untyped-def]
-        self.commits.append([(tp.partition, tp.offset) for tp in offsets])
-        return offsets
-
-
-class Letters:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def produce(self, topic: str, key: bytes | None = None, value: bytes = b"") -> None:
-        self.sent.append(value)
-
-    def flush(self, timeout: float) -> int:
-        return 0
-
-
 def test_rows_postgres_refuses_are_dead_lettered_and_the_rest_of_the_batch_stored(schema_settings: Settings):
     nan = prediction("nan-in-json").to_bytes().replace(b'["other",0.125]', b'["other",NaN]')
     assert b"NaN" in nan
     refused = {7: prediction("nul-label", label="nul\x00label").to_bytes(),  # text cannot hold NUL
                40: nan}                                                       # jsonb has no NaN
     values = [refused.get(i, prediction(f"ok-{i}").to_bytes()) for i in range(64)]
-    consumer, producer = OneBatch([Msg(v, i) for i, v in enumerate(values)]), Letters()
+    consumer, producer = FakeConsumer([[FakeMessage(v, i) for i, v in enumerate(values)]]), FakeLetterBox()
     sink = PostgresSink(schema_settings.dsn, schema_settings.pg_schema)
     runner = SinkRunner(schema_settings.model_copy(update={"sink_retry_seconds": 5.0}), sink,
                         consumer=consumer, producer=producer)  # type: ignore[arg-type]
@@ -154,7 +111,7 @@ def test_rows_postgres_refuses_are_dead_lettered_and_the_rest_of_the_batch_store
     assert sorted((letter["source_offset"], letter["id"]) for letter in letters) == sorted(
         [(7, "nul-label"), (40, "nan-in-json")])
     assert {letter["error_kind"] for letter in letters} == {ErrorKind.REJECTED_BY_DATABASE.value}
-    assert consumer.commits == [[(0, 64)]]
+    assert consumer.offsets == [[(0, 64)]]
     assert (runner.stats.stored, runner.stats.refused, runner.stats.retries) == (62, 2, 0)
 
 

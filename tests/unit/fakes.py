@@ -1,4 +1,8 @@
-"""Stand-ins shared by the unit tests (pytest puts this folder on ``sys.path``)."""
+"""Stand-ins shared by the tests: an embedder without TensorFlow, and Kafka's messages, consumer and producer.
+
+pytest puts this folder on ``sys.path`` for the unit tests; ``tests/integration/conftest.py``
+adds it for the integration tests that drive a runner with fake Kafka clients.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from confluent_kafka import Message
 
 from models.embedder import READOUT, quantise
 from models.heads import BLOCK_DIM
+from schemas.messages import DeadLetter
 
 
 class ReadoutEmbedder:
@@ -92,3 +97,73 @@ class FakeProducer:
             else:
                 self.delivered.append((msg.topic(), msg.key(), msg.value()))
         return len(done)
+
+class FakeMessage:
+    """A confluent-kafka ``Message`` as our code reads it: value, key, topic, partition, offset, no error."""
+
+    def __init__(self, value: bytes, offset: int = 0, partition: int = 0, *, topic: str = "predictions.out",
+                 key: bytes | None = None) -> None:
+        self._value, self._offset, self._partition, self._topic, self._key = value, offset, partition, topic, key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def error(self) -> None:
+        return None
+
+
+class FakeConsumer:
+    """A consumer that hands out ``batches`` one per ``consume`` (then empty ones); records commits and seeks.
+
+    ``commits`` counts the commits, ``offsets`` holds the (partition, offset) pairs of each, and
+    ``seeks`` the (partition, offset) of each seek. A commit must name its offsets and be
+    synchronous (the sink commits a batch's own offsets once it is stored).
+    """
+
+    def __init__(self, batches: list[list[FakeMessage]]) -> None:
+        self.batches, self.commits = batches, 0
+        self.offsets: list[list[tuple[int, int]]] = []
+        self.seeks: list[tuple[int, int]] = []
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        return self.batches.pop(0) if self.batches else []
+
+    def commit(self, offsets=None, asynchronous: bool = True):  # type: ignore[no-untyped-def]
+        assert offsets is not None and asynchronous is False, "commit the batch's own offsets, synchronously"
+        self.commits += 1
+        self.offsets.append([(tp.partition, tp.offset) for tp in offsets])
+        return offsets
+
+    def seek(self, tp) -> None:  # type: ignore[no-untyped-def]
+        self.seeks.append((tp.partition, tp.offset))
+
+
+class FakeLetterBox:
+    """A dead-letter producer: keeps every value produced (``sent``); ``flush`` leaves ``undelivered`` behind."""
+
+    def __init__(self, undelivered: int = 0) -> None:
+        self.sent: list[bytes] = []
+        self.undelivered = undelivered
+
+    def produce(self, topic: str, key: bytes | None = None, value: bytes = b"") -> None:
+        self.sent.append(value)
+
+    def flush(self, timeout: float) -> int:
+        return self.undelivered
+
+    @property
+    def letters(self) -> list[DeadLetter]:
+        """Return the values produced, parsed as dead letters."""
+        return [DeadLetter.model_validate_json(value) for value in self.sent]

@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from fakes import ReadoutEmbedder
+from fakes import FakeConsumer, FakeLetterBox, FakeMessage, ReadoutEmbedder
 from pydantic import ValidationError
 
 from models.heads import BLOCK_DIM, block_columns
-from schemas.messages import CleanedPhrase, DeadLetter, ErrorKind, Prediction, ServingRollup
+from schemas.messages import CleanedPhrase, ErrorKind, Prediction, ServingRollup
 from schemas.settings import Settings
 from streams.pipeline import serve_batch
 from streams.rollups import RollupPublisher, Rollups, hour_of, rollups_for, unit_rows
@@ -242,28 +242,17 @@ def test_an_observer_that_fails_costs_no_prediction():
 # --- publishing ---------------------------------------------------------------------------
 
 
-class Msg:
-    def __init__(self, key: bytes, value: bytes) -> None:
-        self._key, self._value = key, value
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-
 class FakeProducer:
     """Deliver at flush; ``fail`` deliveries fail first (with an error), then they succeed."""
 
     def __init__(self, fail: int = 0) -> None:
         self.fail = fail
-        self.queued: list[tuple[Msg, object]] = []
+        self.queued: list[tuple[FakeMessage, object]] = []
         self.delivered: list[ServingRollup] = []
         self.attempts: list[str] = []
 
     def produce(self, topic: str, value: bytes, key: bytes, on_delivery) -> None:  # type: ignore[no-untyped-def]
-        self.queued.append((Msg(key, value), on_delivery))
+        self.queued.append((FakeMessage(value, key=key), on_delivery))
         self.attempts.append(key.decode())
 
     def flush(self, timeout: float) -> int:
@@ -355,49 +344,6 @@ def test_a_rollup_that_is_not_finite_is_refused():
         ServingRollup.model_validate_json(raw)
 
 
-class KafkaMsg:
-    def __init__(self, value: bytes, offset: int) -> None:
-        self._value, self._offset = value, offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def topic(self) -> str:
-        return "serving.rollups"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def error(self) -> None:
-        return None
-
-
-class Consumer:
-    def __init__(self, batch: list[KafkaMsg]) -> None:
-        self.batches, self.commits = [batch], 0
-
-    def consume(self, num_messages: int, timeout: float) -> list[KafkaMsg]:
-        return self.batches.pop(0) if self.batches else []
-
-    def commit(self, offsets=None, asynchronous: bool = True):  # type: ignore[no-untyped-def]
-        self.commits += 1
-        return offsets
-
-
-class LetterBox:
-    def __init__(self) -> None:
-        self.sent: list[DeadLetter] = []
-
-    def produce(self, topic: str, key: bytes | None = None, value: bytes = b"") -> None:
-        self.sent.append(DeadLetter.model_validate_json(value))
-
-    def flush(self, timeout: float) -> int:
-        return 0
-
-
 class Table:
     """serving_rollups, keyed by delta_id like ON CONFLICT (delta_id) DO NOTHING."""
 
@@ -422,15 +368,15 @@ def test_the_rollup_runner_stores_a_redelivered_delta_once_and_dead_letters_what
     from streams.sinks.run import rollup_runner
 
     delta = json.dumps(rollup()).encode()
-    consumer, letters, table = Consumer([KafkaMsg(delta, 0), KafkaMsg(delta, 1), KafkaMsg(b'{"n": 1}', 2)]), \
-        LetterBox(), Table()
+    batch = [FakeMessage(value, offset, topic="serving.rollups") for offset, value in enumerate([delta, delta, b'{"n": 1}'])]
+    consumer, letters, table = FakeConsumer([batch]), FakeLetterBox(), Table()
     settings = Settings(sink_group="g", topic_rollups="r.topic")
     runner = rollup_runner(settings, sink=table, consumer=consumer, producer=letters)  # type: ignore[arg-type]
     assert (runner.topic, runner.group) == ("r.topic", "g-rollups")
     assert runner.step() == 3
     assert list(table.rows) == ["f" * 32 + "-1"]
     assert (runner.stats.stored, runner.stats.duplicates) == (1, 1)
-    [letter] = letters.sent
+    [letter] = letters.letters
     assert letter.error_kind is ErrorKind.WRONG_TYPE and "not a valid serving rollup" in letter.reason
     assert consumer.commits == 1
 
@@ -452,17 +398,9 @@ def test_while_the_database_is_down_the_rollup_runner_commits_nothing_and_reads_
         def write(self, batch: list[ServingRollup]) -> int:
             raise psycopg2.OperationalError("connection refused")
 
-    class Rewinding(Consumer):
-        def __init__(self, batch: list[KafkaMsg]) -> None:
-            super().__init__(batch)
-            self.seeks: list[int] = []
-
-        def seek(self, tp) -> None:  # type: ignore[no-untyped-def]
-            self.seeks.append(tp.offset)
-
-    consumer = Rewinding([KafkaMsg(json.dumps(rollup()).encode(), 9)])
+    consumer = FakeConsumer([[FakeMessage(json.dumps(rollup()).encode(), 9, topic="serving.rollups")]])
     runner = rollup_runner(Settings(sink_retry_seconds=0.3), sink=Down(), consumer=consumer,  # type: ignore[arg-type]
-                           producer=LetterBox())
+                           producer=FakeLetterBox())
     assert runner.step() == 0
-    assert (consumer.commits, consumer.seeks) == (0, [9])
+    assert (consumer.commits, consumer.seeks) == (0, [(0, 9)])
     assert runner.stats.retries >= 1

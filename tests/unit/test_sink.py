@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 
 import psycopg2
 import pytest
+from fakes import FakeConsumer, FakeLetterBox
+from fakes import FakeMessage as Msg
 
-from schemas.messages import DeadLetter, ErrorKind, Prediction
+from schemas.messages import ErrorKind, Prediction
 from schemas.settings import Settings
 from streams.sinks.base import SinkRunner
 
@@ -24,56 +26,6 @@ def prediction(pid: str, label: str = "balance") -> bytes:
         top_k=[(label, 0.9)], clean_text="x", embedder_version="e1", cache_hit=False, latency_ms=1.0,
         received_at=T0, predicted_at=T0,
     ).to_bytes()
-
-
-class Msg:
-    def __init__(self, value: bytes, offset: int, partition: int = 0) -> None:
-        self._value, self._offset, self._partition = value, offset, partition
-
-    def value(self) -> bytes:
-        return self._value
-
-    def topic(self) -> str:
-        return "predictions.out"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def error(self) -> None:
-        return None
-
-
-class Consumer:
-    def __init__(self, batches: list[list[Msg]]) -> None:
-        self.batches, self.commits, self.seeks = batches, 0, []
-        self.offsets: list[list[tuple[int, int]]] = []  # (partition, offset) of each commit
-
-    def consume(self, num_messages: int, timeout: float) -> list[Msg]:
-        return self.batches.pop(0) if self.batches else []
-
-    def commit(self, offsets=None, asynchronous: bool = True):  # type: ignore[no-untyped-def]
-        assert offsets is not None and asynchronous is False, "commit the batch's own offsets, synchronously"
-        self.commits += 1
-        self.offsets.append([(tp.partition, tp.offset) for tp in offsets])
-        return offsets
-
-    def seek(self, tp) -> None:  # type: ignore[no-untyped-def]
-        self.seeks.append((tp.partition, tp.offset))
-
-
-class Producer:
-    def __init__(self, undelivered: int = 0) -> None:
-        self.sent: list[DeadLetter] = []
-        self.undelivered = undelivered
-
-    def produce(self, topic: str, key: bytes | None = None, value: bytes = b"") -> None:
-        self.sent.append(DeadLetter.model_validate_json(value))
-
-    def flush(self, timeout: float) -> int:
-        return self.undelivered
 
 
 class Database:
@@ -102,8 +54,9 @@ class Database:
         pass
 
 
-def runner(batches: list[list[Msg]], db: Database, undelivered: int = 0) -> tuple[SinkRunner, Consumer, Producer]:
-    consumer, producer = Consumer(batches), Producer(undelivered)
+def runner(batches: list[list[Msg]], db: Database,
+           undelivered: int = 0) -> tuple[SinkRunner, FakeConsumer, FakeLetterBox]:
+    consumer, producer = FakeConsumer(batches), FakeLetterBox(undelivered)
     settings = Settings(sink_retry_seconds=0.3)
     return SinkRunner(settings, db, consumer=consumer, producer=producer), consumer, producer  # type: ignore[arg-type]
 
@@ -128,7 +81,7 @@ def test_while_the_database_is_down_nothing_is_committed_and_the_batch_is_read_a
 def test_a_stop_during_a_database_outage_ends_the_retries_at_once_without_a_commit():
     import threading
 
-    consumer, producer = Consumer([[Msg(prediction("a"), 5)]]), Producer()
+    consumer, producer = FakeConsumer([[Msg(prediction("a"), 5)]]), FakeLetterBox()
     sink = SinkRunner(Settings(sink_retry_seconds=3600), Database(down=True), consumer=consumer,  # type: ignore[arg-type]
                       producer=producer)
     threading.Timer(0.5, sink.stop).start()  # as SIGTERM would, while the write is being retried
@@ -142,7 +95,7 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_stored():
     sink, consumer, producer = runner([[Msg(prediction("a"), 0), Msg(prediction("bad", "nul\x00label"), 1)]], db)
     assert sink.step() == 2
     assert list(k[0] for k in db.rows) == ["a"]
-    [letter] = producer.sent
+    [letter] = producer.letters
     assert letter.error_kind is ErrorKind.REJECTED_BY_DATABASE
     assert (letter.id, letter.source_offset) == ("bad", 1)
     assert json.loads(letter.original())["id"] == "bad"
@@ -152,8 +105,8 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_stored():
 def test_a_record_that_is_not_a_prediction_is_dead_lettered():
     sink, consumer, producer = runner([[Msg(b'{"not": "a prediction"}', 3)]], Database())
     sink.step()
-    assert [letter.error_kind for letter in producer.sent] == [ErrorKind.WRONG_TYPE]
-    assert producer.sent[0].original() == b'{"not": "a prediction"}'
+    assert [letter.error_kind for letter in producer.letters] == [ErrorKind.WRONG_TYPE]
+    assert producer.letters[0].original() == b'{"not": "a prediction"}'
     assert consumer.commits == 1
 
 
@@ -234,8 +187,8 @@ def test_refused_rows_of_a_large_batch_are_dead_lettered_and_the_rest_stored_in_
     messages = [Msg(prediction(f"p{i}", "nul\x00" if i in bad else "balance"), i) for i in range(256)]
     sink, consumer, producer = runner([messages], db)
     assert sink.step() == 256
-    assert sorted(letter.source_offset for letter in producer.sent) == sorted(bad)
-    assert {letter.error_kind for letter in producer.sent} == {ErrorKind.REJECTED_BY_DATABASE}
+    assert sorted(letter.source_offset for letter in producer.letters) == sorted(bad)
+    assert {letter.error_kind for letter in producer.letters} == {ErrorKind.REJECTED_BY_DATABASE}
     assert sorted(k[0] for k in db.rows) == sorted(f"p{i}" for i in range(256) if i not in bad)
     assert db.writes <= 1 + 2 * 8 * len(bad)  # halving: about 2·log2(256) writes per refused row, not 256
     assert (sink.stats.stored, sink.stats.refused, sink.stats.duplicates) == (253, 3, 0)
@@ -259,7 +212,7 @@ def test_the_commit_names_the_offset_after_the_last_message_of_each_partition():
     assert sink.committed == {("predictions.out", 0): 12, ("predictions.out", 1): 5}
 
 
-class GroupConsumer(Consumer):
+class GroupConsumer(FakeConsumer):
     """A consumer for ``serve``: subscribes, can revoke its partitions at a given consume, closes."""
 
     def __init__(self, batches: list[list[Msg]], revoke_at: int | None = None) -> None:
@@ -298,7 +251,8 @@ class SlowDatabase(Database):
 
 
 def serve(consumer: GroupConsumer, db: Database, until) -> SinkRunner:  # type: ignore[no-untyped-def]
-    sink = SinkRunner(Settings(sink_retry_seconds=0.3), db, consumer=consumer, producer=Producer())  # type: ignore[arg-type]
+    letters = FakeLetterBox()
+    sink = SinkRunner(Settings(sink_retry_seconds=0.3), db, consumer=consumer, producer=letters)  # type: ignore[arg-type]
     sink.serve(until=until)
     return sink
 
