@@ -3,6 +3,12 @@
 Each test gets its own topics, Faust app id, sink consumer group and database schema
 (uuid-suffixed), so tests never see each other's messages. Workers and sinks run as real
 ``phrasestream`` processes with that configuration in their environment.
+
+A test waits for signals, never for a guessed time: a process's ready line (:meth:`Stack.start`),
+a line in its log (:meth:`Stack.wait_log`), messages on a topic (:meth:`Stack.read`), a group's
+committed offsets reaching a topic's end (:meth:`Stack.wait_caught_up`), a row count
+(:meth:`Stack.wait_rows`). Each wait returns as soon as its signal is there; its bound
+(``bounds.py``) only turns a hang into a failure.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from bounds import BOUND_S, POLL_S, READY_BOUND_S
 from confluent_kafka import Consumer, Producer
 from psycopg2 import sql
 
 from models.registry.pointers import publish, read_all
 from ops.kafka.clients import client_config
 from ops.kafka.local import kafka_answers
+from ops.kafka.offsets import caught_up
+from ops.kafka.produce import produce_retrying
 from ops.kafka.topics import create_topics
 from ops.postgres.db import pg_answers
 from ops.postgres.migrations import apply_migrations
@@ -55,7 +64,7 @@ class Stack:
     logs: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def start(self, command: str, ready: str | None = None, timeout: float = 240.0, label: str | None = None,
+    def start(self, command: str, ready: str | None = None, timeout: float = READY_BOUND_S, label: str | None = None,
               **extra_env: str) -> subprocess.Popen:
         """Start ``phrasestream <command>`` with this stack's settings; wait for ``ready`` in its log.
 
@@ -69,21 +78,34 @@ class Stack:
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs[name] = proc
         if ready is not None:
-            start = time.monotonic()
-            while ready not in log_path.read_text(errors="replace"):
-                if proc.poll() is not None:
-                    pytest.fail(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-                if time.monotonic() - start > timeout:
-                    pytest.fail(f"{name} not ready in {timeout}s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
+            self.wait_log(name, ready, timeout)
         return proc
 
-    def stop(self, name: str) -> None:
+    def wait_log(self, name: str, line: str, timeout: float = BOUND_S) -> str:
+        """Wait until the log of process ``name`` holds ``line``; return the log. Fail if the process exits first."""
+        log_path = self.logs / f"{name}.log"
+        proc = self.procs[name]
+        start = time.monotonic()
+        while line not in (text := log_path.read_text(errors="replace")):
+            if proc.poll() is not None:
+                pytest.fail(f"{name} exited with {proc.returncode} before logging {line!r}:\n{text[-3000:]}")
+            if time.monotonic() - start > timeout:
+                pytest.fail(f"{name} did not log {line!r} in {timeout:.0f} s:\n{text[-3000:]}")
+            time.sleep(POLL_S)
+        return text
+
+    def tails(self, lines: int = 40) -> str:
+        """Return the last lines of every log of this stack (for a failure's message)."""
+        return "\n".join(f"--- {path.name}:\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+                         for path in sorted(self.logs.glob("*.log")))
+
+    def stop(self, name: str, timeout: float = BOUND_S) -> None:
+        """Stop process ``name`` as an operator would (SIGTERM) and wait for it; SIGKILL only if it hangs."""
         proc = self.procs.pop(name, None)
         if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(60)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
@@ -91,11 +113,11 @@ class Stack:
     def produce(self, *values: bytes, topic: str | None = None) -> None:
         producer = Producer(client_config(self.settings))
         for value in values:
-            producer.produce(topic or self.settings.topic_in, value=value)
-        assert producer.flush(30) == 0
+            produce_retrying(producer, topic or self.settings.topic_in, value)
+        assert producer.flush(BOUND_S) == 0
 
-    def read(self, topic: str, count: int, timeout: float = 120.0) -> list[dict]:
-        """Read ``count`` JSON messages from the start of ``topic`` (fewer if the time runs out)."""
+    def read(self, topic: str, count: int, timeout: float = BOUND_S) -> list[dict]:
+        """Read ``count`` JSON messages from the start of ``topic`` (fewer if the bound is reached)."""
         consumer = Consumer(client_config(self.settings, {"group.id": f"reader-{uuid.uuid4().hex}",
                                                           "auto.offset.reset": "earliest", "enable.auto.commit": False}))
         consumer.subscribe([topic])
@@ -103,7 +125,7 @@ class Stack:
         start = time.monotonic()
         try:
             while len(found) < count and time.monotonic() - start < timeout:
-                msg = consumer.poll(0.5)
+                msg = consumer.poll(POLL_S)
                 if msg is not None and msg.error() is None:
                     found.append(json.loads(msg.value()))
         finally:
@@ -118,31 +140,35 @@ class Stack:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
-    def wait_sink_caught_up(self, timeout: float = 90.0) -> None:
-        """Wait until the sink's group has committed every message of the predictions topic."""
-        from confluent_kafka import TopicPartition
+    def wait_caught_up(self, group: str, topic: str, timeout: float = BOUND_S) -> None:
+        """Wait until ``group`` has committed the end of every partition of ``topic`` (its current end, asked anew)."""
+        config = client_config(self.settings)
+        start = time.monotonic()
+        while not caught_up(config, group, topic):
+            if time.monotonic() - start > timeout:
+                pytest.fail(f"group {group} did not commit all of {topic} within {timeout:.0f} s")
+            time.sleep(POLL_S)
 
-        topic = self.settings.topic_out
-        probe = Consumer(client_config(self.settings, {"group.id": self.settings.sink_group,
-                                                       "enable.auto.commit": False}))
-        try:
-            parts = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
-            ends = {tp.partition: probe.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
-            start = time.monotonic()
-            while time.monotonic() - start < timeout:
-                committed = {tp.partition: tp.offset for tp in probe.committed(parts, timeout=10)}
-                if all(committed[p] >= end for p, end in ends.items() if end > 0):
-                    return
-                time.sleep(0.5)
-        finally:
-            probe.close()
-        pytest.fail(f"the sink did not commit all of {topic} within {timeout}s")
+    def wait_sink_caught_up(self, timeout: float = BOUND_S) -> None:
+        """Wait until the sink's group has committed every message of the predictions topic (so they are stored)."""
+        self.wait_caught_up(self.settings.sink_group, self.settings.topic_out, timeout)
 
-    def wait_rows(self, count: int, timeout: float = 90.0) -> list[dict]:
+    def wait_worker_caught_up(self, timeout: float = BOUND_S) -> None:
+        """Wait until the worker's group has committed every phrase in and every cleaned one.
+
+        A worker commits a batch once the broker has its outputs, so from then on every
+        prediction and dead letter of what was produced before is on its topic.
+        """
+        app_id = self.settings.app_id
+        for topic in (self.settings.topic_in, f"{app_id}-phrases.cleaned"):
+            self.wait_caught_up(app_id, topic, timeout)
+
+    def wait_rows(self, count: int, timeout: float = BOUND_S) -> list[dict]:
+        """Return the rows once there are ``count`` (or more); fewer if the bound is reached."""
         start = time.monotonic()
         rows = self.rows()
         while len(rows) < count and time.monotonic() - start < timeout:
-            time.sleep(0.5)
+            time.sleep(POLL_S)
             rows = self.rows()
         return rows
 

@@ -27,11 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg2
+from bounds import BOUND_S, FAULT_BOUND_S, POLL_S
 from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg2 import sql
 from pydantic import SecretStr
 
 from ops.kafka.local import ensure_kafka, stop_kafka
+from ops.kafka.offsets import read_end_offsets
+from ops.kafka.produce import produce_retrying
 from ops.paths import Paths
 from ops.postgres.local import ensure_postgres
 from ops.postgres.migrations import apply_migrations
@@ -77,11 +80,11 @@ class Stream:
                              "message.timeout.ms": 300_000})
         began = time.monotonic()
         for n, m in enumerate(self.messages[start:stop]):
-            producer.produce(settings.topic_in, key=m.key.encode(), value=m.value)
+            produce_retrying(producer, settings.topic_in, m.value, m.key.encode())
             producer.poll(0)
             if pace_per_s > 0:
                 ahead = n / pace_per_s - (time.monotonic() - began)
-                if ahead > 0:
+                if ahead > 0:  # pacing: the stream's rate, not a wait for anything
                     time.sleep(ahead)
         assert producer.flush(120) == 0, "the broker did not take the stream"
 
@@ -124,13 +127,8 @@ class Watch:
         consumer = Consumer({"bootstrap.servers": s.bootstrap, "group.id": f"{self.run}-watch",
                              "enable.auto.commit": False, "auto.offset.reset": "earliest",
                              "reconnect.backoff.max.ms": 1000, "logger": quiet})
-        parts = []
-        for topic in (s.topic_out, s.topic_dlq):
-            meta = consumer.list_topics(topic, timeout=30).topics[topic]
-            for p in meta.partitions:
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-                parts.append(TopicPartition(topic, p, high))
-        consumer.assign(parts)
+        consumer.assign([TopicPartition(topic, p, end) for topic in (s.topic_out, s.topic_dlq)
+                         for p, end in read_end_offsets(consumer, topic, timeout=30).items()])
         self._ready.set()
         prefix = f"{self.run}-"
         marker = self.run.encode()
@@ -156,7 +154,7 @@ class Watch:
         finally:
             consumer.close()
 
-    def wait_for(self, stream: Stream, timeout: float) -> bool:
+    def wait_for(self, stream: Stream, timeout: float = FAULT_BOUND_S) -> bool:
         """Wait until every expected prediction and dead letter has come (bounded); say whether it did."""
         expected, invalid = stream.expected, stream.invalid
         end = time.monotonic() + timeout
@@ -165,10 +163,10 @@ class Watch:
                 done = expected <= set(self.predictions) and invalid <= set(self.dead_letters)
             if done:
                 return True
-            time.sleep(0.5)
+            time.sleep(POLL_S)
         return False
 
-    def wait_count(self, n: int, timeout: float) -> int:
+    def wait_count(self, n: int, timeout: float = BOUND_S) -> int:
         """Wait until ``n`` distinct predictions have come (bounded); return how many have."""
         end = time.monotonic() + timeout
         while len(self.predictions) < n and time.monotonic() < end:
@@ -207,12 +205,12 @@ def db_rows(settings: Settings, run: str) -> tuple[int, int]:
     return int(rows), int(distinct)
 
 
-def wait_db_rows(settings: Settings, run: str, want: int, timeout: float) -> tuple[int, int]:
+def wait_db_rows(settings: Settings, run: str, want: int, timeout: float = BOUND_S) -> tuple[int, int]:
     """Wait (bounded) until the run has ``want`` rows; return (rows, distinct)."""
     end = time.monotonic() + timeout
     rows = db_rows(settings, run)
     while rows[0] < want and time.monotonic() < end:
-        time.sleep(1.0)
+        time.sleep(POLL_S)
         rows = db_rows(settings, run)
     return rows
 

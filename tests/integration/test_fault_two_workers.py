@@ -13,6 +13,7 @@ import signal
 import time
 
 import pytest
+from bounds import BOUND_S, POLL_S
 from confluent_kafka.admin import AdminClient
 from faults import Stream, Watch, figures, size, wait_db_rows
 
@@ -33,14 +34,14 @@ def assignment(settings) -> dict[str, set[int]]:  # type: ignore[no-untyped-def]
             for m in group.members}
 
 
-def wait_assignment(settings, members: int, timeout: float) -> dict[str, set[int]]:  # type: ignore[no-untyped-def]
+def wait_assignment(settings, members: int, timeout: float = BOUND_S) -> dict[str, set[int]]:  # type: ignore[no-untyped-def]
     """Wait (bounded) until the group has ``members`` members holding all 4 input partitions."""
     end = time.monotonic() + timeout
     seen = assignment(settings)
     while time.monotonic() < end:
         if len(seen) == members and set().union(*seen.values()) == set(range(settings.partitions_in)):
             return seen
-        time.sleep(0.5)
+        time.sleep(POLL_S)
         seen = assignment(settings)
     return seen
 
@@ -53,14 +54,14 @@ def test_two_workers_share_the_partitions_and_the_survivor_takes_over_with_the_c
     stack.start("worker", READY_LINE, label="worker-1", PHRASESTREAM_WORKER_INDEX="1", **env)
     doomed = stack.start("worker", READY_LINE, label="worker-2", PHRASESTREAM_WORKER_INDEX="2", **env)
     stack.start("sink", SINK_READY)
-    shared = wait_assignment(settings, 2, timeout=120)
+    shared = wait_assignment(settings, 2)
     assert len(shared) == 2 and all(shared.values()), f"both workers must hold input partitions: {shared}"
 
     # before: a stream of new phrases (cache misses), served by both workers
     before = Stream.of(settings, heads, n, seed=21)
     with Watch(settings, before.run) as watch_before:
         before.produce(settings)
-        assert watch_before.wait_for(before, timeout=600), "the first stream was not answered"
+        assert watch_before.wait_for(before), "the first stream was not answered"
     # after: the same phrases again (same seed), under new ids, once worker-2 is dead
     after = Stream.of(settings, heads, n, seed=21)
     with Watch(settings, after.run) as watch_after:
@@ -69,10 +70,10 @@ def test_two_workers_share_the_partitions_and_the_survivor_takes_over_with_the_c
         doomed.wait(30)
         stack.procs.pop("worker-2", None)
         after.produce(settings)
-        alone = wait_assignment(settings, 1, timeout=120)
+        alone = wait_assignment(settings, 1)
         took_over_at = time.monotonic()
-        complete = watch_after.wait_for(after, timeout=600)
-        rows = wait_db_rows(settings, after.run, len(after.expected), timeout=180)
+        complete = watch_after.wait_for(after)
+        rows = wait_db_rows(settings, after.run, len(after.expected))
         out = figures("two_workers", after, watch_after, rows,
                       assignment_before={k: sorted(v) for k, v in shared.items()},
                       assignment_after={k: sorted(v) for k, v in alone.items()},

@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+from bounds import BOUND_S
 from confluent_kafka.admin import AdminClient
 from faults import Stream, Watch, figures, size, wait_db_rows
 
@@ -45,7 +46,9 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_repeats_under_5_percent(st
         producing = threading.Thread(target=stream.produce, args=(settings,), daemon=True)
         producing.start()
         # kill once about 40% of the predictions are out: both agents are mid-stream then
-        seen = watch.wait_count(int(len(expected) * 0.4), timeout=600)
+        target = int(len(expected) * 0.4)
+        seen = watch.wait_count(target)
+        assert seen >= target, f"the stream was not answered before the kill\n{stack.tails()}"
         os.kill(worker.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         worker.wait(30)
@@ -54,10 +57,10 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_repeats_under_5_percent(st
         restarted_at = time.monotonic()
         stack.start("worker", READY_LINE, label="worker-restarted")
         ready_at = time.monotonic()
-        producing.join(120)
-        complete = watch.wait_for(stream, timeout=600)
+        producing.join(BOUND_S)
+        complete = watch.wait_for(stream)
         first = watch.first_after(restarted_at + 1.0)
-        rows = wait_db_rows(settings, stream.run, len(expected), timeout=180)
+        rows = wait_db_rows(settings, stream.run, len(expected))
         members = group_members(settings, settings.app_id)
         out = figures(
             "worker_killed", stream, watch, rows,

@@ -28,9 +28,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from bounds import BOUND_S, FAULT_BOUND_S, POLL_S
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from models.registry.lifecycle import active_heads
+from ops.kafka.clients import client_config
+from ops.kafka.offsets import end_offsets
+from ops.kafka.produce import produce_retrying
 from schemas.settings import Settings
 from streams.app import READY_LINE
 
@@ -261,49 +265,46 @@ def _valid_case(rng: random.Random, i: int, pid: str, region: str, heads: dict[s
     return Case(_json(fields), None, str(fields["id"]), tuple(dict.fromkeys(models)))
 
 
-def _read_all(settings: Settings, want_letters: int, want_predictions: int, idle_s: float = 120.0,
-              settle_s: float = 5.0) -> tuple[list[dict], list[dict]]:
-    """Read the DLQ and predictions from their start until the wanted counts arrived and nothing more came
-    for ``settle_s``; fail if nothing new arrives for ``idle_s`` before that."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"fuzz-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "fetch.max.bytes": 64 * 1024 * 1024})
-    consumer.subscribe([settings.topic_dlq, settings.topic_out])
-    letters: list[dict] = []
-    predictions: list[dict] = []
-    last = time.monotonic()
+def _read_all(stack: Stack) -> tuple[list[dict], list[dict]]:
+    """Return every dead letter and prediction the worker made, once it has handled every payload.
+
+    The signal is the worker group's commits: it commits a batch only once the broker has the
+    batch's outputs, so when its commits reach the end of the input and the cleaned topics,
+    every answer is on its topic. Both topics are then read to their ends, duplicates included.
+    """
+    settings = stack.settings
+    stack.wait_worker_caught_up(timeout=FAULT_BOUND_S)
+    config = client_config(settings)
+    ends = {(topic, p): end for topic in (settings.topic_dlq, settings.topic_out)
+            for p, end in end_offsets(config, topic).items() if end}
+    consumer = Consumer(client_config(settings, {"group.id": f"fuzz-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                                                 "fetch.max.bytes": 64 * 1024 * 1024}))
+    consumer.assign([TopicPartition(topic, p, 0) for topic, p in ends])
+    got: dict[str, list[dict]] = {settings.topic_dlq: [], settings.topic_out: []}
+    start = time.monotonic()
     try:
-        while True:
-            msgs = consumer.consume(1000, 0.5)
-            for msg in msgs:
-                value = msg.value()
-                if msg.error() is None and value is not None:
-                    (letters if msg.topic() == settings.topic_dlq else predictions).append(json.loads(value))
-            now = time.monotonic()
-            if msgs:
-                last = now
-            complete = len(letters) >= want_letters and len(predictions) >= want_predictions
-            if complete and now - last > settle_s:
-                break
-            if not complete and now - last > idle_s:
-                break  # the assertions below say what is missing
+        while ends and time.monotonic() - start < BOUND_S:
+            for msg in consumer.consume(1000, POLL_S):
+                where, offset, value = (msg.topic(), msg.partition()), msg.offset(), msg.value()
+                if msg.error() is not None or where not in ends or offset is None:
+                    continue
+                if value is not None:
+                    got[str(where[0])].append(json.loads(value))
+                if offset + 1 >= ends[where]:
+                    del ends[where]
     finally:
         consumer.close()
-    return letters, predictions
+    assert not ends, f"could not read {settings.topic_dlq} and {settings.topic_out} to their ends: {ends}"
+    return got[settings.topic_dlq], got[settings.topic_out]
 
 
 def _produce(settings: Settings, cases: Sequence[Case]) -> None:
     producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 20, "acks": "all",
                          "message.max.bytes": 2 * 1024 * 1024})
     for case in cases:
-        while True:
-            try:
-                producer.produce(settings.topic_in, value=case.raw)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        produce_retrying(producer, settings.topic_in, case.raw, wait_s=0.1)
         producer.poll(0)
-    assert producer.flush(60) == 0
+    assert producer.flush(BOUND_S) == 0
 
 
 def test_fuzzed_payloads_are_each_answered_once_and_the_worker_survives(stack: Stack) -> None:
@@ -319,7 +320,7 @@ def test_fuzzed_payloads_are_each_answered_once_and_the_worker_survives(stack: S
     worker = stack.start("worker", READY_LINE)
     started = time.monotonic()
     _produce(settings, cases)
-    letters, predictions = _read_all(settings, len(invalid), sum(wanted.values()))
+    letters, predictions = _read_all(stack)
     seconds = time.monotonic() - started
 
     # zero crashes

@@ -66,8 +66,9 @@ def _serve_over_sasl(stack: Any, sasl: Settings, **extra_env: str) -> tuple[list
     secure = _over_sasl(stack)
     secure.produce(*(json.dumps({"id": i, "text": t, "region": "global"}).encode() for i, t in PHRASES))
     predictions = secure.read(stack.settings.topic_out, len(PHRASES) * len(heads))
-    rows = secure.wait_rows(len(predictions))
-    return heads, predictions, rows
+    assert len(predictions) == len(PHRASES) * len(heads), f"predictions: {predictions}\n{stack.tails()}"
+    secure.wait_sink_caught_up()  # the sink stored and committed every prediction: the rows are final
+    return heads, predictions, secure.rows()
 
 
 def test_a_worker_and_a_sink_serve_a_stream_over_sasl_scram(stack, sasl):

@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
+from bounds import BOUND_S, POLL_S
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.registry.lifecycle import active_heads
@@ -35,12 +36,12 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def scrape_until(port: int, done: Callable[[dict], bool], timeout: float = 60.0) -> dict:
+def scrape_until(port: int, done: Callable[[dict], bool], timeout: float = BOUND_S) -> dict:
     """Scrape until ``done(samples)`` (the counters move after the broker acknowledged a batch)."""
     deadline = time.monotonic() + timeout
     got = scrape(port)
     while not done(got) and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(POLL_S)
         got = scrape(port)
     return got
 
@@ -100,12 +101,17 @@ def test_worker_and_sink_metrics_count_what_was_produced_predicted_dead_lettered
     assert get(s, "phrasestream_sink_rows_written_total") == n_predictions
     assert get(s, "phrasestream_sink_dead_letters_total", kind="wrong_type") == 0
     assert get(s, "phrasestream_sink_write_seconds_count") >= 1
-    # librdkafka's statistics come every 5 s; once the sink has committed, the lag it reports is 0
-    s = scrape_until(sink_port, lambda s: any(k[0] == "phrasestream_sink_consumer_lag" for k in s))
-    lags = {dict(k[1])["partition"]: v for k, v in s.items() if k[0] == "phrasestream_sink_consumer_lag"}
-    assert lags and all(dict(k[1])["topic"] == stack.settings.topic_out
-                        for k in s if k[0] == "phrasestream_sink_consumer_lag")
-    assert sum(lags.values()) == 0, lags
+    # librdkafka's statistics come every 5 s, so the lag gauge follows the commits by up to 5 s: once the
+    # sink has committed everything (the signal), the gauge must come down to 0 at a later statistics tick
+    stack.wait_sink_caught_up()
+
+    def lags(samples: dict) -> dict[str, float]:
+        return {dict(k[1])["partition"]: v for k, v in samples.items() if k[0] == "phrasestream_sink_consumer_lag"}
+
+    s = scrape_until(sink_port, lambda s: bool(lags(s)) and sum(lags(s).values()) == 0)
+    assert lags(s) and all(dict(k[1])["topic"] == stack.settings.topic_out
+                           for k in s if k[0] == "phrasestream_sink_consumer_lag")
+    assert sum(lags(s).values()) == 0, lags(s)
 
 
 def test_a_second_worker_on_a_taken_metrics_port_says_so_once_and_serves(stack):

@@ -9,9 +9,11 @@ import uuid
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from bounds import BOUND_S, POLL_S
 from confluent_kafka import Consumer, TopicPartition
 
 from ops.kafka.clients import client_config
+from ops.kafka.offsets import end_offsets
 from ops.kafka.topics import create_topic
 from streams.app import READY_LINE
 from streams.kafka.outbox import Outbox
@@ -20,7 +22,7 @@ from streams.state.cache import cache_key
 pytestmark = pytest.mark.integration
 
 
-def read_all(settings, topic: str, count: int, timeout: float = 60.0) -> list:  # type: ignore[no-untyped-def]
+def read_all(settings, topic: str, count: int, timeout: float = BOUND_S) -> list:  # type: ignore[no-untyped-def]
     consumer = Consumer(client_config(settings, {"group.id": f"t-{uuid.uuid4().hex}",
                                                  "enable.auto.commit": False, "auto.offset.reset": "earliest"}))
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -28,7 +30,7 @@ def read_all(settings, topic: str, count: int, timeout: float = 60.0) -> list:  
     got: list = []
     end = time.monotonic() + timeout
     while len(got) < count and time.monotonic() < end:
-        got += [m for m in consumer.consume(500, timeout=0.5) if m.error() is None]
+        got += [m for m in consumer.consume(500, timeout=POLL_S) if m.error() is None]
     consumer.close()
     return got
 
@@ -42,10 +44,8 @@ def test_the_outbox_partitions_keys_as_faust_tables_do_and_flush_waits_for_every
     for key in keys:
         outbox.put(topic, key, b"x")
     outbox.flush()
-    consumer = Consumer(client_config(settings, {"group.id": "w"}))
-    assert sum(consumer.get_watermark_offsets(TopicPartition(topic, p))[1] for p in range(4)) == 400, \
+    assert sum(end_offsets(client_config(settings), topic).values()) == 400, \
         "flush returns once the broker has every message"
-    consumer.close()
     aiokafka = DefaultPartitioner()
     got = read_all(settings, topic, 400)
     assert len(got) == 400
@@ -58,9 +58,9 @@ def test_variants_that_clean_alike_share_one_key_on_the_cleaned_topic_and_one_ca
     stack.start("worker", READY_LINE)
     first = {"id": "v-1", "text": "What is my balance?", "region": "global", "models": ["intent"]}
     stack.produce(json.dumps(first).encode())
-    assert stack.read(stack.settings.topic_out, 1, timeout=90)
+    assert stack.read(stack.settings.topic_out, 1)
     stack.produce(json.dumps({**first, "id": "v-2", "text": "WHAT is my   balance???"}).encode())
-    preds = {p["id"]: p for p in stack.read(stack.settings.topic_out, 2, timeout=90)}
+    preds = {p["id"]: p for p in stack.read(stack.settings.topic_out, 2)}
     assert preds["v-2"]["clean_text"] == preds["v-1"]["clean_text"] == "what is my balance?"
     assert (preds["v-1"]["cache_hit"], preds["v-2"]["cache_hit"]) == (False, True)
     cleaned = read_all(stack.settings, f"{stack.settings.app_id}-phrases.cleaned", 2)

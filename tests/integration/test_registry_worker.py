@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from bounds import BOUND_S
 from confluent_kafka import Consumer, Producer
 from psycopg2 import sql
 
@@ -138,21 +139,21 @@ def test_a_live_worker_follows_promote_then_rollback_without_a_restart(bare_stac
     preds = Predictions(bare_stack.settings)
     try:
         with Traffic(bare_stack.settings) as traffic:
-            assert preds.wait_for(lambda got: len(got) >= 20, 60), "the worker answers before the promotion"
+            assert preds.wait_for(lambda got: len(got) >= 20, BOUND_S), "the worker answers before the promotion"
             t_promote = time.monotonic()
             promote(trainer, v2, "second half of the data")
-            assert preds.wait_for(lambda got: any(p["model_version"] == v2.version for p in got), 60)
+            assert preds.wait_for(lambda got: any(p["model_version"] == v2.version for p in got), BOUND_S)
             followed_promote_s = time.monotonic() - t_promote
             preds.poll(2.0)
             t_rollback = time.monotonic()
             done = lifecycle.rollback(trainer, "acme", "intent", reason="testing the rollback")
             assert done.ref == v1 and done.before == v2.version
             seen_v2 = len(preds.got)
-            assert preds.wait_for(lambda got: any(p["model_version"] == v1.version for p in got[seen_v2:]), 60)
+            assert preds.wait_for(lambda got: any(p["model_version"] == v1.version for p in got[seen_v2:]), BOUND_S)
             followed_rollback_s = time.monotonic() - t_rollback
             preds.poll(2.0)
         sent = list(traffic.sent)
-        assert preds.wait_for(lambda got: {p["id"] for p in got} >= set(sent), 60), "every phrase is answered"
+        assert preds.wait_for(lambda got: {p["id"] for p in got} >= set(sent), BOUND_S), "every phrase is answered"
     finally:
         preds.close()
     print(f"followed the promotion in {followed_promote_s:.1f} s and the rollback in {followed_rollback_s:.1f} s; "
@@ -183,16 +184,19 @@ def test_a_corrupted_bundle_is_refused_once_and_the_old_head_keeps_serving(bare_
             sql.Identifier(bare_stack.settings.pg_schema, "model_bundles")), (b"\x00rot\x00", v2.version))
     start_worker(bare_stack, "worker", link_models(root, tmp_path / "w"))
     promote(trainer, v2, "its stored bundle is corrupted")
+    bare_stack.wait_log("worker", f"refused head {v2}")  # the worker has seen the promotion and refused it
 
     preds = Predictions(bare_stack.settings)
     try:
-        deadline = time.monotonic() + 15  # longer than the old 10 s reload period
+        # then traffic for a while: a refused version must not be tried again meanwhile (the retry timer
+        # ticks every 2 s; the old reload period was 10 s). A window of time, not a guess: it can only pass.
+        window = time.monotonic() + 15
         i = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < window:
             bare_stack.produce(json.dumps({"id": f"c{i}", "text": PHRASES[i % 5], "region": "acme"}).encode())
             i += 1
             preds.poll(1.0)
-        assert preds.wait_for(lambda got: len(got) >= i, 60)
+        assert preds.wait_for(lambda got: len(got) >= i, BOUND_S), bare_stack.tails()
     finally:
         preds.close()
     assert {p["model_version"] for p in preds.got} == {v1.version}, "the old head keeps serving"
@@ -212,15 +216,11 @@ def test_a_second_worker_with_its_own_models_folder_gets_the_promoted_head(bare_
     start_worker(bare_stack, "worker-2", second)
     promote(trainer, v2, "both workers follow")
     for name, folder in (("worker", first), ("worker-2", second)):
-        log_path = bare_stack.logs / f"{name}.log"
-        deadline = time.monotonic() + 60
-        while f"now serving head {v2}" not in log_path.read_text(errors="replace") and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert f"now serving head {v2}" in log_path.read_text(errors="replace"), name
+        bare_stack.wait_log(name, f"now serving head {v2}")
         assert verify_head(v2.path(folder))["ref"] == str(v2), "the files came from the bundle, verified"
         assert not v2.path(folder).is_symlink() and not v1.path(folder).is_symlink()
     # both serve it: every answer after the promotion comes from v2, whichever worker owns the partition
     bare_stack.produce(*[json.dumps({"id": f"s{i}", "text": PHRASES[i % 5], "region": "acme"}).encode()
                          for i in range(40)])
-    got = bare_stack.read(bare_stack.settings.topic_out, 40, timeout=90)
+    got = bare_stack.read(bare_stack.settings.topic_out, 40)
     assert len(got) == 40 and {p["model_version"] for p in got} == {v2.version}

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 import numpy as np
 import psycopg2
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from bounds import BOUND_S, POLL_S
+from confluent_kafka import Consumer, Producer
 from psycopg2 import sql
 
 from models.datasets import load_clinc150
@@ -52,27 +53,15 @@ def rollup_rows(settings) -> list[dict]:
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(check: Callable[[], bool], what: str, timeout: float = BOUND_S) -> None:
     start = time.monotonic()
     while not check():
         if time.monotonic() - start > timeout:
-            pytest.fail(f"{what} within {timeout}s")
-        time.sleep(0.5)
+            pytest.fail(f"{what} within {timeout:.0f} s")
+        time.sleep(POLL_S)
 
 
-def committed_all(settings, topic: str, group: str) -> bool:
-    """Say whether ``group`` has committed every message of ``topic``."""
-    probe = Consumer(client_config(settings, {"group.id": group, "enable.auto.commit": False}))
-    try:
-        parts = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
-        ends = {tp.partition: probe.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
-        committed = {tp.partition: tp.offset for tp in probe.committed(parts, timeout=10)}
-        return all(committed[p] >= end for p, end in ends.items() if end > 0)
-    finally:
-        probe.close()
-
-
-def read_deltas(settings, until: Callable[[list[ServingRollup]], bool], timeout: float = 60.0) -> list[ServingRollup]:
+def read_deltas(settings, until: Callable[[list[ServingRollup]], bool], timeout: float = BOUND_S) -> list[ServingRollup]:
     """Read ``serving.rollups`` from the start until ``until(deltas)`` holds (or the time runs out)."""
     consumer = Consumer(client_config(settings, {"group.id": f"reader-{uuid.uuid4().hex}",
                                                  "auto.offset.reset": "earliest", "enable.auto.commit": False}))
@@ -81,7 +70,7 @@ def read_deltas(settings, until: Callable[[list[ServingRollup]], bool], timeout:
     start = time.monotonic()
     try:
         while not until(deltas) and time.monotonic() - start < timeout:
-            msg = consumer.poll(0.5)
+            msg = consumer.poll(POLL_S)
             if msg is not None and msg.error() is None:
                 deltas.append(ServingRollup.model_validate_json(msg.value()))
     finally:
@@ -111,7 +100,7 @@ def test_rollup_rows_of_a_head_count_its_predictions_and_hold_the_mean_embedding
     def intent_rows() -> list[dict]:
         return [r for r in rollup_rows(stack.settings) if (r["region"], r["model"]) == ("global", "intent")]
 
-    wait_until(lambda: sum(r["n"] for r in intent_rows()) >= len(intent), 60, "the intent rollups did not count "
+    wait_until(lambda: sum(r["n"] for r in intent_rows()) >= len(intent), "the intent rollups did not count "
                "every intent prediction")
     rows = intent_rows()
     assert sum(r["n"] for r in rows) == len(intent)
@@ -141,12 +130,10 @@ def test_a_rollup_delivered_twice_is_stored_once(stack):
         producer.produce(stack.settings.topic_rollups, key=delta.delta_id.encode(), value=delta.to_bytes())
     assert producer.flush(30) == 0
     group = f"{stack.settings.sink_group}-rollups"
-    wait_until(lambda: committed_all(stack.settings, stack.settings.topic_rollups, group), 90,
-               "the sink did not commit the rollups")
+    stack.wait_caught_up(group, stack.settings.topic_rollups)  # the sink stored and committed both copies
     producer.produce(stack.settings.topic_rollups, key=delta.delta_id.encode(), value=delta.to_bytes())
     assert producer.flush(30) == 0  # and once more, later: another batch
-    wait_until(lambda: committed_all(stack.settings, stack.settings.topic_rollups, group), 90,
-               "the sink did not commit the third copy")
+    stack.wait_caught_up(group, stack.settings.topic_rollups)  # and the third
     [row] = rollup_rows(stack.settings)
     assert (row["delta_id"], row["n"], row["embedding_sum"], row["unk_rate_sum"], row["with_unk"]) == \
         (delta.delta_id, 3, [0.25, -0.5, 1.0], 0.5, 1)
@@ -160,6 +147,6 @@ def test_the_worker_publishes_the_rollups_it_holds_when_it_stops(stack, heads):
                     for i, t in enumerate(texts)))
     assert len(stack.read(stack.settings.topic_out, len(texts))) == len(texts)
     stack.stop("worker")
-    deltas = read_deltas(stack.settings, lambda ds: sum(d.n for d in ds) >= len(texts), timeout=30)
+    deltas = read_deltas(stack.settings, lambda ds: sum(d.n for d in ds) >= len(texts))
     assert sum(d.n for d in deltas) == len(texts)
     assert {(d.region, d.model) for d in deltas} == {("global", "intent")}

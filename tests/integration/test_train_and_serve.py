@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -72,7 +71,7 @@ def test_worker_serves_a_head_trained_on_a_csv_for_a_new_region_without_a_restar
     phrase = {"id": "acme-1", "text": "somebody stole my card, report it as fraud", "region": "acme"}
 
     stack.produce(json.dumps({**phrase, "id": "before"}).encode())
-    letters = stack.read(stack.settings.topic_dlq, 1, timeout=60)
+    letters = stack.read(stack.settings.topic_dlq, 1)
     assert [letter["error_kind"] for letter in letters] == ["unknown_region"]
 
     res = _cli(env, "train", "--data", str(train_csv), "--eval", str(test_csv), "--text-col", "utterance",
@@ -85,12 +84,11 @@ def test_worker_serves_a_head_trained_on_a_csv_for_a_new_region_without_a_restar
         assert key in summary
     assert Registry(models).active_ref("acme", "support").version == summary["version"]
 
-    deadline = time.monotonic() + 60
-    found: list[dict] = []
-    while time.monotonic() < deadline and not found:  # the worker re-reads the registry every 10 s
-        stack.produce(json.dumps(phrase).encode())
-        found = [p for p in stack.read(stack.settings.topic_out, 1, timeout=8) if p["region"] == "acme"]
-    assert found, "the worker did not serve the new region within 60 s"
+    # the worker follows the registry topic: it says when it serves the new head, then it answers
+    stack.wait_log("worker", f"now serving head acme/support:{summary['version']}")
+    stack.produce(json.dumps(phrase).encode())
+    found = [p for p in stack.read(stack.settings.topic_out, 1) if p["region"] == "acme"]
+    assert found, f"the worker did not serve the new region\n{stack.tails()}"
     assert found[0]["model"] == "support" and found[0]["model_version"] == summary["version"]
     assert found[0]["label"] == "report_fraud"
     assert stack.procs["worker"].poll() is None, "the worker kept running"
