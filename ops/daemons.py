@@ -36,7 +36,7 @@ from pathlib import Path
 import psutil
 
 from ops.paths import Paths
-from ops.processes import ServiceError, our_process, read_pid, record_pid, terminate, wait_until
+from ops.processes import ServiceError, end_child, our_process, read_pid, record_pid, terminate, wait_until
 from schemas.settings import Settings
 
 SINK = "sink"
@@ -144,7 +144,7 @@ def spawn_daemon(settings: Settings, name: str, say: Callable[[str], None] = pri
     try:
         record_pid(files.pid, child.pid)
     except BaseException:  # unrecorded, no command could stop it: stop it now
-        _end_child(child)
+        end_child(child, STOP_TIMEOUT_S)
         raise
     say(f"{name}: started (pid {child.pid}), log {files.log}")
     return child
@@ -157,17 +157,6 @@ def start_daemon(settings: Settings, name: str, say: Callable[[str], None] = pri
         say(f"{name}: already running (pid {proc.pid}), left alone")
         return proc.pid
     return spawn_daemon(settings, name, say).pid
-
-
-def _end_child(child: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> None:
-    """Stop a child of ours by its handle (SIGTERM, then SIGKILL after ``timeout`` s) and reap it."""
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(10)
 
 
 def stop_daemon(settings: Settings, name: str, timeout: float = STOP_TIMEOUT_S,
@@ -262,7 +251,7 @@ def start_daemons(settings: Settings, workers: int = 1, sink: bool = True, wait:
             wait_ready(settings, names, children=spawned)
     except BaseException:
         for name, child in reversed(spawned.items()):  # the workers first, then the sink
-            _end_child(child)
+            end_child(child, STOP_TIMEOUT_S)
             files = daemon_files(settings, name)
             if read_pid(files.pid) == child.pid:
                 files.pid.unlink(missing_ok=True)

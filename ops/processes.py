@@ -16,9 +16,10 @@ import fcntl
 import logging
 import signal
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
@@ -137,6 +138,18 @@ def terminate(proc: psutil.Process, what: str, timeout: float, sig: int = signal
         log.warning("%s (pid %d) did not stop in %.0f s: killing it", what, proc.pid, timeout)
         proc.kill()
         proc.wait(10)
+
+
+def end_child(child: subprocess.Popen[Any], timeout: float) -> None:
+    """Stop a child of this process by its handle (SIGTERM, then SIGKILL after ``timeout`` s) and reap it."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop in %.0f s: killing it", child.pid, timeout)
+            child.kill()
+            child.wait(10)
 
 
 def wait_until(check: Callable[[], bool], timeout: float, interval: float) -> bool:

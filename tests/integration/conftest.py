@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from ops.kafka.produce import produce_retrying
 from ops.kafka.topics import create_topics
 from ops.postgres.db import pg_answers
 from ops.postgres.migrations import apply_migrations
+from ops.processes import end_child
 from schemas.settings import Settings
 
 # tests/unit/fakes.py holds the stand-ins every test shares (fake Kafka messages, consumer, producer)
@@ -102,13 +103,8 @@ class Stack:
     def stop(self, name: str, timeout: float = BOUND_S) -> None:
         """Stop process ``name`` as an operator would (SIGTERM) and wait for it; SIGKILL only if it hangs."""
         proc = self.procs.pop(name, None)
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        if proc is not None:
+            end_child(proc, timeout)
 
     def produce(self, *values: bytes, topic: str | None = None) -> None:
         producer = Producer(client_config(self.settings))
@@ -116,15 +112,20 @@ class Stack:
             produce_retrying(producer, topic or self.settings.topic_in, value)
         assert producer.flush(BOUND_S) == 0
 
-    def read(self, topic: str, count: int, timeout: float = BOUND_S) -> list[dict]:
-        """Read ``count`` JSON messages from the start of ``topic`` (fewer if the bound is reached)."""
+    def read(self, topic: str, count: int = 0, timeout: float = BOUND_S,
+             until: Callable[[list[dict]], bool] | None = None) -> list[dict]:
+        """Read JSON messages from the start of ``topic`` until there are ``count`` (or ``until(found)`` holds).
+
+        Fewer if the bound is reached.
+        """
         consumer = Consumer(client_config(self.settings, {"group.id": f"reader-{uuid.uuid4().hex}",
                                                           "auto.offset.reset": "earliest", "enable.auto.commit": False}))
         consumer.subscribe([topic])
         found: list[dict] = []
+        done = until or (lambda got: len(got) >= count)
         start = time.monotonic()
         try:
-            while len(found) < count and time.monotonic() - start < timeout:
+            while not done(found) and time.monotonic() - start < timeout:
                 msg = consumer.poll(POLL_S)
                 if msg is not None and msg.error() is None:
                     found.append(json.loads(msg.value()))

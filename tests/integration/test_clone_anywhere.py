@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from bounds import BOUND_S
 
 from ops import processes
 from ops.paths import Paths
@@ -80,7 +81,7 @@ def test_up_and_status_work_from_a_clone_in_a_private_folder():
         assert up.returncode == 0, f"phrasestream up failed in {clone}:\n{up.stdout}\n{up.stderr}"
         assert f"pgdata    new data directory {paths.pg_data}" in up.stdout, up.stdout
 
-        status = _cli(clone, env, "status", timeout=120)
+        status = _cli(clone, env, "status", timeout=BOUND_S)
         assert status.returncode == 0, status.stderr
         assert "postgres  up" in status.stdout and "kafka     up" in status.stdout, status.stdout
         assert f"pgdata    {paths.pg_data}" in status.stdout

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+from bounds import BOUND_S
 
 from ops.daemons import READY_LINE, daemon_files, running_daemons, stop_daemons
 from ops.processes import read_pid_record
@@ -56,7 +57,7 @@ def test_start_two_workers_then_scale_to_one(daemons_stack):
         assert pid == running[name] and created == pytest.approx(psutil.Process(pid).create_time(), abs=0.01)
         assert psutil.Process(running[name]).environ()["PHRASESTREAM_WORKER_INDEX"] == str(index)
 
-    status = _phrasestream(stack, "status", timeout=120)
+    status = _phrasestream(stack, "status", timeout=BOUND_S)
     lines = {line.split()[0]: line for line in status.stdout.splitlines() if line.startswith(("sink", "worker-"))}
     for name, pid in running.items():
         assert f"running (pid {pid})" in lines[name], status.stdout

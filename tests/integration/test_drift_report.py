@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import psycopg2
 import pytest
+from bounds import BOUND_S
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
@@ -183,7 +184,7 @@ def test_the_cli_exits_2_for_an_empty_window_and_for_a_head_without_reference(ba
     def run(*flags: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "streams.cli", "drift-report", "--region", "global", "--model",
                                "intent", "--current", "7d", "--out", str(tmp_path), *flags],
-                              env=bare_stack.env, capture_output=True, text=True, timeout=120)
+                              env=bare_stack.env, capture_output=True, text=True, timeout=BOUND_S)
 
     empty = run("--reference", "7d")  # this stack's registry names no head: only the window is needed
     assert empty.returncode == 2, empty.stderr

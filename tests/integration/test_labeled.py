@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bounds import BOUND_S
 
 from ops.kafka import topics
 from ops.kafka.clients import client_config
@@ -35,10 +36,10 @@ def test_produce_labeled_puts_every_row_on_the_topic_with_its_ts(stack, tmp_path
         w.writerows(rows)
     res = subprocess.run([sys.executable, "-m", "streams.cli", "produce", "--labeled", "--data", str(data),
                           "--text-col", "utterance", "--label-col", "intent", "--region", "eu", "--model", "intent"],
-                         env=stack.env, capture_output=True, text=True, timeout=120)
+                         env=stack.env, capture_output=True, text=True, timeout=BOUND_S)
     assert res.returncode == 0, res.stderr
     assert "produced 3 labelled example(s) of eu/intent" in res.stderr and "dropped 1 row" in res.stderr
-    got = sorted(stack.read(stack.settings.topic_labeled, 3, timeout=60), key=lambda m: m["text"])
+    got = sorted(stack.read(stack.settings.topic_labeled, 3), key=lambda m: m["text"])
     assert [(m["text"], m["label"], m["region"], m["model"]) for m in got] == [
         ("card stolen, freeze it", "freeze_account", "eu", "intent"),
         ("how do I reset my PIN?", "pin_change", "eu", "intent"),

@@ -8,6 +8,7 @@ import re
 
 import psycopg2
 import pytest
+from bounds import BOUND_S
 from psycopg2 import sql
 
 from models.registry.lifecycle import active_heads
@@ -130,7 +131,7 @@ def test_a_demo_stream_cold_then_cached_is_stored_exactly_once_with_the_demos_co
     stack.start("worker", WORKER_READY)
     stack.start("sink", SINK_READY)
     count = 400  # 20 invalid, one of each kind in turn
-    runs = [run_demo(stack.settings, heads, count, timeout_s=240, seed=11) for _ in range(2)]
+    runs = [run_demo(stack.settings, heads, count, timeout_s=BOUND_S, seed=11) for _ in range(2)]
 
     query = sql.SQL("SELECT id, model, model_version, count(*) FROM {}.inferences WHERE id LIKE %s "
                     "GROUP BY id, model, model_version").format(sql.Identifier(stack.settings.pg_schema))

@@ -94,10 +94,10 @@ def test_a_phrase_that_makes_a_head_raise_is_dead_lettered_as_internal_and_its_b
 
     heads = sorted(m for (region, m) in read_all(settings) if region == "global")
     assert "fragile" in heads
-    letters = stack.read(settings.topic_dlq, len(POISON), timeout=120)
-    predictions = stack.read(settings.topic_out, len(mates) * len(heads), timeout=120)
+    letters = stack.read(settings.topic_dlq, len(POISON))
+    predictions = stack.read(settings.topic_out, len(mates) * len(heads))
     stack.produce(json.dumps({"id": "after", "text": "balance", "region": "global"}).encode())
-    after = stack.read(settings.topic_out, len(mates) * len(heads) + len(heads), timeout=120)
+    after = stack.read(settings.topic_out, len(mates) * len(heads) + len(heads))
 
     # the poison pills: one letter each, internal, with the head's error and the cleaned phrase
     assert sorted(x["id"] for x in letters) == sorted(POISON)

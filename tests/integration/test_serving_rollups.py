@@ -12,7 +12,7 @@ import numpy as np
 import psycopg2
 import pytest
 from bounds import BOUND_S, POLL_S
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from psycopg2 import sql
 
 from models.datasets import load_clinc150
@@ -61,21 +61,11 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = BOUND_S) -
         time.sleep(POLL_S)
 
 
-def read_deltas(settings, until: Callable[[list[ServingRollup]], bool], timeout: float = BOUND_S) -> list[ServingRollup]:
-    """Read ``serving.rollups`` from the start until ``until(deltas)`` holds (or the time runs out)."""
-    consumer = Consumer(client_config(settings, {"group.id": f"reader-{uuid.uuid4().hex}",
-                                                 "auto.offset.reset": "earliest", "enable.auto.commit": False}))
-    consumer.subscribe([settings.topic_rollups])
-    deltas: list[ServingRollup] = []
-    start = time.monotonic()
-    try:
-        while not until(deltas) and time.monotonic() - start < timeout:
-            msg = consumer.poll(POLL_S)
-            if msg is not None and msg.error() is None:
-                deltas.append(ServingRollup.model_validate_json(msg.value()))
-    finally:
-        consumer.close()
-    return deltas
+def read_deltas(stack, until: Callable[[list[ServingRollup]], bool]) -> list[ServingRollup]:  # type: ignore[no-untyped-def]
+    """Read ``serving.rollups`` from the start until ``until(deltas)`` holds (or the bound is reached)."""
+    found = stack.read(stack.settings.topic_rollups,
+                       until=lambda got: until([ServingRollup.model_validate(d) for d in got]))
+    return [ServingRollup.model_validate(d) for d in found]
 
 
 def phrases() -> list[str]:
@@ -147,6 +137,6 @@ def test_the_worker_publishes_the_rollups_it_holds_when_it_stops(stack, heads):
                     for i, t in enumerate(texts)))
     assert len(stack.read(stack.settings.topic_out, len(texts))) == len(texts)
     stack.stop("worker")
-    deltas = read_deltas(stack.settings, lambda ds: sum(d.n for d in ds) >= len(texts))
+    deltas = read_deltas(stack, lambda ds: sum(d.n for d in ds) >= len(texts))
     assert sum(d.n for d in deltas) == len(texts)
     assert {(d.region, d.model) for d in deltas} == {("global", "intent")}
