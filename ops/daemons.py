@@ -44,7 +44,9 @@ WORKER_PREFIX = "worker-"
 READY_LINE = "phrasestream worker ready"
 """Logged by a worker (whatever the log level) once it has recovered its table and consumes."""
 
-READY_TIMEOUT_S = 300.0
+READY_TIMEOUT_S = 600.0
+"""How long ``start`` waits for the ready lines: a bound on a hang. A worker loads TensorFlow first, which
+took 2.5 minutes with a busy core beside it (10 s on a quiet one)."""
 STOP_TIMEOUT_S = 30.0
 _NAME = re.compile(r"^(sink|worker-[1-9][0-9]*)$")
 

@@ -15,13 +15,13 @@ import psutil
 import pytest
 from bounds import BOUND_S
 
-from ops.daemons import READY_LINE, daemon_files, running_daemons, stop_daemons
+from ops.daemons import READY_LINE, READY_TIMEOUT_S, daemon_files, running_daemons, stop_daemons
 from ops.processes import read_pid_record
 
 pytestmark = pytest.mark.integration
 
 
-def _phrasestream(stack, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+def _phrasestream(stack, *args: str, timeout: float = READY_TIMEOUT_S + BOUND_S) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
     return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=stack.env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 

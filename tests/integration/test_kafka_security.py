@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bounds import BOUND_S
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 from psycopg2.extensions import parse_dsn
@@ -91,7 +92,7 @@ def test_a_wrong_password_is_refused_with_a_clear_error(stack, sasl):
     sink = stack.start("sink", None, PHRASESTREAM_KAFKA_BOOTSTRAP=sasl.bootstrap,
                        PHRASESTREAM_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
                        PHRASESTREAM_KAFKA_SASL_PASSWORD=WRONG_PASSWORD)
-    assert sink.wait(90) == 2  # a bound, not a measurement: the check gives up after 15 s
+    assert sink.wait(BOUND_S) == 2  # a bound, not a measurement: the check gives up after 15 s
     text = (stack.logs / "sink.log").read_text()
     assert "authentication failed" in text and "PHRASESTREAM_KAFKA_SASL_PASSWORD" in text
     assert WRONG_PASSWORD not in text
