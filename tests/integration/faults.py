@@ -112,7 +112,7 @@ class Watch:
     def __enter__(self) -> Watch:
         self._thread = threading.Thread(target=self._read, name="watch", daemon=True)
         self._thread.start()
-        assert self._ready.wait(60), "the watcher could not assign its topics"
+        assert self._ready.wait(BOUND_S), "the watcher could not assign its topics"
         return self
 
     def __exit__(self, *exc: object) -> None:

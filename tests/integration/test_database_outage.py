@@ -83,7 +83,7 @@ def test_predictions_flow_while_the_database_is_down_and_rows_arrive_when_it_is_
         assert stack.rows() == []
 
         gate.open()
-        rows = stack.wait_rows(len(phrases), timeout=60)
+        rows = stack.wait_rows(len(phrases))
         assert sorted(r["id"] for r in rows) == sorted(p["id"] for p in phrases)
         assert stack.procs["sink"].poll() is None
     finally:

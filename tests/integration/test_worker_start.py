@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from bounds import BOUND_S
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ def test_a_daemon_without_a_broker_retries_then_exits_3_with_one_line(stack, com
            "PHRASESTREAM_BROKER_WAIT_SECONDS": "4", "PHRASESTREAM_WORKER_METRICS_PORT": "0",
            "PHRASESTREAM_SINK_METRICS_PORT": "0"}
     done = subprocess.run([sys.executable, "-m", "streams.cli", command], env=env, capture_output=True, text=True,
-                          timeout=180)
+                          timeout=BOUND_S)
     assert done.returncode == 3, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "did not answer within 4 s" in errors[0], done.stderr[-2000:]
