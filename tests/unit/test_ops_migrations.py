@@ -254,3 +254,21 @@ def test_maven_and_storage_format_have_timeouts(tmp_path: Path, monkeypatch):
     with pytest.raises(ServiceError, match="kafka storage format did not finish within 120 s"):
         kafka_local._format_kafka_storage(s, Paths.of(s))
     assert seen == [900.0, 120.0]
+
+
+# The checksums of the migrations that have shipped. A database that applied one refuses to
+# start when its bytes change ("changed after it was applied"): a released migration is never
+# edited, not even a comment; a change is a new migration. Add a line here for each new one.
+SHIPPED = {
+    1: "42b1e810d4b03ad7ddb7b6fb2efc8484720006b6a6c4294143ea5f9a170d227d",
+    2: "e16a03de53470359568cee44a43bd23298fc12fc857a110585a8cee075987912",
+    3: "4e73f13ae61347e89cbf28e5216241a663c0207b791545d7cab65ce1cb9ae301",
+}
+
+
+def test_shipped_migrations_keep_their_bytes() -> None:
+    from ops.postgres.migrations import list_migrations
+
+    found = {m.version: m.checksum for m in list_migrations()}
+    assert {v: found.get(v) for v in SHIPPED} == SHIPPED
+    assert set(found) >= set(SHIPPED)

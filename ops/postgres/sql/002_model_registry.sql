@@ -1,8 +1,8 @@
 -- The head registry's PostgreSQL side: every version's artifact bundle, and the history of
 -- which version was live when. (The live pointer itself is the compacted Kafka topic
--- models.registry; see models/registry/pointers.py.) Runs with search_path set to settings.pg_schema.
+-- models.registry; see models/pointers.py.) Runs with search_path set to settings.pg_schema.
 
--- One row per head version: its files as one tar (see models/registry/bundles.py), checked by sha256.
+-- One row per head version: its files as one tar (see models/bundles.py), checked by sha256.
 CREATE TABLE IF NOT EXISTS model_bundles (
     region           text        NOT NULL,
     model            text        NOT NULL,

@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS serving_rollups (
     n              bigint NOT NULL,       -- phrases counted in this delta
     embedding_sum  double precision[] NOT NULL, -- element-wise sum of the L2-normalised sentence embeddings
                                           --   (the 384-d `mean6` readout block, exactly what
-                                          --   retrain/drift/reference.py's embedding_centroid averages)
+                                          --   retrain/reference.py's embedding_centroid averages)
     unk_rate_sum   double precision NOT NULL,   -- sum over phrases of their unknown-word-piece rate
     with_unk       bigint NOT NULL,             -- phrases with at least one unknown word piece
     stored_at      timestamptz NOT NULL DEFAULT now()
