@@ -47,6 +47,7 @@ from tenacity import (
 from ops.kafka.clients import client_config
 from schemas.messages import DeadLetter, ErrorKind, Prediction
 from schemas.settings import Settings
+from streams.sinks.membership import GroupWatch, group_state
 
 log = logging.getLogger("phrasestream.sink")
 
@@ -131,6 +132,11 @@ def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in sorted(last.items())]
 
 
+REJOIN_AFTER_S = 60.0
+"""How long a consumer may hold no partition before the runner asks whether it is still in its group
+(twice the sink's 30 s session: a rebalance or a broker restart is over by then)."""
+
+
 class SinkRunner:
     """Consume ``predictions.out`` and write to a :class:`Sink` until :meth:`stop`.
 
@@ -151,6 +157,8 @@ class SinkRunner:
         self._parse_value = parse or Prediction.model_validate_json
         self.what = what
         self.consumer = consumer or Consumer(consumer_config(settings, self.group))
+        self.watch = GroupWatch(self.group, lambda g: group_state(client_config(settings), g), REJOIN_AFTER_S)
+        """Replaces a consumer that has fallen out of its group for good (``streams.sinks.membership``)."""
         self._producer = producer or Producer(client_config(settings))
         self._running = True
         self._stopping = threading.Event()
@@ -326,6 +334,8 @@ class SinkRunner:
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-write") as writer:
                 while self._running and not (until is not None and until(self)):
+                    if self.watch.lost(bool(self.consumer.assignment()), time.monotonic()):
+                        self._replace_consumer()
                     # While a write is in flight, do not wait long for more: its commit waits for this read.
                     received = self._receive(timeout=0.05 if self._pending is not None else timeout)
                     pending, self._pending = self._pending, None  # (a revocation may have finished it)
@@ -339,6 +349,13 @@ class SinkRunner:
             self.consumer.close()
             self.sink.close()
             log.info("sink stopped: %s", json.dumps(self.stats.__dict__))
+
+    def _replace_consumer(self) -> None:
+        """Subscribe a new consumer in the place of one that will not rejoin its group; close the old one aside."""
+        old, self.consumer = self.consumer, Consumer(consumer_config(self.settings, self.group))
+        self.consumer.subscribe([self.topic], on_revoke=lambda *_: self._drain())
+        # The old consumer's close may wait on the coordinator it cannot reach: not in this loop.
+        threading.Thread(target=old.close, name="sink-close-lost-consumer", daemon=True).start()
 
     @staticmethod
     def _is_error(m: Message) -> bool:

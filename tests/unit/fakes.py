@@ -149,6 +149,10 @@ class FakeConsumer:
     def seek(self, tp) -> None:  # type: ignore[no-untyped-def]
         self.seeks.append((tp.partition, tp.offset))
 
+    def assignment(self) -> list[tuple[str, int]]:
+        """The partitions it holds: always one (the sink's group watch leaves a consumer with partitions alone)."""
+        return [("fake", 0)]
+
 
 class FakeLetterBox:
     """A dead-letter producer: keeps every value produced (``sent``); ``flush`` leaves ``undelivered`` behind."""
