@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import psycopg2
 import pytest
 from confluent_kafka.admin import AdminClient
-from fakes import FakeConsumer, FakeLetterBox, FakeMessage
+from fakes import FakeConsumer, FakeLetterBox, kafka_message
 from psycopg2 import sql
 
 from ops.kafka.clients import client_config
@@ -98,7 +98,7 @@ def test_rows_postgres_refuses_are_dead_lettered_and_the_rest_of_the_batch_store
     refused = {7: prediction("nul-label", label="nul\x00label").to_bytes(),  # text cannot hold NUL
                40: nan}                                                       # jsonb has no NaN
     values = [refused.get(i, prediction(f"ok-{i}").to_bytes()) for i in range(64)]
-    consumer, producer = FakeConsumer([[FakeMessage(v, i) for i, v in enumerate(values)]]), FakeLetterBox()
+    consumer, producer = FakeConsumer([[kafka_message(v, i) for i, v in enumerate(values)]]), FakeLetterBox()
     sink = PostgresSink(schema_settings.dsn, schema_settings.pg_schema)
     runner = SinkRunner(schema_settings.model_copy(update={"sink_retry_seconds": 5.0}), sink,
                         consumer=consumer, producer=producer)  # type: ignore[arg-type]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from confluent_kafka import Message
 
 from models.embedder import READOUT, quantise
-from models.heads import BLOCK_DIM
+from models.heads import BLOCK_DIM, HeadPrediction, HeadRef
 from schemas.messages import DeadLetter
 
 
@@ -53,19 +54,44 @@ class ReadoutEmbedder:
         return np.array([0.5 if "zzz" in t else 0.0 for t in texts])
 
 
+@dataclass
+class FakeHead:
+    """Stand in for a loaded head: label each vector by the index of its largest component, prefixed
+    by the model (``intent:3``); keep the vectors and texts of every call in ``calls`` and ``texts``."""
+
+    ref: HeadRef
+    calls: list[np.ndarray] = field(default_factory=list)
+    texts: list[list[str] | None] = field(default_factory=list)
+
+    def predict(self, vectors: np.ndarray, top_k: int, texts: Sequence[str] | None = None) -> list[HeadPrediction]:
+        self.calls.append(np.array(vectors))
+        self.texts.append(None if texts is None else list(texts))
+        answers = []
+        for v in vectors:
+            label = f"{self.ref.model}:{int(np.argmax(v))}"
+            pairs = [(label, 0.9000004), (f"{self.ref.model}:other", 0.1)][:top_k]
+            answers.append(HeadPrediction(label, 0.9000004, pairs))
+        return answers
+
+
 class FakeProducer:
     """Stand in for confluent-kafka's ``Producer`` as an outbox uses it: a bounded local queue
     (``BufferError`` when full) and delivery reports served by ``poll`` and ``flush``.
 
-    ``fail_once``: values whose first delivery fails; ``away_flushes``: flushes that deliver
-    nothing (a broker that is away). ``delivered`` holds (topic, key, value) in delivery order;
-    ``journal``, when given, gets ``"flush"`` at every flush (to order it against other calls).
+    ``fail_once``: values whose first delivery fails; ``fail_first``: how many deliveries fail
+    first, whatever their value; ``away_flushes``: flushes that deliver nothing (a broker that
+    is away). ``produced`` holds (topic, key, value) of every message taken, ``delivered`` of
+    every one delivered, in order; a delivery report goes to ``on_delivery`` either way, as
+    librdkafka's does. ``journal``, when given, gets ``"flush"`` at every flush (to order it
+    against other calls).
     """
 
     def __init__(self, queue_max: int = 100, fail_once: Iterable[bytes] = (), away_flushes: int = 0,
-                 journal: list[str] | None = None) -> None:
-        self.queue: list[tuple[Message, Callable[[Any, Any], None]]] = []
+                 journal: list[str] | None = None, fail_first: int = 0) -> None:
+        self.queue: list[tuple[Message, Callable[[Any, Any], None] | None]] = []
         self.queue_max, self.fail_once, self.away_flushes = queue_max, set(fail_once), away_flushes
+        self.fail_first = fail_first
+        self.produced: list[tuple[str, bytes | None, bytes]] = []
         self.delivered: list[tuple[str, bytes | None, bytes]] = []
         self.full = 0
         self.journal = journal
@@ -75,6 +101,7 @@ class FakeProducer:
             self.full += 1
             raise BufferError("Local: Queue full")
         self.queue.append((Message(topic=topic, key=key, value=value), on_delivery))
+        self.produced.append((topic, key, value))
 
     def poll(self, timeout: float) -> int:
         return self._deliver(1)
@@ -91,37 +118,23 @@ class FakeProducer:
     def _deliver(self, count: int) -> int:
         done, self.queue = self.queue[:count], self.queue[count:]
         for msg, report in done:
-            if msg.value() in self.fail_once:
+            error = None
+            if self.fail_first:
+                self.fail_first -= 1
+                error = "Broker: Not enough in-sync replicas"
+            elif msg.value() in self.fail_once:
                 self.fail_once.discard(msg.value())
-                report("Broker: Not enough in-sync replicas", msg)
+                error = "Broker: Not enough in-sync replicas"
             else:
                 self.delivered.append((msg.topic(), msg.key(), msg.value()))
+            if report is not None:
+                report(error, msg)
         return len(done)
 
-class FakeMessage:
-    """A confluent-kafka ``Message`` as our code reads it: value, key, topic, partition, offset, no error."""
-
-    def __init__(self, value: bytes, offset: int = 0, partition: int = 0, *, topic: str = "predictions.out",
-                 key: bytes | None = None) -> None:
-        self._value, self._offset, self._partition, self._topic, self._key = value, offset, partition, topic, key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def error(self) -> None:
-        return None
+def kafka_message(value: bytes, offset: int = 0, partition: int = 0, *, topic: str = "predictions.out",
+                  key: bytes | None = None) -> Message:
+    """Return a real confluent-kafka ``Message`` as a consumer hands one out: a position, a value, no error."""
+    return Message(topic=topic, partition=partition, offset=offset, key=key, value=value)
 
 
 class FakeConsumer:
@@ -132,12 +145,12 @@ class FakeConsumer:
     synchronous (the sink commits a batch's own offsets once it is stored).
     """
 
-    def __init__(self, batches: list[list[FakeMessage]]) -> None:
+    def __init__(self, batches: list[list[Message]]) -> None:
         self.batches, self.commits = batches, 0
         self.offsets: list[list[tuple[int, int]]] = []
         self.seeks: list[tuple[int, int]] = []
 
-    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+    def consume(self, num_messages: int, timeout: float) -> list[Message]:
         return self.batches.pop(0) if self.batches else []
 
     def commit(self, offsets=None, asynchronous: bool = True):  # type: ignore[no-untyped-def]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from fakes import FakeHead
 
+from models.heads import HeadRef
 from schemas.messages import CleanedPhrase, ErrorKind, utcnow
 from streams.pipeline import Embedded, Served, classify, serve_batch
 from streams.state.cache import EmbeddingCache, MappingBackend, cache_key
@@ -56,43 +57,9 @@ class RecordingBackend(MappingBackend):
         super().delete(key)
 
 
-@dataclass(frozen=True)
-class FakeRef:
-    region: str
-    model: str
-    version: str
-
-
-@dataclass(frozen=True)
-class FakeAnswer:
-    label: str
-    probability: float
-    top_k: list[tuple[str, float]]
-
-
-@dataclass
-class FakeHead:
-    """Label each vector by the index of its largest component, prefixed by the model."""
-
-    ref: FakeRef
-    calls: list[np.ndarray] = field(default_factory=list)
-    texts: list[list[str] | None] = field(default_factory=list)
-
-    def predict(self, vectors: np.ndarray, top_k: int, texts: Sequence[str] | None = None) -> list[FakeAnswer]:
-        self.calls.append(np.array(vectors))
-        self.texts.append(None if texts is None else list(texts))
-        answers = []
-        for v in vectors:
-            best = int(np.argmax(v))
-            label = f"{self.ref.model}:{best}"
-            pairs = [(label, 0.9000004), (f"{self.ref.model}:other", 0.1)][:top_k]
-            answers.append(FakeAnswer(label, 0.9000004, pairs))
-        return answers
-
-
 def heads_for(spec: dict[str, list[str]]) -> dict[str, dict[str, FakeHead]]:
     return {
-        region: {model: FakeHead(FakeRef(region, model, f"{region}-{model}-v7")) for model in models}
+        region: {model: FakeHead(HeadRef(region, model, f"{region}-{model}-v7")) for model in models}
         for region, models in spec.items()
     }
 
@@ -569,8 +536,8 @@ def test_adopt_forgets_entries_of_partitions_that_moved_away():
 def test_the_answer_memo_gives_the_heads_answers_and_never_those_of_another_version():
     from streams.state.memos import AnswerMemo
 
-    v7 = FakeHead(FakeRef("global", "intent", "v7"))
-    v8 = FakeHead(FakeRef("global", "intent", "v8"))
+    v7 = FakeHead(HeadRef("global", "intent", "v7"))
+    v8 = FakeHead(HeadRef("global", "intent", "v8"))
     memo = AnswerMemo(max_entries=3)
     texts = ["a", "b", "a", "c"]  # serving, a text's features are a function of the text
     vectors = np.eye(DIM, dtype=np.float32)[[0, 1, 0, 2]]

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from fakes import FakeConsumer, FakeLetterBox, FakeMessage, ReadoutEmbedder
+from fakes import FakeConsumer, FakeHead, FakeLetterBox, FakeProducer, ReadoutEmbedder, kafka_message
 from pydantic import ValidationError
 
-from models.heads import BLOCK_DIM, block_columns
+from models.heads import BLOCK_DIM, HeadRef, block_columns
 from schemas.messages import CleanedPhrase, ErrorKind, Prediction, ServingRollup
 from schemas.settings import Settings
 from streams.pipeline import serve_batch
@@ -188,26 +187,8 @@ def test_rollups_for_a_readout_embedder_read_the_mean6_block():
 # --- the hook in serve_batch --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Ref:
-    region: str
-    model: str
-    version: str
-
-
-@dataclass(frozen=True)
-class Answer:
-    label: str
-    probability: float
-    top_k: list
-
-
-class Head:
-    def __init__(self, model: str) -> None:
-        self.ref = Ref("global", model, f"{model}-v1")
-
-    def predict(self, features: np.ndarray, top_k: int, texts: Sequence[str] | None = None) -> list[Answer]:
-        return [Answer("x", 0.9, [("x", 0.9)]) for _ in features]
+def head(model: str) -> FakeHead:
+    return FakeHead(HeadRef("global", model, f"{model}-v1"))
 
 
 class PoisonEmbedder(ReadoutEmbedder):
@@ -219,7 +200,7 @@ class PoisonEmbedder(ReadoutEmbedder):
 
 def test_serve_batch_tells_the_observer_of_every_prediction_once_even_when_its_batch_is_retried_alone():
     embedder = PoisonEmbedder()
-    heads = {"global": {"intent": Head("intent"), "domain": Head("domain")}}
+    heads = {"global": {"intent": head("intent"), "domain": head("domain")}}
     rollups = rollups_for(embedder, memo_entries=10)
     values = [CleanedPhrase(id=str(i), region="global", models=["intent", "domain"], clean_text=t,
                             received_at=T0).to_bytes() for i, t in enumerate(["fine", "poison", "good", "fine"])]
@@ -234,7 +215,7 @@ def test_an_observer_that_fails_costs_no_prediction():
         raise RuntimeError("observer bug")
 
     value = CleanedPhrase(id="1", region="global", models=["intent"], clean_text="hi", received_at=T0).to_bytes()
-    served = asyncio.run(serve_batch([value], ReadoutEmbedder(), None, {"global": {"intent": Head("intent")}}, 1,
+    served = asyncio.run(serve_batch([value], ReadoutEmbedder(), None, {"global": {"intent": head("intent")}}, 1,
                                      observe=broken))
     assert [p.id for p in served.predictions] == ["1"] and served.failures == []
 
@@ -242,29 +223,9 @@ def test_an_observer_that_fails_costs_no_prediction():
 # --- publishing ---------------------------------------------------------------------------
 
 
-class FakeProducer:
-    """Deliver at flush; ``fail`` deliveries fail first (with an error), then they succeed."""
-
-    def __init__(self, fail: int = 0) -> None:
-        self.fail = fail
-        self.queued: list[tuple[FakeMessage, object]] = []
-        self.delivered: list[ServingRollup] = []
-        self.attempts: list[str] = []
-
-    def produce(self, topic: str, value: bytes, key: bytes, on_delivery) -> None:  # type: ignore[no-untyped-def]
-        self.queued.append((FakeMessage(value, key=key), on_delivery))
-        self.attempts.append(key.decode())
-
-    def flush(self, timeout: float) -> int:
-        queued, self.queued = self.queued, []
-        for msg, callback in queued:
-            if self.fail:
-                self.fail -= 1
-                callback("broker away", msg)
-            else:
-                self.delivered.append(ServingRollup.model_validate_json(msg.value()))
-                callback(None, msg)
-        return 0
+def sent(producer: FakeProducer) -> list[ServingRollup]:
+    """Return the deltas the broker took, in order."""
+    return [ServingRollup.model_validate_json(value) for _, _, value in producer.delivered]
 
 
 def observed(rollups: Rollups, count: int = 1, model: str = "intent") -> None:
@@ -275,18 +236,18 @@ def observed(rollups: Rollups, count: int = 1, model: str = "intent") -> None:
 
 def test_a_delta_that_fails_is_sent_again_with_its_id_and_no_new_delta_is_cut_meanwhile():
     rollups = Rollups(COLUMNS, CountingRates(), memo_entries=10)
-    producer = FakeProducer(fail=1)
+    producer = FakeProducer(fail_first=1)
     publisher = RollupPublisher(Settings(), rollups, producer=producer)
     observed(rollups, 2)
     assert publisher.publish() == 1 and producer.delivered == []
     observed(rollups, 3)  # served meanwhile: stays in the sums
     assert publisher.publish() == 0
-    [first] = producer.delivered
-    assert first.n == 2 and producer.attempts == [first.delta_id, first.delta_id]
+    [first] = sent(producer)
+    assert first.n == 2 and [key for _, key, _ in producer.produced] == [first.delta_id.encode()] * 2
     assert rollups.pending == 3
     publisher.publish()
-    assert [d.n for d in producer.delivered] == [2, 3]
-    assert len({d.delta_id for d in producer.delivered}) == 2
+    assert [d.n for d in sent(producer)] == [2, 3]
+    assert len({d.delta_id for d in sent(producer)}) == 2
 
 
 def test_a_producer_that_raises_does_not_raise_and_keeps_the_delta():
@@ -303,18 +264,18 @@ def test_a_producer_that_raises_does_not_raise_and_keeps_the_delta():
 
 def test_close_sends_the_set_in_flight_then_the_last_sums():
     rollups = Rollups(COLUMNS, CountingRates(), memo_entries=10)
-    producer = FakeProducer(fail=1)
+    producer = FakeProducer(fail_first=1)
     publisher = RollupPublisher(Settings(), rollups, producer=producer)
     observed(rollups, 2)
     publisher.publish()  # fails: stays in flight
     observed(rollups, 5)
     assert publisher.close(timeout=5.0) == 0
-    assert sum(d.n for d in producer.delivered) == 7
+    assert sum(d.n for d in sent(producer)) == 7
 
 
 def test_close_says_how_many_predictions_went_uncounted_when_the_broker_never_answers():
     rollups = Rollups(COLUMNS, CountingRates(), memo_entries=10)
-    publisher = RollupPublisher(Settings(), rollups, producer=FakeProducer(fail=10**6))
+    publisher = RollupPublisher(Settings(), rollups, producer=FakeProducer(fail_first=10**6))
     observed(rollups, 4)
     assert publisher.close(timeout=0.3) == 4
 
@@ -368,7 +329,7 @@ def test_the_rollup_runner_stores_a_redelivered_delta_once_and_dead_letters_what
     from streams.sinks.run import rollup_runner
 
     delta = json.dumps(rollup()).encode()
-    batch = [FakeMessage(value, offset, topic="serving.rollups") for offset, value in enumerate([delta, delta, b'{"n": 1}'])]
+    batch = [kafka_message(value, offset, topic="serving.rollups") for offset, value in enumerate([delta, delta, b'{"n": 1}'])]
     consumer, letters, table = FakeConsumer([batch]), FakeLetterBox(), Table()
     settings = Settings(sink_group="g", topic_rollups="r.topic")
     runner = rollup_runner(settings, sink=table, consumer=consumer, producer=letters)  # type: ignore[arg-type]
@@ -398,7 +359,7 @@ def test_while_the_database_is_down_the_rollup_runner_commits_nothing_and_reads_
         def write(self, batch: list[ServingRollup]) -> int:
             raise psycopg2.OperationalError("connection refused")
 
-    consumer = FakeConsumer([[FakeMessage(json.dumps(rollup()).encode(), 9, topic="serving.rollups")]])
+    consumer = FakeConsumer([[kafka_message(json.dumps(rollup()).encode(), 9, topic="serving.rollups")]])
     runner = rollup_runner(Settings(sink_retry_seconds=0.3), sink=Down(), consumer=consumer,  # type: ignore[arg-type]
                            producer=FakeLetterBox())
     assert runner.step() == 0

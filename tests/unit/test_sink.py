@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 
 import psycopg2
 import pytest
+from confluent_kafka import Message
 from fakes import FakeConsumer, FakeLetterBox
-from fakes import FakeMessage as Msg
+from fakes import kafka_message as Msg
 
 from schemas.messages import ErrorKind, Prediction
 from schemas.settings import Settings
@@ -54,7 +55,7 @@ class Database:
         pass
 
 
-def runner(batches: list[list[Msg]], db: Database,
+def runner(batches: list[list[Message]], db: Database,
            undelivered: int = 0) -> tuple[SinkRunner, FakeConsumer, FakeLetterBox]:
     consumer, producer = FakeConsumer(batches), FakeLetterBox(undelivered)
     settings = Settings(sink_retry_seconds=0.3)
@@ -215,14 +216,14 @@ def test_the_commit_names_the_offset_after_the_last_message_of_each_partition():
 class GroupConsumer(FakeConsumer):
     """A consumer for ``serve``: subscribes, can revoke its partitions at a given consume, closes."""
 
-    def __init__(self, batches: list[list[Msg]], revoke_at: int | None = None) -> None:
+    def __init__(self, batches: list[list[Message]], revoke_at: int | None = None) -> None:
         super().__init__(batches)
         self.closed, self.revoke_at, self.consumes, self.revoked_after_commits = False, revoke_at, 0, -1
 
     def subscribe(self, topics: list[str], on_revoke=None) -> None:  # type: ignore[no-untyped-def]
         self.on_revoke = on_revoke
 
-    def consume(self, num_messages: int, timeout: float) -> list[Msg]:
+    def consume(self, num_messages: int, timeout: float) -> list[Message]:
         self.consumes += 1
         if self.consumes == self.revoke_at:
             self.on_revoke(self, [])
