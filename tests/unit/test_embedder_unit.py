@@ -130,7 +130,8 @@ def test_missing_model_file_is_a_clear_error() -> None:
         weights.locate_model_file("vocab.txt", dist="no-such-distribution-xyz")
 
 
-def test_export_dir_uses_models_root(tmp_path: Path) -> None:
+def test_export_dir_uses_models_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PHRASESTREAM_MODELS_DIR", raising=False)  # the default is what this test states
     settings = Settings(models_dir=tmp_path / "m")
     assert export.export_dir_for(settings, "v1") == tmp_path / "m" / "embedder" / "v1"
     assert export.export_dir_for(Settings(home=tmp_path), "v1") == tmp_path / "models" / "embedder" / "v1"
