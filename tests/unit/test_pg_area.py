@@ -129,12 +129,18 @@ def _fake_initdb(fail: bool):
     return run
 
 
-def test_interrupted_initdb_leaves_no_data_directory(tmp_path: Path, monkeypatch):
+def _initdb_paths(tmp_path: Path, monkeypatch, fail: bool) -> Paths:
+    """A fresh ``.local`` and server folder whose initdb is ``_fake_initdb(fail)``, run as this user."""
     paths = Paths(tmp_path / ".local", server_dir=tmp_path / "area")
     paths.make_dirs()
     paths.pg_server.mkdir(mode=0o700)
     monkeypatch.setattr(postgres_local, "pg_os_user", lambda: None)
-    monkeypatch.setattr(postgres_local, "_run_pg", _fake_initdb(fail=True))
+    monkeypatch.setattr(postgres_local, "_run_pg", _fake_initdb(fail=fail))
+    return paths
+
+
+def test_interrupted_initdb_leaves_no_data_directory(tmp_path: Path, monkeypatch):
+    paths = _initdb_paths(tmp_path, monkeypatch, fail=True)
     with pytest.raises(ServiceError, match="interrupted"):
         postgres_local._initdb(paths, tmp_path / "bin")
     assert not paths.pg_data.exists()
@@ -153,11 +159,7 @@ def test_interrupted_initdb_leaves_no_data_directory(tmp_path: Path, monkeypatch
 
 
 def test_initdb_after_the_data_vanished_says_so_and_starts_clean(tmp_path: Path, monkeypatch):
-    paths = Paths(tmp_path / ".local", server_dir=tmp_path / "area")
-    paths.make_dirs()
-    paths.pg_server.mkdir(mode=0o700)
-    monkeypatch.setattr(postgres_local, "pg_os_user", lambda: None)
-    monkeypatch.setattr(postgres_local, "_run_pg", _fake_initdb(fail=False))
+    paths = _initdb_paths(tmp_path, monkeypatch, fail=False)
     postgres_local._initdb(paths, tmp_path / "bin")
     password = paths.pg_password.read_text()
     (paths.pg_data / "PG_VERSION").unlink()  # the system cleaned part of its temporary area

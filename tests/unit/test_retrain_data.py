@@ -86,11 +86,6 @@ def test_csv_extra_fields_are_ignored(tmp_path: Path) -> None:
     assert ds.n_empty_text == 0
 
 
-def test_csv_row_with_fewer_fields_is_counted_as_empty(tmp_path: Path) -> None:
-    path = write(tmp_path / "d.csv", "text,label\nhi,greet\nno label here\nbye,leave\n")
-    ds = read_labeled(path)
-    assert [r.text for r in ds.rows] == ["hi", "bye"]
-    assert (ds.n_read, ds.n_empty_text) == (3, 1)
 
 
 def test_csv_blank_lines_are_skipped_not_counted(tmp_path: Path) -> None:
@@ -165,11 +160,16 @@ def test_non_ascii_text_is_kept_as_given(tmp_path: Path) -> None:
 # --- rows kept, dropped, reported ----------------------------------------------------------
 
 
-def test_empty_text_rows_are_dropped_and_counted(tmp_path: Path) -> None:
-    path = write(tmp_path / "d.csv", 'text,label\nhi,greet\n,greet\n"   ",greet\n<br>,greet\nbye,leave\nok,\nfine,  \n')
-    ds = read_labeled(path)
+@pytest.mark.parametrize(("csv", "counts"), [
+    pytest.param("text,label\nhi,greet\nno label here\nbye,leave\n", (3, 1), id="a row with fewer fields"),
+    pytest.param('text,label\nhi,greet\n,greet\n"   ",greet\n<br>,greet\nbye,leave\nok,\nfine,  \n', (7, 5),
+                 id="empty texts and labels"),
+])
+def test_rows_without_a_text_or_a_label_are_dropped_and_counted_as_empty(tmp_path: Path, csv: str,
+                                                                          counts: tuple[int, int]) -> None:
+    ds = read_labeled(write(tmp_path / "d.csv", csv))
     assert [r.text for r in ds.rows] == ["hi", "bye"]
-    assert (ds.n_read, ds.n_empty_text) == (7, 5)
+    assert (ds.n_read, ds.n_empty_text) == counts
 
 
 def test_labels_are_stripped_and_text_is_kept_as_given(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -51,32 +53,34 @@ class Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def test_progress_prints_when_shown_and_logs_every_line_once(capsys: pytest.CaptureFixture[str]) -> None:
-    # A logger of its own that does not propagate: handlers other tests left on the root logger
-    # (configure_logging writes to stderr) must not mix their lines into what this test reads.
-    log = logging.getLogger("phrasestream.test.progress")
+@contextmanager
+def logged(name: str, level: int) -> Iterator[tuple[logging.Logger, list[str]]]:
+    """A logger of its own that does not propagate, and the lines it logs at ``level`` or above.
+
+    Handlers other tests left on the root logger (configure_logging writes to stderr) must not
+    mix their lines into what a test reads.
+    """
+    log = logging.getLogger(name)
     lines = Lines()
     log.addHandler(lines)
-    log.setLevel(logging.DEBUG)
+    log.setLevel(level)
     log.propagate = False
     try:
-        progress(log, "quiet line", show=False)
-        progress(log, "loud line", show=True, tag="train")
+        yield log, lines.lines
     finally:
         log.removeHandler(lines)
-    assert lines.lines == ["quiet line", "loud line"]
+
+
+def test_progress_prints_when_shown_and_logs_every_line_once(capsys: pytest.CaptureFixture[str]) -> None:
+    with logged("phrasestream.test.progress", logging.DEBUG) as (log, lines):
+        progress(log, "quiet line", show=False)
+        progress(log, "loud line", show=True, tag="train")
+    assert lines == ["quiet line", "loud line"]
     assert capsys.readouterr().err == "[train] loud line\n"
 
 
 def test_progress_lines_stay_off_a_terminal_at_info_level() -> None:
-    log = logging.getLogger("phrasestream.test.progress-levels")
-    lines = Lines()
-    log.addHandler(lines)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    try:
+    with logged("phrasestream.test.progress-levels", logging.INFO) as (log, lines):
         progress(log, "shown", show=True)
         progress(log, "quiet", show=False)
-    finally:
-        log.removeHandler(lines)
-    assert lines.lines == []
+    assert lines == []
