@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from confluent_kafka import KafkaException
 from faust.types import TP, EventT
 
 from ops.kafka.clients import client_config
@@ -76,6 +77,7 @@ class OffsetGuard:
         self.stalls = 0  # stalled partitions sent back to their next offset
         self._began = 0.0
         self.busy = False  # the agent is inside a batch (e.g. waiting for the broker to take its outputs)
+        self.unbased = False  # the assignment's committed offsets could not be read yet: ask again next batch
 
     def reset(self) -> None:
         self._expected.clear()
@@ -207,9 +209,21 @@ def lag_and_committed(config: dict[str, Any], group: str, tps: Iterable[TP]) -> 
 async def follow_assignment(app: faust.App, guard: OffsetGuard, settings: Settings, offload: Offload,
                             now: float) -> None:
     """Point ``guard`` at the current assignment of its topic; a new one starts at the committed offsets."""
-    if guard.follow(frozenset(tp for tp in app.consumer.assignment() if tp.topic == guard.topic), now):
+    changed = guard.follow(frozenset(tp for tp in app.consumer.assignment() if tp.topic == guard.topic), now)
+    if not (changed or guard.unbased):
+        return
+    try:
         ends = await offload(lag_and_committed, client_config(settings), settings.app_id, list(guard.assignment))
-        guard.baseline({tp: committed for tp, (_, committed) in ends.items()})
+    except KafkaException as exc:
+        # A slow broker (a busy machine, a SCRAM login per new client) must not end the agent's batch:
+        # its events would be lost with it. The baseline waits for the next batch; the offsets the
+        # batches show meanwhile are tracked as usual.
+        guard.unbased = True
+        log.warning("%s: cannot read the committed offsets of its new assignment yet (%s); asking again at the "
+                    "next batch", guard.name, exc)
+        return
+    guard.unbased = False
+    guard.baseline({tp: committed for tp, (_, committed) in ends.items()})
 
 
 async def fill_holes(app: faust.App, guard: OffsetGuard, events: Sequence[EventLike], settings: Settings,

@@ -73,3 +73,30 @@ def test_a_hole_at_the_start_of_an_assignment_is_seen_from_the_committed_offset(
     guard.baseline({P2: 284})
     assert guard.check(events(P2, 285, 286)) == [Hole(P2, 284, 285)]
     assert not guard.follow(frozenset({P2}), now=1.0)
+
+
+def test_a_new_assignment_whose_commits_cannot_be_read_yet_is_based_at_the_next_batch() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaException
+
+    from schemas.settings import Settings
+    from streams.kafka.continuity import follow_assignment
+
+    tp = TP("t", 0)
+    app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: {tp, TP("other", 0)}))
+    answers: list[object] = [KafkaException("timed out"), {tp: (50, 40)}]
+
+    async def offload(fn, *args):  # type: ignore[no-untyped-def]
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    guard = OffsetGuard("clean", "t")
+    asyncio.run(follow_assignment(app, guard, Settings(), offload, 1.0))  # type: ignore[arg-type]
+    assert guard.unbased and guard.next_offset(tp) is None, "the agent goes on; the baseline waits"
+    asyncio.run(follow_assignment(app, guard, Settings(), offload, 2.0))  # type: ignore[arg-type]
+    assert not guard.unbased and guard.next_offset(tp) == 40
+    assert guard.assignment == frozenset({tp})
