@@ -15,7 +15,7 @@ Keeping the hot path cheap (the worker serves 1,000+ phrases/s):
 - the end-to-end latency, one value per prediction, goes into a :class:`BatchHistogram`:
   numpy sorts a whole batch into the buckets at once.
 
-The README's "Metrics" section lists every metric.
+docs/observability.md lists every metric.
 """
 
 from __future__ import annotations

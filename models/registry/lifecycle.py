@@ -303,7 +303,7 @@ FROM model_history
 WHERE at <= %(t)s
 ORDER BY region, model, at DESC, id DESC
 """
-"""The README's history query: the live version of every head at time ``t``."""
+"""The history query of docs/registry.md: the live version of every head at time ``t``."""
 
 
 def live_at(settings: Any, t: datetime) -> dict[tuple[str, str], str]:

@@ -22,7 +22,7 @@ SWEEP_SIZES = (1_000, 10_000, 50_000, 200_000)
 
 
 def cpu_facts() -> dict[str, Any]:
-    """The CPU this ran on, as the README's tables name it."""
+    """The CPU this ran on, as docs/performance.md's tables name it."""
     model, flags = platform.processor() or "", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
