@@ -28,13 +28,16 @@ include the last batch, and the head set stops following the registry.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import faust
+from confluent_kafka import KafkaException
 
 from ops.daemons import READY_LINE
 from ops.kafka.clients import faust_credentials
+from ops.kafka.topics import create_topic
 from schemas.settings import Settings
 from streams.decode import Limits
 from streams.heads import HeadSet
@@ -48,6 +51,8 @@ from streams.rollups import RollupPublisher, Rollups, rollups_for
 from streams.state.cache import EmbeddingCache, MappingBackend
 from streams.state.memos import AnswerMemo
 from streams.worker import STALL_CHECK_SECONDS, Cleaner, Server, Worker, check_stalls, log_totals
+
+log = logging.getLogger("phrasestream.worker")
 
 # The worker was this one module once: these names are still imported from here (the CLI, the tests).
 __all__ = ["READY_LINE", "Wiring", "build_app", "group_instance_id", "run_worker"]
@@ -113,9 +118,18 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> Wiring:
     heads = HeadSet(settings, embedder.version)
     heads.start()
 
+    cleaned_name = f"{settings.app_id}-phrases.cleaned"
+    try:
+        # Faust creates its internal topic at start, but its first partition assignment can run
+        # before the broker's metadata shows it ("Ignoring missing topic"); the agent then gets no
+        # partition of it until the next metadata refresh, 5 minutes later. Created here first, and
+        # waited for until every partition has a leader, it is there for the first assignment.
+        create_topic(settings, cleaned_name, settings.partitions_in)
+    except KafkaException as exc:
+        log.warning("cannot create %s before the start (%s); Faust creates it", cleaned_name, exc)
     app = faust_app(settings)
     topic_in = app.topic(settings.topic_in, key_type=bytes, value_type=bytes)
-    topic_cleaned = app.topic(f"{settings.app_id}-phrases.cleaned", key_type=bytes, value_type=bytes,
+    topic_cleaned = app.topic(cleaned_name, key_type=bytes, value_type=bytes,
                               partitions=settings.partitions_in, internal=True)
     table = app.Table("embedding-cache", default=None, partitions=settings.partitions_in, use_partitioner=True,
                       key_type=bytes, value_type=bytes)
