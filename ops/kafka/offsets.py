@@ -7,12 +7,17 @@ offset (``None`` when the group has committed nothing there).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 TIMEOUT_S = 10.0
+
+LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+"""Errors of a broker that is (re)electing a partition's leader, as one does for a while after it
+starts: asked again until the timeout, never passed on at once."""
 
 
 def _partitions(consumer: Consumer, topic: str, partitions: Iterable[int] | None, timeout: float) -> list[int]:
@@ -30,8 +35,19 @@ def read_watermarks(consumer: Consumer, topic: str, partitions: Iterable[int] | 
 
     The low watermark is the oldest offset still held (past 0 once retention deleted records).
     """
-    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)
+    deadline = time.monotonic() + timeout
+    return {p: _watermarks(consumer, TopicPartition(topic, p), timeout, deadline)
             for p in _partitions(consumer, topic, partitions, timeout)}
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float, deadline: float) -> tuple[int, int]:
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+        except KafkaException as exc:
+            if exc.args[0].code() not in LEADER_MOVING or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def read_end_offsets(consumer: Consumer, topic: str, partitions: Iterable[int] | None = None,

@@ -86,6 +86,7 @@ def create_topic(settings: Settings, name: str, partitions: int, config: dict[st
             admin.create_partitions([NewPartitions(name, partitions)])[name].result(30)
             log.info("topic %s: grew from %d to %d partitions", name, have, partitions)
         _align_configs(admin, name, dict(config or {}))
+        _wait_led(admin, name, partitions)  # a broker just restarted elects the leaders of its topics again
         return False
     fut = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=rf,
                                         config=dict(config or {}))], operation_timeout=30, request_timeout=30)
@@ -95,14 +96,22 @@ def create_topic(settings: Settings, name: str, partitions: int, config: dict[st
         if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
             return False
         raise
-    def led() -> bool:  # the metadata shows every partition with a leader
+    _wait_led(admin, name, partitions)
+    log.info("topic %s: created with %d partitions", name, partitions)
+    return True
+
+
+def _wait_led(admin: AdminClient, name: str, partitions: int) -> None:
+    """Wait until the metadata shows every partition of ``name`` with a leader.
+
+    Bounded (30 s); a slow leader election then shows up at the first produce or offset query instead.
+    """
+    def led() -> bool:
         t = admin.list_topics(name, timeout=5).topics.get(name)
         return t is not None and t.error is None and len(t.partitions) >= partitions \
             and all(p.leader >= 0 for p in t.partitions.values())
 
-    wait_until(led, 30, 0.2)  # bounded; a slow leader election shows up at the first produce instead
-    log.info("topic %s: created with %d partitions", name, partitions)
-    return True
+    wait_until(led, 30, 0.2)
 
 
 def _align_configs(admin: AdminClient, name: str, config: dict[str, str]) -> dict[str, str]:
