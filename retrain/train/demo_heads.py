@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -227,8 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="train even if the demo heads are already active")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-head lines")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from models.embedder.tfenv import prepare_tensorflow
 
+    prepare_tensorflow()  # before TensorFlow loads: quiet logs, no CUDA probe without a GPU
     from models.embedder import load_embedder
     from schemas.settings import Settings
 

@@ -2,8 +2,9 @@
 
 The inputs are the dense readout columns and the TF-IDF blocks of the cleaned texts. The TF-IDF
 weight matrices have tens of thousands of rows, of which a batch touches a few thousand, so
-each block is fed as (column ids, weights) and the optimiser (:class:`_LazyAdam`) updates only
-the rows a batch touched. Label smoothing, class weights and early stopping on validation
+each block is fed as its nonzeros, flat (column id, weight, row in the batch), and the optimiser
+(:class:`_LazyAdam`) updates only the rows a batch touched. (Flat, not padded to the longest
+text's count: a batch then gathers only the rows it uses, several times fewer.) Label smoothing, class weights and early stopping on validation
 accuracy are the recipe's choices (``retrain.train.recipe``); the result is plain numpy arrays
 in the layout ``models.heads.serve.Member`` computes.
 """
@@ -30,23 +31,16 @@ def _class_weights(y: np.ndarray, k: int, mode: str) -> np.ndarray:
     return (w / np.mean(w[present])).astype(np.float32)
 
 
-def _padded(csr: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Return a CSR matrix as (column ids, weights), each ``[n, max nonzeros per row]``, padded with 0/0.
+def _nonzeros(csr: Any, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the nonzeros of ``csr[rows]`` as flat (column ids, weights, row within ``rows``).
 
-    A batch is then two array slices, and ``tf.gather`` on the weight matrix gives sparse
+    A batch is then three short arrays, and ``tf.gather`` on the weight matrix gives sparse
     (row-wise) gradients.
     """
-    csr = csr.tocsr()
-    n = csr.shape[0]
-    counts = np.diff(csr.indptr)
-    width = max(1, int(counts.max()) if n else 1)
-    ids = np.zeros((n, width), dtype=np.int32)
-    weights = np.zeros((n, width), dtype=np.float32)
-    rows = np.repeat(np.arange(n), counts)
-    pos = np.arange(csr.nnz) - np.repeat(csr.indptr[:-1], counts)
-    ids[rows, pos] = csr.indices
-    weights[rows, pos] = csr.data
-    return ids, weights
+    part = csr[rows]
+    counts = np.diff(part.indptr)
+    return (part.indices.astype(np.int32), part.data.astype(np.float32),
+            np.repeat(np.arange(part.shape[0], dtype=np.int32), counts))
 
 
 class _LazyAdam:
@@ -80,10 +74,12 @@ class _LazyAdam:
                 v.scatter_nd_update(at, v_rows)
                 step = lr_t * m_rows / (tf.sqrt(v_rows) + self.eps) + self.lr * decay * tf.gather(var, rows)
                 var.scatter_nd_sub(at, step)
-            else:
-                m.assign(self.b1 * m + (1.0 - self.b1) * g)
-                v.assign(self.b2 * v + (1.0 - self.b2) * g * g)
-                var.assign_sub(lr_t * m / (tf.sqrt(v) + self.eps) + self.lr * decay * var)
+            else:  # one fused kernel for the moments and the step (it computes the same as the rows above)
+                if decay:
+                    var.assign_sub(self.lr * decay * var)
+                tf.raw_ops.ResourceApplyAdam(
+                    var=var.handle, m=m.handle, v=v.handle, beta1_power=self.b1 ** self.t,
+                    beta2_power=self.b2 ** self.t, lr=self.lr, beta1=self.b1, beta2=self.b2, epsilon=self.eps, grad=g)
 
 
 def train_softmax(
@@ -130,21 +126,23 @@ def train_softmax(
     cw = tf.constant(_class_weights(y, k, hp.class_weight))
     scale = float(hp.text_weight)
 
-    def lookup(w: Any, m: tuple[Any, Any]) -> Any:
-        return tf.reduce_sum(tf.gather(w, m[0]) * m[1][:, :, tf.newaxis], axis=1)
+    def lookup(w: Any, m: tuple[Any, Any, Any], rows: Any) -> Any:
+        ids, wts, row = m
+        return tf.math.unsorted_segment_sum(tf.gather(w, ids) * wts[:, tf.newaxis], row, rows)
 
     def logits(xd: Any, xs: list[Any], training: bool) -> Any:
+        rows = tf.shape(xd)[0]
         if hp.hidden:
             h = tf.matmul(xd, v["W1"]) + v["b1"]
             for name, m in zip(names, xs):
-                h += lookup(v[f"W1_{name}"], m) * scale
+                h += lookup(v[f"W1_{name}"], m, rows) * scale
             h = tf.nn.relu(h)
             if training and hp.dropout:
                 h = tf.nn.dropout(h, hp.dropout, seed=hp.seed)
             return tf.matmul(h, v["W2"]) + v["b2"]
         z = tf.matmul(xd, v["W"]) + v["b"]
         for name, m in zip(names, xs):
-            z += lookup(v[f"W_{name}"], m) * scale
+            z += lookup(v[f"W_{name}"], m, rows) * scale
         return z
 
     @tf.function(reduce_retracing=True)
@@ -156,16 +154,17 @@ def train_softmax(
         opt.apply(tape.gradient(loss, weights), weights)
         return loss
 
-    def predict(xd: np.ndarray, xs: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    def batch(xs: dict[str, Any], rows: np.ndarray | slice) -> list[tuple[Any, Any, Any]]:
+        return [tuple(tf.constant(a) for a in _nonzeros(xs[n], rows)) for n in names]
+
+    def predict(xd: np.ndarray, xs: dict[str, Any]) -> np.ndarray:
         out = []
         for i in range(0, len(xd), 1024):
-            z = logits(tf.constant(xd[i:i + 1024]),
-                       [(tf.constant(xs[n][0][i:i + 1024]), tf.constant(xs[n][1][i:i + 1024])) for n in names], False)
-            out.append(z.numpy())
+            out.append(logits(tf.constant(xd[i:i + 1024]), batch(xs, slice(i, i + 1024)), False).numpy())
         return np.concatenate(out) if out else np.zeros((0, k), np.float32)
 
-    padded = {name: _padded(m) for name, m in text.items()}
-    val_padded = {name: _padded(m) for name, m in val[1].items()} if val is not None else {}
+    csrs = {name: m.tocsr() for name, m in text.items()}
+    val_csrs = {name: m.tocsr() for name, m in val[1].items()} if val is not None else {}
 
     n = len(y)
     max_epochs = epochs or hp.max_epochs
@@ -174,12 +173,11 @@ def train_softmax(
         order = rng.permutation(n)
         for i in range(0, n, hp.batch_size):
             b = order[i:i + hp.batch_size]
-            step(tf.constant(dense[b]), [(tf.constant(padded[n][0][b]), tf.constant(padded[n][1][b])) for n in names],
-                 tf.constant(y[b]))
+            step(tf.constant(dense[b]), batch(csrs, b), tf.constant(y[b]))
         if progress is not None:
             progress.update(1)
         if val is not None:
-            acc = float(np.mean(predict(val[0], val_padded).argmax(axis=1) == val[2]))
+            acc = float(np.mean(predict(val[0], val_csrs).argmax(axis=1) == val[2]))
             if acc > best[0]:
                 best = (acc, epoch, {key: w.numpy() for key, w in v.items()})
             elif epoch - best[1] >= hp.patience:
