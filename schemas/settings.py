@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     embed_precision: str = Field(default="auto", pattern=r"^(auto|fp32|bf16)$",
                                  description="embedder dense layers in fp32 or bf16; auto: "
                                  "models.embedder.choose_precision (fp32 for now)")
+    embed_warmup: bool = Field(default=True, description="compile the embedder's graphs at start (a few seconds of "
+                               "CPU) so that the first phrases do not wait for it; false for short-lived workers")
     top_k: int = Field(default=3, ge=1, description="(label, probability) pairs per prediction")
     registry_retry_seconds: float = Field(default=30.0, gt=0,
                                           description="longest wait between fetches of a head the database could not give")

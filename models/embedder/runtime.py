@@ -131,12 +131,21 @@ def load_embedder(settings: Settings, precision: str | None = None) -> Embedder:
     embedder = Embedder(version=manifest["version"], path=export_dir, model=model, readout=readout, precision=chosen)
     log.info("embedder %s: precision %s (CPU bf16: %s), TensorFlow threads (intra, inter) %s",
              embedder.version, chosen, cpu_has_bf16(flags), threads or "as they were")
-    # The first call of a function optimises its graph (~1 s), and the single-text path
-    # compiles each padded length once: do it here for batches and for one text of up to
-    # 32 pieces (99.9% of CLINC150's phrases), so that serving does not stall on them.
-    # (Filtered: oneDNN's rewrite logs a false alarm as an error then; tfenv.FALSE_ALARMS.)
+    if settings.embed_warmup:
+        warm_up(embedder)
+    return embedder
+
+
+def warm_up(embedder: Embedder) -> None:
+    """Run the embedder once per graph that serving uses, so that serving does not stall on them.
+
+    The first call of a function optimises its graph (~1 s), and the single-text path compiles
+    each padded length once: this calls it for a batch and for one text of each padded length
+    up to 32 pieces (99.9% of CLINC150's phrases). ``PHRASESTREAM_EMBED_WARMUP=false`` leaves it
+    to the first phrases (each graph then compiles when first used).
+    (Filtered: oneDNN's rewrite logs a false alarm as an error then; tfenv.FALSE_ALARMS.)
+    """
     with native_log_filter():
         embedder.features_batch(["warm up", "warm up"])
         for pieces in range(SINGLE_PAD, 33, SINGLE_PAD):
             embedder.features_batch([" ".join(["a"] * (pieces - 2))])
-    return embedder

@@ -175,16 +175,19 @@ class Trainer:
             oi = encoder.labels.index(oos_label)
             oos_scores = np.delete(ev_probs, oi, axis=1).max(axis=1)
             oos_scores = np.where(ev_probs.argmax(axis=1) == oi, 0.0, oos_scores)
+        # the confidences as the evaluation file holds them (6 decimals), so that the reference is
+        # computed again from that file exactly, to the last digit of its percentiles
+        written_conf = np.array([round(float(c), 6) for c in ev_conf])
         reference = reference_stats(
-            classes=list(labels), y_pred=ev_labels, confidence=ev_conf, texts=ev_texts,
+            classes=list(labels), y_pred=ev_labels, confidence=written_conf, texts=ev_texts,
             unk_rate=embedder.unknown_rates(ev_texts), embeddings=ev_feats[:, block_columns(embedder.readout, ["mean6"])],
             oos_label=oos_label, oos_threshold=head.oos_threshold)
         top = np.argsort(-ev_probs, axis=1)[:, :3]
         eval_rows_out = (
-            {"text": r.text, "clean_text": r.clean_text, "label": r.label, "pred": p, "confidence": round(float(c), 6),
+            {"text": r.text, "clean_text": r.clean_text, "label": r.label, "pred": p, "confidence": float(c),
              "oos_score": None if oos_scores is None else round(float(oos_scores[i]), 6),
              "top_k": [[encoder.labels[j], round(float(ev_probs[i, j]), 6)] for j in top[i]]}
-            for i, (r, p, c) in enumerate(zip(ev_rows, ev_labels, ev_conf)))
+            for i, (r, p, c) in enumerate(zip(ev_rows, ev_labels, written_conf)))
         val_set = {id(r) for r in val_rows}
         data_rows = [
             *({"text": r.text, "label": r.label, "split": "val" if id(r) in val_set else "train",

@@ -286,6 +286,19 @@ def test_the_embedder_runs_the_export_function_of_its_precision_and_batch_size(
     assert model.calls == [function, function]
 
 
+def test_warm_up_runs_the_batch_graph_and_each_padded_length_of_the_single_text_graph() -> None:
+    model = _FakeModel()
+    emb = runtime.Embedder(version="v", path=Path("."), model=model, precision="fp32")
+    runtime.warm_up(emb)
+    assert model.calls == ["features"] + ["features_single"] * (32 // spec.SINGLE_PAD)
+
+
+def test_settings_warm_the_embedder_up_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().embed_warmup is True
+    monkeypatch.setenv("PHRASESTREAM_EMBED_WARMUP", "false")
+    assert Settings().embed_warmup is False
+
+
 class _CountingEmbedder:
     def __init__(self) -> None:
         self.batches: list[int] = []
