@@ -67,20 +67,30 @@ def test_the_set_up_imports_neither_tensorflow_nor_numpy() -> None:
     assert _run(code).stdout.strip() == "[]"
 
 
+K = {"TF_USE_LEGACY_KERAS": "1"}
+
+
 @pytest.mark.parametrize(("environ", "platform", "gpu", "want"), [
-    ({}, "linux", False, {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLED_DEVICE_TYPES": "CPU"}),
-    ({}, "linux", True, {"TF_CPP_MIN_LOG_LEVEL": "2"}),
-    ({}, "darwin", False, {"TF_CPP_MIN_LOG_LEVEL": "2"}),  # a Metal GPU has no /dev node
-    ({"TF_CPP_MIN_LOG_LEVEL": "0"}, "linux", False, {"TF_ENABLED_DEVICE_TYPES": "CPU"}),
-    ({"CUDA_VISIBLE_DEVICES": "0"}, "linux", False, {"TF_CPP_MIN_LOG_LEVEL": "2"}),
-    ({"CUDA_VISIBLE_DEVICES": "-1"}, "linux", True, {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLED_DEVICE_TYPES": "CPU"}),
-    ({"CUDA_VISIBLE_DEVICES": ""}, "darwin", True, {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLED_DEVICE_TYPES": "CPU"}),
-    ({"TF_ENABLED_DEVICE_TYPES": "GPU,CPU", "TF_CPP_MIN_LOG_LEVEL": "3"}, "linux", False, {}),
+    ({}, "linux", False, {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLED_DEVICE_TYPES": "CPU", **K}),
+    ({}, "linux", True, {"TF_CPP_MIN_LOG_LEVEL": "2", **K}),
+    ({}, "darwin", False, {"TF_CPP_MIN_LOG_LEVEL": "2", **K}),  # a Metal GPU has no /dev node
+    ({"TF_CPP_MIN_LOG_LEVEL": "0"}, "linux", False, {"TF_ENABLED_DEVICE_TYPES": "CPU", **K}),
+    ({"CUDA_VISIBLE_DEVICES": "0"}, "linux", False, {"TF_CPP_MIN_LOG_LEVEL": "2", **K}),
+    ({"CUDA_VISIBLE_DEVICES": "-1"}, "linux", True, {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLED_DEVICE_TYPES": "CPU", **K}),
+    ({"CUDA_VISIBLE_DEVICES": ""}, "darwin", True, {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLED_DEVICE_TYPES": "CPU", **K}),
+    ({"TF_ENABLED_DEVICE_TYPES": "GPU,CPU", "TF_CPP_MIN_LOG_LEVEL": "3", "TF_USE_LEGACY_KERAS": "0"}, "linux", False, {}),
 ])
 def test_the_variables_set_are_only_those_the_user_left_unset(
     environ: dict[str, str], platform: str, gpu: bool, want: dict[str, str]
 ) -> None:
     assert tfenv.tensorflow_environment(environ, platform, gpu) == want
+
+
+def test_after_the_set_up_tensorflow_and_the_hub_load_one_keras() -> None:
+    code = ("import sys; from models.embedder.tfenv import prepare_tensorflow; prepare_tensorflow(); "
+            "import tensorflow; from models.embedder.compat import import_hub; import_hub(); "
+            "print(sorted({'keras', 'tf_keras'} & set(sys.modules)))")
+    assert _run(code).stdout.strip() == "['tf_keras']"
 
 
 def test_a_gpu_is_seen_by_its_device_node(tmp_path: Path) -> None:
