@@ -143,7 +143,11 @@ def configure_logging(settings: Settings, level: str | int | None = None, stream
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level or settings.log_level.upper())
-    logging.captureWarnings(True)  # Python warnings (deprecations from libraries) become log records
+    # Python warnings (deprecations from libraries) become log records. Off, then on: a second
+    # configuration must install the hook again (captureWarnings(True) does nothing when it was
+    # already on, even if something, a `warnings.catch_warnings` block, restored the old hook since)
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -108,8 +108,8 @@ class Settings(BaseSettings):
                               description="address the /metrics endpoints listen on; 0.0.0.0 for every interface")
     worker_metrics_port: int = Field(default=19400, ge=0, le=65535,
                                      description="port of the worker's /metrics; 0 disables it")
-    sink_metrics_port: int = Field(default=19401, ge=0, le=65535,
-                                   description="port of the sink's /metrics; 0 disables it")
+    sink_metrics_port: int = Field(default=19399, ge=0, le=65535,
+                                   description="port of the sink's /metrics, below the workers' range; 0 disables it")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field(default="text", pattern=r"^(text|json)$",
                             description="text (readable lines) or json (one JSON object a line)")

@@ -119,20 +119,22 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> Wiring:
     heads.start()
 
     cleaned_name = f"{settings.app_id}-phrases.cleaned"
-    try:
-        # Faust creates its internal topic at start, but its first partition assignment can run
-        # before the broker's metadata shows it ("Ignoring missing topic"); the agent then gets no
-        # partition of it until the next metadata refresh, 5 minutes later. Created here first, and
-        # waited for until every partition has a leader, it is there for the first assignment.
-        create_topic(settings, cleaned_name, settings.partitions_in)
-    except KafkaException as exc:
-        log.warning("cannot create %s before the start (%s); Faust creates it", cleaned_name, exc)
     app = faust_app(settings)
     topic_in = app.topic(settings.topic_in, key_type=bytes, value_type=bytes)
     topic_cleaned = app.topic(cleaned_name, key_type=bytes, value_type=bytes,
                               partitions=settings.partitions_in, internal=True)
     table = app.Table("embedding-cache", default=None, partitions=settings.partitions_in, use_partitioner=True,
                       key_type=bytes, value_type=bytes)
+    # Faust creates its internal topics at start, but its first partition assignment can run
+    # before the broker's metadata shows them ("Ignoring missing topic"); the agent then gets no
+    # partition of the cleaned topic until the next metadata refresh, 5 minutes later, and the
+    # table's recovery logs "not found in cluster metadata" errors meanwhile. Created here first,
+    # and waited for until every partition has a leader, they are there for the first assignment.
+    for name, config in ((cleaned_name, {}), (table.changelog_topic.get_topic_name(), {"cleanup.policy": "compact"})):
+        try:
+            create_topic(settings, name, settings.partitions_in, config)
+        except KafkaException as exc:
+            log.warning("cannot create %s before the start (%s); Faust creates it", name, exc)
     cache_backend = MappingBackend(table, bytes_keys=True)
     cache = EmbeddingCache(cache_backend, embedder.version, embedder.feature_dim, settings.cache_max_entries)
     metrics = WorkerMetrics()

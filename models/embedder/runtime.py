@@ -109,13 +109,15 @@ class Embedder:
         return res["input_ids"].numpy(), res["attention_mask"].numpy()
 
 
-def load_embedder(settings: Settings, precision: str | None = None) -> Embedder:
+def load_embedder(settings: Settings, precision: str | None = None, warm: bool | None = None) -> Embedder:
     """Build the export if it is missing, verify its checksums and load it with tensorflow_hub.
 
     TensorFlow's threads are sized first (:func:`~models.embedder.cpu.configure_threads`).
     ``precision`` (``auto``, ``fp32``, ``bf16``) defaults to ``settings.embed_precision``
     (``PHRASESTREAM_EMBED_PRECISION``); ``auto`` is resolved from the CPU's flags
-    (:func:`~models.embedder.cpu.choose_precision`).
+    (:func:`~models.embedder.cpu.choose_precision`). ``warm`` (default
+    ``settings.embed_warmup``) runs :func:`warm_up`: serving wants it; training, which embeds
+    batches only, does not (its batch graph compiles at its first batch).
     """
     threads = configure_threads()
     flags = read_cpu_flags()
@@ -131,7 +133,7 @@ def load_embedder(settings: Settings, precision: str | None = None) -> Embedder:
     embedder = Embedder(version=manifest["version"], path=export_dir, model=model, readout=readout, precision=chosen)
     log.info("embedder %s: precision %s (CPU bf16: %s), TensorFlow threads (intra, inter) %s",
              embedder.version, chosen, cpu_has_bf16(flags), threads or "as they were")
-    if settings.embed_warmup:
+    if settings.embed_warmup if warm is None else warm:
         warm_up(embedder)
     return embedder
 

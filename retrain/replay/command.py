@@ -133,7 +133,7 @@ def retrain_command(settings: Any, *, region: str, model: str, since: str | None
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from models.embedder import load_embedder
 
-        embedder = load_embedder(settings)
+        embedder = load_embedder(settings, warm=False)
     base = _base_result(region, model, widest, replay, deduped, train, test)
     if compare is not None:
         return _compare(settings, config, embedder, windows, train, test, base, as_json=as_json, progress=progress)

@@ -80,7 +80,7 @@ def train_command(settings: Any, *, data: str, eval_path: str | None, text_col: 
     from models.embedder import load_embedder
     from retrain.train.trainer import make_trainer
 
-    embedder = load_embedder(settings)
+    embedder = load_embedder(settings, warm=False)
     try:
         trained = make_trainer(config).train(
             settings.models_root, embedder, train.rows, evald.rows if evald else None, progress=progress,

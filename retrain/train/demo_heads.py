@@ -204,7 +204,7 @@ def ensure_demo_heads(settings: Settings, progress: bool = True, force: bool = F
     from models.registry.lifecycle import change, publish_local
 
     if force or not demo_heads_current(settings, current_version()):
-        for ref in train_demo_heads(settings, load_embedder(settings), progress=progress, force=force):
+        for ref in train_demo_heads(settings, load_embedder(settings, warm=False), progress=progress, force=force):
             change(settings, ref, action="activate", reason="demo head trained on CLINC150")
     for ref in publish_local(settings):  # heads active here that the registry topic does not name yet
         if progress:
@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = Settings()
     t0 = time.perf_counter()
-    embedder = load_embedder(settings)
+    embedder = load_embedder(settings, warm=False)
     load_seconds = time.perf_counter() - t0
     run = build_demo_heads(settings, embedder, progress=not args.quiet, force=args.force)
     if run.skipped:

@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, Producer
 from psycopg2 import sql
 
 from models.registry.pointers import publish, read_all
+from ops.daemons import READY_LINE
 from ops.kafka.clients import client_config
 from ops.kafka.local import kafka_answers
 from ops.kafka.offsets import caught_up
@@ -238,3 +239,18 @@ def stack(base_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
 def bare_stack(base_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     """A stack with an empty registry topic and empty bundle and history tables."""
     yield from make_stack(base_settings, tmp_path, seed_registry=False)
+
+
+@pytest.fixture(scope="module")
+def live(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack with a worker and a sink running, shared by the tests of one module that only
+    send phrases and read back their own answers (each by its own ids and texts): a worker's
+    start is most of such a test's cost."""
+    stacks = make_stack(base_settings, tmp_path_factory.mktemp("live"), seed_registry=True)
+    st = next(stacks)
+    try:
+        st.start("worker", READY_LINE)
+        st.start("sink", "sink started")
+        yield st
+    finally:
+        stacks.close()  # stops the processes and drops the schema

@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 
 import psycopg2
 import pytest
-from bounds import BOUND_S
+from bounds import BOUND_S, POLL_S
 from psycopg2 import sql
 
 from models.registry.lifecycle import active_heads
@@ -20,7 +21,7 @@ WORKER_READY = READY_LINE
 SINK_READY = "sink started"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def heads(base_settings) -> dict[str, list[str]]:
     heads = active_heads(base_settings)
     if not heads:
@@ -28,78 +29,87 @@ def heads(base_settings) -> dict[str, list[str]]:
     return heads
 
 
-def test_a_phrase_yields_one_prediction_per_head_and_the_same_rows_in_postgres(stack, heads):
-    stack.start("worker", WORKER_READY)
-    stack.start("sink", SINK_READY)
-    stack.produce(json.dumps({"id": "42", "text": "how do I reset my PIN?", "region": "global"}).encode())
+def answers(st, topic: str, ids: set[str], count: int) -> list[dict]:
+    """Read ``topic`` from its start until ``count`` messages of ``ids`` are there; return those."""
+    def mine(found: list[dict]) -> list[dict]:
+        return [m for m in found if m.get("id") in ids]
 
-    predictions = stack.read(stack.settings.topic_out, len(heads["global"]))
+    return mine(st.read(topic, until=lambda found: len(mine(found)) >= count))
+
+
+def rows_of(st, ids: set[str], count: int) -> list[dict]:
+    """Wait until the schema holds ``count`` rows of ``ids``; return those (fewer if the bound is reached)."""
+    start = time.monotonic()
+    while len(rows := [r for r in st.rows() if r["id"] in ids]) < count and time.monotonic() - start < BOUND_S:
+        time.sleep(POLL_S)
+    return rows
+
+
+def test_a_phrase_yields_one_prediction_per_head_and_the_same_rows_in_postgres(live, heads):
+    live.produce(json.dumps({"id": "42", "text": "how do I reset my PIN?", "region": "global"}).encode())
+
+    predictions = answers(live, live.settings.topic_out, {"42"}, len(heads["global"]))
     assert sorted(p["model"] for p in predictions) == heads["global"]
-    assert {p["id"] for p in predictions} == {"42"}
     intent = next(p for p in predictions if p["model"] == "intent")
     assert intent["label"] == "pin_change"
     assert intent["clean_text"] == "how do i reset my pin?"
-    assert len(intent["top_k"]) == stack.settings.top_k
+    assert len(intent["top_k"]) == live.settings.top_k
 
-    rows = stack.wait_rows(len(predictions))
+    rows = rows_of(live, {"42"}, len(predictions))
     assert [(r["id"], r["model"], r["model_version"], r["label"]) for r in rows] == sorted(
         (p["id"], p["model"], p["model_version"], p["label"]) for p in predictions
     )
+    # a new worker created its internal topics before Faust's first assignment looked for them
+    assert "not found in cluster metadata" not in (live.logs / "worker.log").read_text()
 
 
-def test_each_invalid_input_lands_on_the_dlq_with_its_reason_and_the_worker_goes_on(stack, heads):
-    stack.start("worker", WORKER_READY)
+def test_each_invalid_input_lands_on_the_dlq_with_its_reason_and_the_worker_goes_on(live, heads):
     bad = {
         "invalid_json": b'{"text": "unterminated',
         "not_utf8": b'{"text": "caf\xe9", "region": "global"}',
         "empty_text": json.dumps({"text": "  \n ", "region": "global"}).encode(),
-        "text_too_long": json.dumps({"text": "a" * (stack.settings.max_text_chars + 1), "region": "global"}).encode(),
+        "text_too_long": json.dumps({"text": "a" * (live.settings.max_text_chars + 1), "region": "global"}).encode(),
         "wrong_type": json.dumps({"text": ["a list"], "region": "global"}).encode(),
         "unknown_region": json.dumps({"text": "what is my balance", "region": "atlantis"}).encode(),
         "missing_field": json.dumps({"region": "global"}).encode(),
         "not_an_object": b'"just a string"',
         "unknown_model": json.dumps({"text": "hello", "region": "global", "models": ["nope"]}).encode(),
     }
-    stack.produce(*bad.values())
-    stack.produce(json.dumps({"id": "after-the-bad-ones", "text": "what's my balance", "region": "global"}).encode())
+    live.produce(*bad.values())
+    live.produce(json.dumps({"id": "after-the-bad-ones", "text": "what's my balance", "region": "global"}).encode())
 
-    letters = stack.read(stack.settings.topic_dlq, len(bad))
+    letters = live.read(live.settings.topic_dlq, len(bad))  # only this test sends invalid input
     by_kind = {letter["error_kind"]: letter for letter in letters}
     assert sorted(by_kind) == sorted(bad)
     for kind, raw in bad.items():
         assert base64.b64decode(by_kind[kind]["original_b64"]) == raw
-        assert by_kind[kind]["source_topic"] == stack.settings.topic_in
+        assert by_kind[kind]["source_topic"] == live.settings.topic_in
         assert by_kind[kind]["reason"]
     assert "global" in by_kind["unknown_region"]["reason"]
 
-    after = stack.read(stack.settings.topic_out, len(heads["global"]))
-    assert {p["id"] for p in after} == {"after-the-bad-ones"}
-    assert stack.procs["worker"].poll() is None
+    after = answers(live, live.settings.topic_out, {"after-the-bad-ones"}, len(heads["global"]))
+    assert sorted(p["model"] for p in after) == heads["global"]
+    assert live.procs["worker"].poll() is None
 
 
-def test_a_prediction_delivered_twice_is_stored_once(stack, heads):
-    stack.start("worker", WORKER_READY)
-    stack.produce(json.dumps({"id": "twice", "text": "book a table for two", "region": "global",
-                              "models": ["intent"]}).encode())
-    [prediction] = stack.read(stack.settings.topic_out, 1)
-    raw = json.dumps(prediction).encode()
-    stack.produce(raw, topic=stack.settings.topic_out)  # the same prediction again
+def test_a_prediction_delivered_twice_is_stored_once(live, heads):
+    live.produce(json.dumps({"id": "twice", "text": "book a table for two", "region": "global",
+                             "models": ["intent"]}).encode())
+    [prediction] = answers(live, live.settings.topic_out, {"twice"}, 1)
+    live.produce(json.dumps(prediction).encode(), topic=live.settings.topic_out)  # the same prediction again
 
-    stack.start("sink", SINK_READY)
-    assert len(stack.read(stack.settings.topic_out, 2)) == 2
-    stack.wait_sink_caught_up()  # both copies are read and committed: nothing more will come
-    rows = stack.rows()
+    assert len(answers(live, live.settings.topic_out, {"twice"}, 2)) == 2
+    live.wait_sink_caught_up()  # both copies are read and committed: nothing more will come
+    rows = [r for r in live.rows() if r["id"] == "twice"]
     assert [(r["id"], r["model"]) for r in rows] == [("twice", "intent")]
 
 
-def test_the_same_text_twice_is_served_from_the_embedding_cache(stack, heads):
-    stack.start("worker", WORKER_READY)
+def test_the_same_text_twice_is_served_from_the_embedding_cache(live, heads):
     body = {"text": "  Transfer $100 to my savings account  ", "region": "global", "models": ["intent"]}
-    stack.produce(json.dumps({**body, "id": "first"}).encode())
-    [first] = stack.read(stack.settings.topic_out, 1)
-    stack.produce(json.dumps({**body, "id": "second", "text": "transfer $100 to my SAVINGS account"}).encode())
-    both = stack.read(stack.settings.topic_out, 2)
-    second = next(p for p in both if p["id"] == "second")
+    live.produce(json.dumps({**body, "id": "first"}).encode())
+    [first] = answers(live, live.settings.topic_out, {"first"}, 1)
+    live.produce(json.dumps({**body, "id": "second", "text": "transfer $100 to my SAVINGS account"}).encode())
+    [second] = answers(live, live.settings.topic_out, {"second"}, 1)
     assert first["cache_hit"] is False
     assert second["cache_hit"] is True
     assert second["label"] == first["label"]

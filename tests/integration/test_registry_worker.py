@@ -48,7 +48,7 @@ def origin(base_settings, link_models, tmp_path_factory) -> tuple[Path, list[Hea
 
     root = link_models(base_settings.models_root.resolve(), tmp_path_factory.mktemp("origin") / "models")
     settings = base_settings.model_copy(update={"models_dir": root})
-    embedder = load_embedder(settings)
+    embedder = load_embedder(settings, warm=False)
     pairs = [(t, label) for t, label in load_clinc150("full").train if label in INTENTS]
     config = _load_config(None, {"region": "acme", "model": "intent", "data": {}, **FAST_CONFIG})
     refs = []

@@ -169,7 +169,7 @@ def test_retrain_since_30d_end_to_end_from_produce_labeled(stack, base_settings,
 def embedder(base_settings):  # type: ignore[no-untyped-def]
     from models.embedder import load_embedder
 
-    return load_embedder(base_settings)
+    return load_embedder(base_settings, warm=False)
 
 
 def train_live(settings, embedder, rows: list[tuple[str, str]]) -> str:  # type: ignore[no-untyped-def]

@@ -42,7 +42,7 @@ def embedder():
     from models.embedder import load_embedder
     from schemas.settings import Settings
 
-    return load_embedder(Settings(), precision="fp32")
+    return load_embedder(Settings(), precision="fp32", warm=False)
 
 
 def rollup_rows(settings) -> list[dict]:

@@ -133,6 +133,16 @@ def test_python_warnings_become_log_records(captured):
     assert record["logger"] == "py.warnings" and "old api" in record["event"]
 
 
+def test_python_warnings_are_logged_after_a_second_configuration_too(captured):
+    before = warnings.showwarning
+    configured(io.StringIO(), "json")
+    warnings.showwarning = before  # as a `warnings.catch_warnings` block (pytest's, say) does on leaving
+    out = configured(captured, "json")
+    warnings.warn("older api", DeprecationWarning, stacklevel=1)
+    [record] = json_lines(out)
+    assert record["logger"] == "py.warnings" and "older api" in record["event"]
+
+
 def test_an_unknown_log_format_is_refused_by_the_settings():
     with pytest.raises(ValueError, match="log_format"):
         Settings(log_format="xml")

@@ -80,13 +80,24 @@ def test_while_the_database_is_down_nothing_is_committed_and_the_batch_is_read_a
 
 
 def test_a_stop_during_a_database_outage_ends_the_retries_at_once_without_a_commit():
-    import threading
+    class StoppedWhileDown(Database):
+        """Down; at its second refused write the sink is told to stop, as SIGTERM would."""
+
+        sink: SinkRunner
+        writes = 0
+
+        def write(self, batch: list[Prediction]) -> int:
+            self.writes += 1
+            if self.writes == 2:
+                self.sink.stop()
+            return super().write(batch)
 
     consumer, producer = FakeConsumer([[Msg(prediction("a"), 5)]]), FakeLetterBox()
-    sink = SinkRunner(Settings(sink_retry_seconds=3600), Database(down=True), consumer=consumer,  # type: ignore[arg-type]
-                      producer=producer)
-    threading.Timer(0.5, sink.stop).start()  # as SIGTERM would, while the write is being retried
-    assert sink.step() == 0  # returns although an hour of retries was allowed
+    db = StoppedWhileDown(down=True)
+    db.sink = SinkRunner(Settings(sink_retry_seconds=3600), db, consumer=consumer,  # type: ignore[arg-type]
+                         producer=producer)
+    assert db.sink.step() == 0  # returns although an hour of retries was allowed
+    assert db.writes == 2, "no write is tried after the stop"
     assert consumer.commits == 0
     assert consumer.seeks == [(0, 5)], "the batch is read again at the next start"
 
