@@ -165,13 +165,17 @@ class Stack:
         for topic in (self.settings.topic_in, f"{app_id}-phrases.cleaned"):
             self.wait_caught_up(app_id, topic, timeout)
 
-    def wait_rows(self, count: int, timeout: float = BOUND_S) -> list[dict]:
-        """Return the rows once there are ``count`` (or more); fewer if the bound is reached."""
+    def wait_rows(self, count: int, timeout: float = BOUND_S, ids: set[str] | None = None) -> list[dict]:
+        """Return the rows (of ``ids`` only, when given) once there are ``count`` (or more); fewer if
+        the bound is reached."""
+        def wanted() -> list[dict]:
+            return [r for r in self.rows() if ids is None or r["id"] in ids]
+
         start = time.monotonic()
-        rows = self.rows()
+        rows = wanted()
         while len(rows) < count and time.monotonic() - start < timeout:
             time.sleep(POLL_S)
-            rows = self.rows()
+            rows = wanted()
         return rows
 
 

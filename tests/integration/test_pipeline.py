@@ -5,11 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
 
 import psycopg2
 import pytest
-from bounds import BOUND_S, POLL_S
+from bounds import BOUND_S
 from psycopg2 import sql
 
 from models.registry.lifecycle import active_heads
@@ -37,14 +36,6 @@ def answers(st, topic: str, ids: set[str], count: int) -> list[dict]:
     return mine(st.read(topic, until=lambda found: len(mine(found)) >= count))
 
 
-def rows_of(st, ids: set[str], count: int) -> list[dict]:
-    """Wait until the schema holds ``count`` rows of ``ids``; return those (fewer if the bound is reached)."""
-    start = time.monotonic()
-    while len(rows := [r for r in st.rows() if r["id"] in ids]) < count and time.monotonic() - start < BOUND_S:
-        time.sleep(POLL_S)
-    return rows
-
-
 def test_a_phrase_yields_one_prediction_per_head_and_the_same_rows_in_postgres(live, heads):
     live.produce(json.dumps({"id": "42", "text": "how do I reset my PIN?", "region": "global"}).encode())
 
@@ -55,7 +46,7 @@ def test_a_phrase_yields_one_prediction_per_head_and_the_same_rows_in_postgres(l
     assert intent["clean_text"] == "how do i reset my pin?"
     assert len(intent["top_k"]) == live.settings.top_k
 
-    rows = rows_of(live, {"42"}, len(predictions))
+    rows = live.wait_rows(len(predictions), ids={"42"})
     assert [(r["id"], r["model"], r["model_version"], r["label"]) for r in rows] == sorted(
         (p["id"], p["model"], p["model_version"], p["label"]) for p in predictions
     )
