@@ -246,15 +246,17 @@ def bare_stack(base_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def live(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def module_stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack (registry seeded, as :func:`stack`) shared by the tests of one module; the
+    module's fixtures start its processes. At the end it stops them and drops the schema."""
+    yield from make_stack(base_settings, tmp_path_factory.mktemp("module"), seed_registry=True)
+
+
+@pytest.fixture(scope="module")
+def live(module_stack: Stack) -> Stack:
     """One stack with a worker and a sink running, shared by the tests of one module that only
     send phrases and read back their own answers (each by its own ids and texts): a worker's
     start is most of such a test's cost."""
-    stacks = make_stack(base_settings, tmp_path_factory.mktemp("live"), seed_registry=True)
-    st = next(stacks)
-    try:
-        st.start("worker", READY_LINE)
-        st.start("sink", "sink started")
-        yield st
-    finally:
-        stacks.close()  # stops the processes and drops the schema
+    module_stack.start("worker", READY_LINE)
+    module_stack.start("sink", "sink started")
+    return module_stack

@@ -6,7 +6,9 @@ the one longer than 256 word pieces included, must reach cosine >= 0.999, in eve
 embedder ships (``fp32``, and ``bf16`` where the CPU multiplies bfloat16 natively) and on every
 path: a whole batch, one text at a time, and the readout ``features``.
 
-Needs no broker or database: it builds the export once into a temporary models folder.
+Needs no broker or database. It tests the export the suite serves with (the one `make test`'s
+`phrasestream train` built from the weights package; built into the models folder now if it is
+not there yet), and changes nothing in it: the tampering test works on a copy.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ def reference() -> dict:
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(models_dir=tmp_path_factory.mktemp("models"))
+def settings() -> Settings:
+    return Settings()
 
 
 CPU_HAS_BF16 = cpu.cpu_has_bf16(cpu.read_cpu_flags())
@@ -201,7 +203,7 @@ def test_export_is_self_contained_and_cached(embedder: Embedder, settings: Setti
 def test_version_is_stable_across_loads_and_auto_precision_follows_the_cpu(
     embedder: Embedder, settings: Settings
 ) -> None:
-    again = runtime.load_embedder(settings)  # embed_precision "auto"
+    again = runtime.load_embedder(settings, warm=False)  # embed_precision "auto"; embeds one text
     assert again.precision == cpu.choose_precision("auto", cpu.read_cpu_flags())
     assert again.version == embedder.version == version.current_version()  # precision is not part of it
     assert again.dim == embedder.dim == 384

@@ -8,6 +8,7 @@ import socket
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 from bounds import BOUND_S, POLL_S
@@ -114,26 +115,45 @@ def test_worker_and_sink_metrics_count_what_was_produced_predicted_dead_lettered
     assert sum(lags(s).values()) == 0, lags(s)
 
 
-def test_a_second_worker_on_a_taken_metrics_port_says_so_once_and_serves(stack):
+@dataclass
+class JsonRun:
+    """What one worker did: logging JSON, with its /metrics port held by another socket."""
+
+    predictions: list[dict]
+    letters: list[dict]
+    alive_after_serving: bool
+    log: str
+
+
+@pytest.fixture(scope="module")
+def json_run(module_stack) -> JsonRun:  # type: ignore[no-untyped-def]
+    """Start a worker with JSON logs on a metrics port another socket holds; send it a phrase and a
+    broken message, read the answers, then stop it (Faust logs its shutdown too). The two tests
+    below read this one run: a worker's start is most of either test's cost."""
+    st = module_stack
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        stack.start("worker", READY_LINE, PHRASESTREAM_WORKER_METRICS_PORT=str(port), PHRASESTREAM_LOG_FORMAT="json")
-        stack.produce(json.dumps(VALID[1]).encode())
-        assert len(stack.read(stack.settings.topic_out, 1)) == 1
-    assert stack.procs["worker"].poll() is None
-    lines = (stack.logs / "worker.log").read_text(errors="replace").splitlines()
-    said = [line for line in lines if "going on without /metrics" in line]
+        st.start("worker", READY_LINE, PHRASESTREAM_WORKER_METRICS_PORT=str(port), PHRASESTREAM_LOG_FORMAT="json")
+        st.produce(json.dumps(VALID[1]).encode(), b'{"broken')
+        predictions = st.read(st.settings.topic_out, 1)
+        letters = st.read(st.settings.topic_dlq, 1)
+    alive = st.procs["worker"].poll() is None
+    st.stop("worker")
+    return JsonRun(predictions, letters, alive, (st.logs / "worker.log").read_text(errors="replace"))
+
+
+def test_a_second_worker_on_a_taken_metrics_port_says_so_once_and_serves(json_run):
+    assert len(json_run.predictions) == 1
+    assert json_run.alive_after_serving
+    said = [line for line in json_run.log.splitlines() if "going on without /metrics" in line]
     assert len(said) == 1 and json.loads(said[0])["level"] == "warning"
 
 
-def test_json_logs_carry_the_workers_and_fausts_lines_one_object_each(stack):
-    stack.start("worker", READY_LINE, PHRASESTREAM_LOG_FORMAT="json", PHRASESTREAM_WORKER_METRICS_PORT="0")
-    stack.produce(json.dumps(VALID[1]).encode(), b'{"broken')
-    assert len(stack.read(stack.settings.topic_dlq, 1)) == 1
-    stack.stop("worker")  # Faust logs its shutdown too
-    text = (stack.logs / "worker.log").read_text(errors="replace")
+def test_json_logs_carry_the_workers_and_fausts_lines_one_object_each(json_run):
+    assert len(json_run.letters) == 1
+    text = json_run.log
     assert "\x1b[" not in text  # no terminal codes (Faust's spinner)
     # TensorFlow's C++ runtime (absl) writes a few lines straight to file descriptor 2 while it
     # loads, before any Python logging: those are the only lines allowed not to be JSON.

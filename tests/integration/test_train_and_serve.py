@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from models.datasets import load_clinc150
-from models.heads import TRAIN_DATA_FILE, heads_root, load_head
+from models.heads import TRAIN_DATA_FILE, HeadRef, heads_root, load_head
 from models.registry.mirror import REGISTRY_FILE, Registry
+from models.registry.pointers import read_all
 from retrain.train.artifacts import read_jsonl_gz
 from streams.app import READY_LINE
 
@@ -42,18 +43,23 @@ def _clinc_csvs(folder: Path) -> tuple[Path, Path]:
     return _write(folder / "train.csv", train), _write(folder / "test.csv", test)
 
 
-def _models_copy(base: Path, target: Path) -> Path:
-    """A models folder that shares the suite's embedder, feature cache and active heads (links)."""
+def _models_copy(base_settings, target: Path) -> Path:  # type: ignore[no-untyped-def]
+    """A models folder that shares the suite's embedder, feature cache and live heads (links).
+
+    The live heads are the ones the registry topic names (the stack's topic starts as a copy
+    of it, and the worker follows it), not the local mirror's: the two differ once a head was
+    trained in a folder whose publish went elsewhere.
+    """
+    base = base_settings.models_root.resolve()
     target.mkdir(parents=True)
     for name in ("embedder", "embcache"):
         (base / name).mkdir(parents=True, exist_ok=True)
         (target / name).symlink_to(base / name)
-    registry = Registry(base)
-    for models in registry.active().values():
-        for ref in models.values():
-            link = ref.path(target)
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(ref.path(base))
+    for pointer in read_all(base_settings).values():
+        ref = HeadRef(pointer.region, pointer.model, pointer.version)
+        link = ref.path(target)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(ref.path(base))
     shutil.copy(heads_root(base) / REGISTRY_FILE, heads_root(target) / REGISTRY_FILE)
     return target
 
@@ -64,7 +70,7 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.Co
 
 
 def test_worker_serves_a_head_trained_on_a_csv_for_a_new_region_without_a_restart(stack, base_settings, tmp_path):
-    models = _models_copy(base_settings.models_root.resolve(), tmp_path / "models")
+    models = _models_copy(base_settings, tmp_path / "models")
     train_csv, test_csv = _clinc_csvs(tmp_path)
     stack.start("worker", READY_LINE, PHRASESTREAM_MODELS_DIR=str(models))
     env = {**stack.env, "PHRASESTREAM_MODELS_DIR": str(models)}

@@ -43,9 +43,18 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
+@pytest.fixture(scope="module")
+def through_the_cli() -> subprocess.CompletedProcess[str]:
+    """One process as a user's command runs it (set-up, TensorFlow, the hub, an op); it then
+    prints the Keras modules loaded. Two tests read it: a TensorFlow start costs seconds of CPU."""
+    return _run(THROUGH_THE_CLI + TENSORFLOW_WORK + "import sys; print(sorted({'keras', 'tf_keras'} & set(sys.modules)))")
+
+
 @pytest.mark.skipif(tfenv.gpu_present(), reason="this machine has a GPU: TensorFlow may look for CUDA here")
-def test_no_cuda_line_reaches_stderr_when_tensorflow_starts_through_the_cli() -> None:
-    done = _run(THROUGH_THE_CLI + TENSORFLOW_WORK)
+def test_no_cuda_line_reaches_stderr_when_tensorflow_starts_through_the_cli(
+    through_the_cli: subprocess.CompletedProcess[str],
+) -> None:
+    done = through_the_cli
     assert done.stdout.split()[0] == "3.0"  # TensorFlow ran, on the CPU
     assert "'CPU'" in done.stdout and "GPU" not in done.stdout
     noise = [line for line in done.stderr.splitlines() if NOISE.search(line)]
@@ -86,11 +95,8 @@ def test_the_variables_set_are_only_those_the_user_left_unset(
     assert tfenv.tensorflow_environment(environ, platform, gpu) == want
 
 
-def test_after_the_set_up_tensorflow_and_the_hub_load_one_keras() -> None:
-    code = ("import sys; from models.embedder.tfenv import prepare_tensorflow; prepare_tensorflow(); "
-            "import tensorflow; from models.embedder.compat import import_hub; import_hub(); "
-            "print(sorted({'keras', 'tf_keras'} & set(sys.modules)))")
-    assert _run(code).stdout.strip() == "['tf_keras']"
+def test_after_the_set_up_tensorflow_and_the_hub_load_one_keras(through_the_cli: subprocess.CompletedProcess[str]) -> None:
+    assert through_the_cli.stdout.strip().splitlines()[-1] == "['tf_keras']"
 
 
 def test_a_gpu_is_seen_by_its_device_node(tmp_path: Path) -> None:
