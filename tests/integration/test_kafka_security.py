@@ -34,7 +34,7 @@ WRONG_PASSWORD = f"wrong-{uuid.uuid4().hex}"
 PHRASES = [("s1", "how do I reset my PIN?"), ("s2", "what is my balance"), ("s3", "book a table for two")]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def sasl(base_settings: Settings) -> Settings:
     """The base settings, with every client on the local broker's SASL listener."""
     if not base_settings.local_kafka:
@@ -72,15 +72,36 @@ def _serve_over_sasl(stack: Any, sasl: Settings, **extra_env: str) -> tuple[list
     return heads, predictions, secure.rows()
 
 
-def test_a_worker_and_a_sink_serve_a_stream_over_sasl_scram(stack, sasl):
-    heads, predictions, rows = _serve_over_sasl(stack, sasl)
+@dataclasses.dataclass
+class SaslRun:
+    heads: list[str]
+    predictions: list[dict]
+    rows: list[dict]
+    logs: list[Path]
+
+
+@pytest.fixture(scope="module")
+def sasl_run(module_stack, sasl) -> SaslRun:  # type: ignore[no-untyped-def]
+    """A stream over SASL at DEBUG level (the most a log says), then the worker and sink stopped
+    (their shutdown lines too). Two tests read this one run: what was served, and the logs."""
+    heads, predictions, rows = _serve_over_sasl(module_stack, sasl, PHRASESTREAM_LOG_LEVEL="DEBUG")
+    module_stack.stop("worker")
+    module_stack.stop("sink")
+    logs = sorted(module_stack.logs.glob("*.log"))
+    home_logs = Path(sasl.home).expanduser() / "logs"
+    logs += sorted(p.resolve() for p in home_logs.glob("*.log"))  # the broker's and PostgreSQL's
+    return SaslRun(heads, predictions, rows, logs)
+
+
+def test_a_worker_and_a_sink_serve_a_stream_over_sasl_scram(sasl_run, module_stack, sasl):
+    heads, predictions, rows = sasl_run.heads, sasl_run.predictions, sasl_run.rows
 
     assert sorted((p["id"], p["model"]) for p in predictions) == sorted((i, m) for i, _ in PHRASES for m in heads)
     assert sorted((r["id"], r["model"], r["label"]) for r in rows) == \
         sorted((p["id"], p["model"], p["label"]) for p in predictions)
     # with auto-creation off, the app itself made its internal topics (over SASL)
     topics = AdminClient(client_config(sasl)).list_topics(timeout=10).topics
-    app_id = stack.settings.app_id
+    app_id = module_stack.settings.app_id
     assert {f"{app_id}-phrases.cleaned", f"{app_id}-embedding-cache-changelog"} <= set(topics)
 
 
@@ -116,18 +137,12 @@ def test_the_local_broker_creates_no_topic_on_a_mistyped_name(base_settings):
     assert typo not in admin.list_topics(timeout=10).topics
 
 
-def test_no_password_reaches_any_log(stack, sasl):
-    """Run a stream over SASL at DEBUG level, stop it, then grep every log for both passwords."""
-    _, predictions, rows = _serve_over_sasl(stack, sasl, PHRASESTREAM_LOG_LEVEL="DEBUG")
-    assert predictions and len(rows) == len(predictions)
-    stack.stop("worker")
-    stack.stop("sink")  # their shutdown lines too
-
+def test_no_password_reaches_any_log(sasl_run, sasl):
+    """Grep every log of the stream over SASL (DEBUG level, shutdown included) for both passwords."""
+    assert sasl_run.predictions and len(sasl_run.rows) == len(sasl_run.predictions)
     secrets = {"kafka": sasl.kafka_password, "postgres": parse_dsn(sasl.dsn).get("password", "")}
     assert all(len(s) >= 8 for s in secrets.values()), "a short password could match by chance"
-    logs = sorted(stack.logs.glob("*.log"))
-    home_logs = Path(sasl.home).expanduser() / "logs"
-    logs += sorted(p.resolve() for p in home_logs.glob("*.log"))  # the broker's and PostgreSQL's
+    logs = sasl_run.logs
     assert {"worker.log", "sink.log"} <= {p.name for p in logs}
     found = {(name, p.name) for p in logs for name, s in secrets.items() if s in p.read_text(errors="replace")}
     assert not found, f"passwords in logs: {sorted(found)}"
