@@ -147,7 +147,8 @@ def _write_kafka_config(settings: Settings, paths: Paths) -> None:
 def _java_cmd(paths: Paths, main: str, *args: str, heap: str = "-Xmx256m") -> list[str]:
     # The serial collector: one local broker with a heap of at most 512 MB on a few cores. G1 (the
     # JVM's default on 2+ cores) adds concurrent marking and refinement threads, CPU that the
-    # workers beside it on the same machine need more (a sixth of the broker's CPU in a test run).
+    # workers beside it on the same machine need more (a sixth of the CPU of a local broker that
+    # had served this project's tests and benchmarks for hours).
     return [
         _java(), heap, "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={paths.kafka_log4j}",

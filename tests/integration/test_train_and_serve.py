@@ -43,18 +43,15 @@ def _clinc_csvs(folder: Path) -> tuple[Path, Path]:
     return _write(folder / "train.csv", train), _write(folder / "test.csv", test)
 
 
-def _models_copy(base_settings, target: Path) -> Path:  # type: ignore[no-untyped-def]
-    """A models folder that shares the suite's embedder, feature cache and live heads (links).
+def _models_copy(base_settings, target: Path, link_models) -> Path:  # type: ignore[no-untyped-def]
+    """A models folder that shares the suite's embedder, feature cache (``link_models``) and live heads (links).
 
     The live heads are the ones the registry topic names (the stack's topic starts as a copy
     of it, and the worker follows it), not the local mirror's: the two differ once a head was
     trained in a folder whose publish went elsewhere.
     """
     base = base_settings.models_root.resolve()
-    target.mkdir(parents=True)
-    for name in ("embedder", "embcache"):
-        (base / name).mkdir(parents=True, exist_ok=True)
-        (target / name).symlink_to(base / name)
+    link_models(base, target)
     for pointer in read_all(base_settings).values():
         ref = HeadRef(pointer.region, pointer.model, pointer.version)
         link = ref.path(target)
@@ -69,8 +66,9 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.Co
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def test_worker_serves_a_head_trained_on_a_csv_for_a_new_region_without_a_restart(stack, base_settings, tmp_path):
-    models = _models_copy(base_settings, tmp_path / "models")
+def test_worker_serves_a_head_trained_on_a_csv_for_a_new_region_without_a_restart(stack, base_settings, tmp_path,
+                                                                                    link_models):
+    models = _models_copy(base_settings, tmp_path / "models", link_models)
     train_csv, test_csv = _clinc_csvs(tmp_path)
     stack.start("worker", READY_LINE, PHRASESTREAM_MODELS_DIR=str(models))
     env = {**stack.env, "PHRASESTREAM_MODELS_DIR": str(models)}
