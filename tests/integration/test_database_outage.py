@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from datetime import UTC
 
 import pytest
+from fakes import prediction  # a prediction as a worker publishes it (the sink's tests need no worker)
 from psycopg2.extensions import make_dsn
 
 from streams.app import READY_LINE
@@ -87,18 +87,6 @@ def test_predictions_flow_while_the_database_is_down_and_rows_arrive_when_it_is_
         assert stack.procs["sink"].poll() is None
     finally:
         gate.close()
-
-
-def prediction(pid: str, label: str) -> bytes:
-    """A prediction as a worker publishes it (the sink's tests need no worker)."""
-    from datetime import datetime
-
-    from schemas.messages import Prediction
-
-    now = datetime.now(UTC)
-    return Prediction(id=pid, region="global", model="intent", model_version="v1", label=label,
-                      probability=0.5, top_k=[(label, 0.5)], clean_text="x", embedder_version="e",
-                      cache_hit=False, latency_ms=1.0, received_at=now, predicted_at=now).to_bytes()
 
 
 def test_the_sink_applies_the_migrations_to_a_new_schema_before_writing(stack):

@@ -1,4 +1,5 @@
-"""Stand-ins shared by the tests: an embedder without TensorFlow, and Kafka's messages, consumer and producer.
+"""Stand-ins shared by the tests: an embedder without TensorFlow, Kafka's messages, consumer and
+producer, and a prediction as a worker publishes it.
 
 pytest puts this folder on ``sys.path`` for the unit tests; ``tests/integration/conftest.py``
 adds it for the integration tests that drive a runner with fake Kafka clients.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from confluent_kafka import Message
 
 from models.embedder import READOUT, quantise
 from models.heads import BLOCK_DIM, HeadPrediction, HeadRef
-from schemas.messages import DeadLetter
+from schemas.messages import DeadLetter, Prediction
 
 
 class ReadoutEmbedder:
@@ -184,3 +186,13 @@ class FakeLetterBox:
     def letters(self) -> list[DeadLetter]:
         """Return the values produced, parsed as dead letters."""
         return [DeadLetter.model_validate_json(value) for value in self.sent]
+
+
+def prediction(pid: str, label: str = "balance", at: datetime | None = None) -> bytes:
+    """A global/intent prediction (version ``v1``) as a worker publishes it, made ``at`` (now by default)."""
+    at = at or datetime.now(UTC)
+    return Prediction(
+        id=pid, region="global", model="intent", model_version="v1", label=label, probability=0.9,
+        top_k=[(label, 0.9)], clean_text="x", embedder_version="e1", cache_hit=False, latency_ms=1.0,
+        received_at=at, predicted_at=at,
+    ).to_bytes()

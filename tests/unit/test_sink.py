@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import fakes
 import psycopg2
 import pytest
 from confluent_kafka import Message
@@ -22,11 +23,7 @@ T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 def prediction(pid: str, label: str = "balance") -> bytes:
-    return Prediction(
-        id=pid, region="global", model="intent", model_version="v1", label=label, probability=0.9,
-        top_k=[(label, 0.9)], clean_text="x", embedder_version="e1", cache_hit=False, latency_ms=1.0,
-        received_at=T0, predicted_at=T0,
-    ).to_bytes()
+    return fakes.prediction(pid, label, at=T0)
 
 
 class Database:
