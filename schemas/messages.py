@@ -3,6 +3,7 @@
 Each message carries ``schema_version``; a reader refuses a version it does not know.
 
 - ``phrases.in``: :class:`PhraseIn`, produced by users.
+- ``<app_id>-phrases.cleaned`` (internal): :class:`CleanedPhrase`, a plain dataclass in a compact format of ours.
 - ``predictions.out``: :class:`Prediction`, one per (phrase, model).
 - ``phrases.dlq``: :class:`DeadLetter`, every message that could not be served.
 - ``phrases.labeled``: :class:`LabeledPhrase`, labelled examples for retraining.
@@ -16,10 +17,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, model_validator
 
 
@@ -70,16 +73,73 @@ class PhraseIn(_Message):
     metadata: dict[str, Any] | None = None
 
 
-class CleanedPhrase(_Message):
-    """A valid phrase after cleaning, passed from the clean agent to the embed agent."""
+CLEANED_FORMAT = 2
+"""The format of the internal topic's messages (:class:`CleanedPhrase`); format 1 was a pydantic JSON object."""
 
-    schema_version: Literal[1] = 1
+
+class CleanedFormatError(ValueError):
+    """Bytes on the internal topic that are not a :class:`CleanedPhrase`; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class CleanedPhrase:
+    """A valid phrase after cleaning, passed from the clean agent to the embed agent.
+
+    A plain dataclass, not a pydantic model: only our own worker writes the internal topic
+    ``<app_id>-phrases.cleaned``, so reading it back needs a shape check, not a validation.
+    On the topic it is a compact JSON array, ``[2, id, region, models, clean_text,
+    received_at, ts]`` (:data:`CLEANED_FORMAT` first; datetimes in ISO 8601, ``ts`` null
+    when absent). :meth:`from_bytes` also reads format 1 (the JSON object of older workers),
+    so phrases in flight at an upgrade are served.
+
+    >>> p = CleanedPhrase("42", "global", ["intent"], "hi", datetime(2026, 1, 2, tzinfo=UTC))
+    >>> CleanedPhrase.from_bytes(p.to_bytes()) == p
+    True
+    """
+
     id: str
     region: str
     models: list[str]
     clean_text: str
-    received_at: AwareDatetime
-    ts: AwareDatetime | None = None
+    received_at: datetime
+    ts: datetime | None = None
+
+    def to_bytes(self) -> bytes:
+        """Serialise in :data:`CLEANED_FORMAT`."""
+        return orjson.dumps([CLEANED_FORMAT, self.id, self.region, self.models, self.clean_text,
+                             self.received_at, self.ts], option=orjson.OPT_UTC_Z)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CleanedPhrase:
+        """Read a cleaned phrase; raise :class:`CleanedFormatError` with the reason when ``raw`` is not one."""
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise CleanedFormatError(f"invalid JSON ({exc})") from None
+        if isinstance(value, dict) and value.get("schema_version") == 1:  # format 1, from an older worker
+            value = [1, *(value.get(k) for k in ("id", "region", "models", "clean_text", "received_at", "ts"))]
+        if not (isinstance(value, list) and len(value) == 7 and value[0] in (1, CLEANED_FORMAT)):
+            raise CleanedFormatError(f"expected [{CLEANED_FORMAT}, id, region, models, clean_text, received_at, ts] "
+                                     f"(format {CLEANED_FORMAT}) or a format 1 object, got {str(value)[:80]}")
+        _, phrase_id, region, models, clean_text, received_at, ts = value
+        for name, text in (("id", phrase_id), ("region", region), ("clean_text", clean_text)):
+            if not isinstance(text, str):
+                raise CleanedFormatError(f"{name} must be a string, got {text!r:.80}")
+        if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)):
+            raise CleanedFormatError(f"models must be a non-empty list of strings, got {models!r:.80}")
+        return cls(phrase_id, region, models, clean_text, _aware("received_at", received_at),
+                   None if ts is None else _aware("ts", ts))
+
+
+def _aware(name: str, value: Any) -> datetime:
+    """Return the timezone-aware datetime in ISO 8601 text ``value``; raise :class:`CleanedFormatError` if it is not one."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise CleanedFormatError(f"{name} must be an ISO 8601 date and time, got {value!r:.80}") from None
+    if parsed.tzinfo is None:
+        raise CleanedFormatError(f"{name} has no timezone: {value!r:.80}")
+    return parsed
 
 
 class Prediction(_Message):
@@ -104,6 +164,27 @@ class Prediction(_Message):
     received_at: AwareDatetime
     predicted_at: AwareDatetime
     ts: AwareDatetime | None = None
+
+
+def prediction_bytes(
+    id: str, region: str, model: str, model_version: str, label: str, probability: float,
+    top_k: list[tuple[str, float]], clean_text: str, embedder_version: str, cache_hit: bool,
+    latency_ms: float, received_at: datetime, predicted_at: datetime, ts: datetime | None,
+) -> bytes:
+    """Return the bytes of ``Prediction(...).to_bytes()`` for these fields, without building the model.
+
+    The serving hot path writes one per (phrase, head). orjson writes what pydantic writes
+    (shortest round-trip floats, ``Z`` for UTC, UTF-8 unescaped): tests/unit/test_messages.py
+    compares the two byte for byte over generated cases. The arguments must already have
+    the field types (``probability`` and ``latency_ms`` floats): nothing is validated here.
+    """
+    fields = {"schema_version": 1, "id": id, "region": region, "model": model, "model_version": model_version,
+              "label": label, "probability": probability, "top_k": top_k, "clean_text": clean_text,
+              "embedder_version": embedder_version, "cache_hit": cache_hit, "latency_ms": latency_ms,
+              "received_at": received_at, "predicted_at": predicted_at}
+    if ts is not None:
+        fields["ts"] = ts
+    return orjson.dumps(fields, option=orjson.OPT_UTC_Z)
 
 
 class ErrorKind(str, Enum):

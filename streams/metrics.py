@@ -198,13 +198,15 @@ class WorkerMetrics:
         """Observe the end-to-end latency of predictions the broker has acknowledged.
 
         From each prediction's ``ts`` (the producer's time) when given, else from
-        ``received_at``; a ``ts`` in the future (clock skew) counts as 0.
+        ``received_at``; a ``ts`` in the future (clock skew) counts as 0. A
+        ``streams.pipeline.Published`` is read through its ``sent`` records (no model parsed).
         """
         if not predictions:
             return
         now = time.time() if now is None else now
-        starts = np.fromiter(((p.ts or p.received_at).timestamp() for p in predictions), dtype=np.float64,
-                             count=len(predictions))
+        records = getattr(predictions, "sent", predictions)
+        starts = np.fromiter(((p.ts or p.received_at).timestamp() for p in records), dtype=np.float64,
+                             count=len(records))
         self.latency.observe_many(np.maximum(now - starts, 0.0))
 
     def summary(self) -> dict[str, float]:

@@ -4,11 +4,17 @@
 misses (the embedder's readout: the sentence embedding and more pools of the same encoder
 pass) in one batch through the shared embedder, each distinct text once; ``store`` puts them in
 the cache; ``classify`` runs every requested head of a region on the shared features (and the
-cleaned texts, for heads that use TF-IDF) and makes one :class:`Prediction` per (phrase,
-model). ``serve_batch`` does all of it for a batch of raw cleaned-phrase messages and says what
+cleaned texts, for heads that use TF-IDF) and makes one prediction per (phrase, model). ``serve_batch`` does all of it for a batch of raw cleaned-phrase messages and says what
 failed and why: it is what the serving agent (``streams.worker.Server``) runs.
 
 The cache is an optimisation: when it fails, the batch is embedded without it.
+
+What a cached phrase costs is mostly this module's per-phrase work, so it does each thing
+once: the cleaned-phrase message is read without pydantic (our own worker wrote it), each
+cache key is hashed once, and each prediction goes straight to its wire bytes
+(``schemas.messages.prediction_bytes``), with a small :class:`Sent` record beside it for the
+metrics and the rollups. A :class:`Prediction` model is built only when one is read from
+:class:`Published` (tests, tools).
 """
 
 from __future__ import annotations
@@ -18,12 +24,12 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol, overload
 
 import numpy as np
-from pydantic import ValidationError
 
-from schemas.messages import CleanedPhrase, ErrorKind, Prediction, utcnow
+from schemas.messages import CleanedFormatError, CleanedPhrase, ErrorKind, Prediction, prediction_bytes, utcnow
 from streams.state.cache import EmbeddingCache
 from streams.state.memos import AnswerMemo
 
@@ -32,9 +38,59 @@ log = logging.getLogger("phrasestream.worker")
 Offload = Callable[..., Awaitable[Any]]
 """Run a blocking function elsewhere (a thread) and await it: ``offload(fn, *args)``."""
 
-Observer = Callable[[Sequence[CleanedPhrase], np.ndarray, Sequence[Prediction]], None]
+
+
+class Sent(NamedTuple):
+    """What the worker reads of a prediction it published (the metrics, the rollups): a few of its fields."""
+
+    id: str
+    region: str
+    model: str
+    model_version: str
+    clean_text: str
+    received_at: datetime
+    predicted_at: datetime
+    ts: datetime | None
+
+
+Observer = Callable[[Sequence[CleanedPhrase], np.ndarray, Sequence[Sent]], None]
 """Told of each batch's predictions, in the thread that computed them: ``observe(phrases, features,
 predictions)``, ``features[i]`` being the features of ``phrases[i]`` (``streams.rollups.Rollups.observe``)."""
+
+
+class Published(Sequence[Prediction]):
+    """Predictions as published: each one's ``(key, value)`` bytes for ``predictions.out`` and its :class:`Sent`.
+
+    As a sequence it gives :class:`Prediction` models, parsed from the bytes when read (tests,
+    tools); the worker reads ``payloads`` and ``sent`` only.
+    """
+
+    def __init__(self) -> None:
+        self.payloads: list[tuple[bytes, bytes]] = []
+        self.sent: list[Sent] = []
+
+    def add(self, sent: Sent, value: bytes) -> None:
+        """Append one prediction: its record and its wire bytes (keyed by the phrase id)."""
+        self.sent.append(sent)
+        self.payloads.append((sent.id.encode(), value))
+
+    def extend(self, other: Published) -> None:
+        """Append every prediction of ``other``."""
+        self.sent += other.sent
+        self.payloads += other.payloads
+
+    def __len__(self) -> int:
+        return len(self.sent)
+
+    @overload
+    def __getitem__(self, index: int) -> Prediction: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Prediction]: ...
+
+    def __getitem__(self, index: int | slice) -> Prediction | list[Prediction]:
+        if isinstance(index, slice):
+            return [Prediction.model_validate_json(value) for _, value in self.payloads[index]]
+        return Prediction.model_validate_json(self.payloads[index][1])
 
 
 class Embedder(Protocol):
@@ -65,17 +121,18 @@ class Embedded:
     cache_hits: list[bool]
 
 
-def lookup(texts: Sequence[str], cache: EmbeddingCache | None, dim: int) -> tuple[np.ndarray, list[bool]]:
-    """Return a [n, dim] array with cached vectors filled in, and the hit mask."""
+def lookup(texts: Sequence[str], cache: EmbeddingCache | None, dim: int) -> tuple[np.ndarray, list[bool], list[str]]:
+    """Return a [n, dim] array with cached vectors filled in, the hit mask and the texts' cache keys (for ``store``)."""
     vectors = np.zeros((len(texts), dim), dtype=np.float32)
-    hits = [False] * len(texts)
-    if cache is not None:
-        for i, text in enumerate(texts):
-            found = cache.get(text)
-            if found is not None:
-                vectors[i] = found
-                hits[i] = True
-    return vectors, hits
+    if cache is None:
+        return vectors, [False] * len(texts), []
+    keys = [cache.key(text) for text in texts]
+    found = [cache.read(key) for key in keys]
+    hits = [raw is not None for raw in found]
+    rows = [i for i, hit in enumerate(hits) if hit]
+    if rows:  # one conversion for the whole batch, not one per phrase
+        vectors[rows] = cache.decode(b"".join(raw for raw in found if raw is not None))
+    return vectors, hits, keys
 
 
 def embed_misses(texts: Sequence[str], vectors: np.ndarray, hits: Sequence[bool], embedder: Embedder) -> list[int]:
@@ -91,15 +148,15 @@ def embed_misses(texts: Sequence[str], vectors: np.ndarray, hits: Sequence[bool]
     return missing
 
 
-def store(texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache: EmbeddingCache | None) -> None:
-    """Put the freshly embedded rows into the cache."""
-    if cache is None:
+def store(keys: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache: EmbeddingCache | None) -> None:
+    """Put the freshly embedded rows into the cache, under the keys ``lookup`` gave (none: no cache)."""
+    if cache is None or not keys:
         return
     for i in rows:
-        cache.put(texts[i], vectors[i])
+        cache.write(keys[i], vectors[i])
 
 
-def _lookup_or_miss(texts: Sequence[str], cache: EmbeddingCache | None, dim: int) -> tuple[np.ndarray, list[bool]]:
+def _lookup_or_miss(texts: Sequence[str], cache: EmbeddingCache | None, dim: int) -> tuple[np.ndarray, list[bool], list[str]]:
     try:
         return lookup(texts, cache, dim)
     except Exception:  # the cache is an optimisation: embed everything instead
@@ -107,9 +164,9 @@ def _lookup_or_miss(texts: Sequence[str], cache: EmbeddingCache | None, dim: int
         return lookup(texts, None, dim)
 
 
-def _store_or_skip(texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache: EmbeddingCache | None) -> None:
+def _store_or_skip(keys: Sequence[str], vectors: np.ndarray, rows: Sequence[int], cache: EmbeddingCache | None) -> None:
     try:
-        store(texts, vectors, rows, cache)
+        store(keys, vectors, rows, cache)
     except Exception:  # serving goes on without caching this batch
         log.warning("embedding cache write failed", exc_info=True)
 
@@ -131,7 +188,7 @@ def classify(
     top_k: int,
     memo: AnswerMemo | None = None,
     runs: list[HeadRun] | None = None,
-) -> tuple[list[Prediction], list[tuple[CleanedPhrase, str]]]:
+) -> tuple[Published, list[tuple[CleanedPhrase, str]]]:
     """Run each phrase's heads on its vector; return predictions and (phrase, reason) failures.
 
     Each head runs once per batch, on the rows of the phrases that asked for it (through
@@ -148,7 +205,7 @@ def classify(
             continue
         for model in phrase.models:
             rows_by_head[(phrase.region, model)].append(i)
-    predictions: list[Prediction] = []
+    predictions = Published()
     for (region, model), rows in rows_by_head.items():
         head = heads[region][model]
         texts = [phrases[r].clean_text for r in rows]
@@ -160,26 +217,17 @@ def classify(
         if runs is not None:
             runs.append(HeadRun(region, model, len(rows), time.perf_counter() - start))
         now = utcnow()
+        version = head.ref.version
         for row, answer in zip(rows, answers):
             phrase = phrases[row]
-            predictions.append(
-                Prediction(
-                    id=phrase.id,
-                    region=region,
-                    model=model,
-                    model_version=head.ref.version,
-                    label=answer.label,
-                    probability=round(float(answer.probability), 6),
-                    top_k=[(label, round(float(p), 6)) for label, p in answer.top_k],
-                    clean_text=phrase.clean_text,
-                    embedder_version=embedder_version,
-                    cache_hit=embedded.cache_hits[row],
-                    latency_ms=round((now - phrase.received_at).total_seconds() * 1000.0, 3),
-                    received_at=phrase.received_at,
-                    predicted_at=now,
-                    ts=phrase.ts,
-                )
+            value = prediction_bytes(
+                phrase.id, region, model, version, answer.label, round(float(answer.probability), 6),
+                [(label, round(float(p), 6)) for label, p in answer.top_k], phrase.clean_text, embedder_version,
+                embedded.cache_hits[row], round((now - phrase.received_at).total_seconds() * 1000.0, 3),
+                phrase.received_at, now, phrase.ts,
             )
+            predictions.add(Sent(phrase.id, region, model, version, phrase.clean_text, phrase.received_at, now,
+                                 phrase.ts), value)
     return predictions, failures
 
 
@@ -197,20 +245,22 @@ class Failure:
 class Served:
     """What one batch gave: predictions, and failures for the dead-letter topic."""
 
-    predictions: list[Prediction] = field(default_factory=list)
+    predictions: Published = field(default_factory=Published)
     failures: list[Failure] = field(default_factory=list)
-    payloads: list[tuple[bytes, bytes]] = field(default_factory=list)
-    """(key, value) of each prediction, serialised for ``predictions.out``."""
     embed_seconds: list[float] = field(default_factory=list)
     """The time of each embedder call (none when every text was cached), for the metrics."""
     head_runs: list[HeadRun] = field(default_factory=list)
     """Each head run (its rows and time), for the metrics."""
 
+    @property
+    def payloads(self) -> list[tuple[bytes, bytes]]:
+        """(key, value) of each prediction, serialised for ``predictions.out``."""
+        return self.predictions.payloads
+
     def add(self, other: Served) -> None:
         """Append what ``other`` gave."""
-        self.predictions += other.predictions
+        self.predictions.extend(other.predictions)
         self.failures += other.failures
-        self.payloads += other.payloads
         self.embed_seconds += other.embed_seconds
         self.head_runs += other.head_runs
 
@@ -232,11 +282,10 @@ def _compute(phrases: Sequence[CleanedPhrase], vectors: np.ndarray, hits: list[b
     predictions, gone = classify(phrases, Embedded(vectors, hits), heads, embedder.version, top_k, memo, runs)
     served = Served(predictions=predictions,
                     failures=[Failure(p.to_bytes(), ErrorKind.UNKNOWN_MODEL, reason, p.id) for p, reason in gone],
-                    payloads=[(p.id.encode(), p.to_bytes()) for p in predictions],
                     embed_seconds=embed_seconds, head_runs=runs)
     if observe is not None:
         try:
-            observe(phrases, vectors, predictions)
+            observe(phrases, vectors, predictions.sent)
         except Exception:  # an observation, not serving: the predictions go out anyway
             log.warning("observing a batch of %d failed; its predictions are served", len(phrases), exc_info=True)
     return rows, served
@@ -266,19 +315,19 @@ async def serve_batch(
     phrases: list[CleanedPhrase] = []
     for raw in values:
         try:
-            phrases.append(CleanedPhrase.model_validate_json(raw))
-        except ValidationError as exc:
-            served.failures.append(Failure(raw, ErrorKind.WRONG_TYPE, f"not a cleaned phrase: {exc.errors()[0]['msg']}"))
+            phrases.append(CleanedPhrase.from_bytes(raw))
+        except CleanedFormatError as exc:
+            served.failures.append(Failure(raw, ErrorKind.WRONG_TYPE, f"not a cleaned phrase: {exc}"))
     if not phrases:
         return served
     try:
         texts = [p.clean_text for p in phrases]
-        vectors, hits = _lookup_or_miss(texts, cache, embedder.feature_dim)
+        vectors, hits, keys = _lookup_or_miss(texts, cache, embedder.feature_dim)
         if offload is None:
             rows, done = _compute(phrases, vectors, hits, embedder, heads, top_k, memo, observe)
         else:
             rows, done = await offload(_compute, phrases, vectors, hits, embedder, heads, top_k, memo, observe)
-        _store_or_skip(texts, vectors, rows, cache)
+        _store_or_skip(keys, vectors, rows, cache)
     except Exception as exc:  # a bug or a bad phrase: isolate it, keep the rest
         if len(phrases) == 1:
             log.exception("embedding or classification failed for phrase %s", phrases[0].id)

@@ -43,8 +43,9 @@ import numpy as np
 from pydantic import ValidationError
 
 from ops.kafka.clients import client_config
-from schemas.messages import CleanedPhrase, Prediction, ServingRollup
+from schemas.messages import CleanedPhrase, ServingRollup
 from schemas.settings import Settings
+from streams.pipeline import Sent
 from streams.state.memos import UnknownRates
 
 log = logging.getLogger("phrasestream.rollups")
@@ -119,7 +120,7 @@ class Rollups:
         with self._lock:
             return sum(b.n for b in self._buckets.values())
 
-    def observe(self, phrases: Sequence[CleanedPhrase], vectors: np.ndarray, predictions: Sequence[Prediction]) -> None:
+    def observe(self, phrases: Sequence[CleanedPhrase], vectors: np.ndarray, predictions: Sequence[Sent]) -> None:
         """Add the predictions of one batch; ``vectors[i]`` are the features of ``phrases[i]``.
 
         A prediction is matched to its phrase by ``clean_text``: features and rate depend on

@@ -92,6 +92,9 @@ class EmbeddingCache:
     gives exactly the vector a miss computes. ``max_entries=0`` disables the cache: every
     lookup misses and nothing is stored. ``hits``, ``misses`` and ``evictions`` count lookups
     and entries dropped for room (``/metrics`` reads the first two).
+
+    The serving path hashes each text once: :meth:`key`, then :meth:`read` and, on a miss,
+    :meth:`write` with that key; :meth:`decode` turns a whole batch of hits into vectors at once.
     """
 
     def __init__(self, backend: CacheBackend, embedder_version: str, dim: int, max_entries: int) -> None:
@@ -107,27 +110,42 @@ class EmbeddingCache:
     def evictions(self) -> int:
         return self._keys.evictions
 
-    def get(self, clean_text: str) -> np.ndarray | None:
-        """Return the cached vector of ``clean_text``, or None."""
+    def key(self, clean_text: str) -> str:
+        """Return the entry key of ``clean_text`` (:func:`cache_key` under this cache's embedder version)."""
+        return cache_key(self._version, clean_text)
+
+    def read(self, key: str) -> bytes | None:
+        """Return the stored bytes of entry ``key`` (float16, :meth:`decode` reads them), or None; count the lookup."""
         if self._max == 0:
             self.misses += 1
             return None
-        key = cache_key(self._version, clean_text)
         raw = self._backend.get(key)
         if raw is None or len(raw) != self._dim * 2:
             self.misses += 1
             return None
         self.hits += 1
         self._keys[key] = None  # most recently used (an entry recovered from the changelog is tracked now)
-        return np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+        return raw
+
+    def decode(self, raw: bytes) -> np.ndarray:
+        """Return the float32 vectors ``[n, dim]`` of ``n`` entries' bytes, concatenated."""
+        return np.frombuffer(raw, dtype=np.float16).reshape(-1, self._dim).astype(np.float32)
+
+    def write(self, key: str, vector: np.ndarray) -> None:
+        """Store ``vector`` as entry ``key``, evicting the oldest entry beyond the bound."""
+        if self._max == 0:
+            return
+        self._backend.put(key, np.asarray(vector, dtype=np.float16).tobytes())
+        self._keys[key] = None
+
+    def get(self, clean_text: str) -> np.ndarray | None:
+        """Return the cached vector of ``clean_text``, or None."""
+        raw = self.read(self.key(clean_text))
+        return None if raw is None else self.decode(raw)[0]
 
     def put(self, clean_text: str, vector: np.ndarray) -> None:
         """Store the vector of ``clean_text``, evicting the oldest entry beyond the bound."""
-        if self._max == 0:
-            return
-        key = cache_key(self._version, clean_text)
-        self._backend.put(key, np.asarray(vector, dtype=np.float16).tobytes())
-        self._keys[key] = None
+        self.write(self.key(clean_text), vector)
 
     def adopt(self, keys: Iterable[str]) -> int:
         """Track exactly the entries the backend holds (after a recovery or a rebalance).

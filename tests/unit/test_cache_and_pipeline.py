@@ -296,7 +296,7 @@ def test_an_empty_batch_serves_nothing_and_embeds_nothing() -> None:
     embedder = FakeEmbedder()
     served, features = serve_texts([], embedder, cache())
     assert embedder.calls == [] and features == []
-    assert (served.predictions, served.payloads, served.embed_seconds) == ([], [], [])
+    assert (list(served.predictions), served.payloads, served.embed_seconds) == ([], [], [])
 
 
 # --- classify -----------------------------------------------------------------------------
@@ -405,12 +405,13 @@ def test_classify_region_without_heads_is_a_failure() -> None:
     heads = heads_for({"global": ["intent"]})
     p = phrase("p", "a", ["intent"], region="eu")
     predictions, failures = classify([p], Embedded(np.stack([unit(0)]), [False]), heads, VERSION, 2)
-    assert predictions == []
+    assert list(predictions) == []
     assert failures == [(p, "head(s) ['intent'] of region 'eu' are no longer active")]
 
 
 def test_classify_empty_batch() -> None:
-    assert classify([], Embedded(np.zeros((0, DIM), dtype=np.float32), []), heads_for({"g": ["m"]}), VERSION, 2) == ([], [])
+    predictions, failures = classify([], Embedded(np.zeros((0, DIM), dtype=np.float32), []), heads_for({"g": ["m"]}), VERSION, 2)
+    assert (list(predictions), failures) == ([], [])
 
 
 def test_a_text_served_twice_is_embedded_once_and_labelled_alike() -> None:
@@ -420,7 +421,7 @@ def test_a_text_served_twice_is_embedded_once_and_labelled_alike() -> None:
     assert embedder.calls == [["same"]]
     assert [p.cache_hit for p in first.predictions] == [False, False]
     assert [p.cache_hit for p in second.predictions] == [True]
-    assert {p.label for p in first.predictions + second.predictions} == {"intent:0"}
+    assert {p.label for p in [*first.predictions, *second.predictions]} == {"intent:0"}
 
 
 @pytest.mark.parametrize("max_entries", [1, 2, 5])
@@ -502,7 +503,7 @@ def test_serve_batch_isolates_the_phrase_that_breaks_its_batch():
 def test_serve_batch_reports_a_head_that_is_gone_as_unknown_model():
     heads = heads_for({"global": ["intent"]})
     served = serve([phrase("x", "hello", ["domain"]).to_bytes()], FakeEmbedder(), heads)
-    assert served.predictions == []
+    assert list(served.predictions) == []
     assert [(f.kind, f.id) for f in served.failures] == [(ErrorKind.UNKNOWN_MODEL, "x")]
 
 

@@ -108,7 +108,7 @@ def test_decode_never_raises_and_answers_with_a_phrase_or_a_dead_letter(raw: byt
     assert len(raw) <= LIMITS.max_message_bytes
     assert isinstance(body["text"], str) and len(body["text"]) <= LIMITS.max_text_chars
     assert result.region in KNOWN and result.models and set(result.models) <= set(KNOWN[result.region])
-    assert CleanedPhrase.model_validate_json(result.to_bytes()) == result
+    assert CleanedPhrase.from_bytes(result.to_bytes()) == result
 
 
 @EXAMPLES

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+import random
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
 
-from schemas.messages import CleanedPhrase, DeadLetter, ErrorKind, LabeledPhrase, PhraseIn, Prediction
+from schemas.messages import (
+    CLEANED_FORMAT,
+    CleanedFormatError,
+    CleanedPhrase,
+    DeadLetter,
+    ErrorKind,
+    LabeledPhrase,
+    PhraseIn,
+    Prediction,
+    prediction_bytes,
+)
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 T1 = T0 + timedelta(milliseconds=12.5)
@@ -76,7 +87,58 @@ def test_phrase_in_is_frozen() -> None:
 
 def test_cleaned_phrase_round_trip() -> None:
     phrase = CleanedPhrase(id="1", region="eu", models=["intent"], clean_text="hi", received_at=T0, ts=T1)
-    assert CleanedPhrase.model_validate_json(phrase.to_bytes()) == phrase
+    assert CleanedPhrase.from_bytes(phrase.to_bytes()) == phrase
+
+
+def test_cleaned_phrase_is_a_format_2_array_on_the_wire() -> None:
+    phrase = CleanedPhrase(id="1", region="eu", models=["intent"], clean_text="caf\u00e9", received_at=T0)
+    assert json.loads(phrase.to_bytes()) == [CLEANED_FORMAT, "1", "eu", ["intent"], "caf\u00e9",
+                                             "2026-01-02T03:04:05.678901Z", None]
+
+
+def test_cleaned_phrase_reads_the_format_1_object_of_an_older_worker() -> None:
+    old = json.dumps({"schema_version": 1, "id": "1", "region": "eu", "models": ["intent"], "clean_text": "hi",
+                      "received_at": "2026-01-02T03:04:05.678901Z", "ts": "2026-01-02T03:04:05.691401+00:00"})
+    expected = CleanedPhrase(id="1", region="eu", models=["intent"], clean_text="hi", received_at=T0, ts=T1)
+    assert CleanedPhrase.from_bytes(old.encode()) == expected
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (b"{not json", "invalid JSON"),
+    (b'{"schema_version": 3, "id": "1"}', "format 2"),
+    (b'[3, "1", "eu", ["intent"], "hi", "2026-01-02T03:04:05Z", null]', "format 2"),
+    (b'[2, 1, "eu", ["intent"], "hi", "2026-01-02T03:04:05Z", null]', "id must be a string"),
+    (b'[2, "1", "eu", [], "hi", "2026-01-02T03:04:05Z", null]', "models must be a non-empty list"),
+    (b'[2, "1", "eu", ["intent"], "hi", "yesterday", null]', "received_at must be an ISO 8601"),
+    (b'[2, "1", "eu", ["intent"], "hi", "2026-01-02T03:04:05", null]', "received_at has no timezone"),
+    (b'[2, "1", "eu", ["intent"], "hi", "2026-01-02T03:04:05Z", 5]', "ts must be an ISO 8601"),
+])
+def test_bytes_that_are_not_a_cleaned_phrase_raise_with_the_reason(raw: bytes, why: str) -> None:
+    with pytest.raises(CleanedFormatError, match=why):
+        CleanedPhrase.from_bytes(raw)
+
+
+def _awkward_floats(rng: random.Random) -> list[float]:
+    fixed = [0.0, 1.0, 100.0, 1e-5, 5e-6, 1e-7, 0.1, 2.5e-4, 1 / 3, 1e15, 1e16, 1e17, 1e21, 1e22, 123456.789]
+    return fixed + [round(rng.random() ** rng.randint(1, 40), 6) for _ in range(200)] + \
+        [round(rng.uniform(0, 1e7), 3) for _ in range(100)] + [rng.random() * 10 ** rng.randint(-30, 30) for _ in range(200)]
+
+
+def test_prediction_bytes_are_byte_for_byte_what_the_model_writes() -> None:
+    rng = random.Random(17)
+    texts = ["how do i reset my pin?", "caf\u00e9 \u65e5\u672c\u8a9e \U0001f600", 'quote " back\\slash / tab\t nl\n',
+             "\x01\x1f\x7f control", "\u2028\u2029 separators", "\ufeff bom", ""]
+    zones = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))]
+    floats = _awkward_floats(rng)
+    for i, x in enumerate(floats):
+        received = T0 + timedelta(microseconds=rng.choice([0, 1, 999_999, rng.randrange(10**9)]))
+        ts = None if i % 3 == 0 else (received - timedelta(seconds=rng.random())).astimezone(zones[i % len(zones)])
+        fields = dict(id=texts[i % len(texts)] or "x", region="global", model="intent", model_version="v1",
+                      label=texts[(i + 1) % len(texts)], probability=x,
+                      top_k=[(texts[(i + 2) % len(texts)], x), ("oos", floats[-1 - i])], clean_text=texts[i % len(texts)],
+                      embedder_version="e1", cache_hit=bool(i % 2), latency_ms=round(x * 1000, 3),
+                      received_at=received, predicted_at=received + timedelta(milliseconds=rng.random() * 1e4), ts=ts)
+        assert prediction_bytes(**fields) == Prediction(**fields).to_bytes(), fields  # type: ignore[arg-type]
 
 
 def test_prediction_round_trip() -> None:

@@ -1,5 +1,6 @@
-"""The agents' batch step (streams.worker.Step, through Cleaner): holes served first, outputs delivered
-before the commit, bad input dead-lettered. A stand-in Faust consumer and producer, no broker."""
+"""The agents' batch step (streams.worker.Step, through Cleaner): holes served first, inputs acked only
+once the broker has every output of their batch, in batch order, bad input dead-lettered. A stand-in
+Faust consumer and producer, no broker."""
 
 from __future__ import annotations
 
@@ -84,33 +85,66 @@ def cleaner(app: App, producer: FakeProducer, topic_holds: dict[int, bytes]) -> 
     heads = HeadSet(SETTINGS, "e1")
     heads.heads = {"global": {"intent": object()}}  # only the names are read
     return Cleaner(app=app, settings=SETTINGS, guard=OffsetGuard("validate_and_clean", IN.topic),
-                   outbox=Outbox(SETTINGS, "clean", producer=producer), metrics=WorkerMetrics(process=False),
+                   outbox=Outbox(SETTINGS, "clean", producer=producer, threaded=False), metrics=WorkerMetrics(process=False),
                    offload=offload, heads=heads, limits=Limits(), cleaned_topic=CLEANED, embedder_version="e1")
 
 
-def test_a_batch_is_cleaned_or_dead_lettered_and_committed_only_once_the_broker_has_its_outputs() -> None:
+def run(step: Cleaner, batch: list[faust.Event]) -> None:
+    asyncio.run(step.run(batch))
+
+
+def acked(batch: list[faust.Event]) -> list[bool]:
+    return [event.message.acked for event in batch]
+
+
+def test_a_batch_is_cleaned_or_dead_lettered_and_its_inputs_acked_only_once_the_broker_has_every_output() -> None:
     journal: list[str] = []
     app, producer = App(journal), FakeProducer(journal=journal)
     batch = events(app, (0, raw("What is my balance?", "a")), (1, b"{not json"))
-    asyncio.run(cleaner(app, producer, {0: batch[0].value, 1: batch[1].value}).run(batch))
+    step = cleaner(app, producer, {0: batch[0].value, 1: batch[1].value})
+    run(step, batch)
+    assert len(producer.produced) == 2 and not producer.delivered, "the step does not wait for the broker"
+    assert acked(batch) == [False, False]
+    step.outbox.poll(0)  # the broker acknowledges the first output only
+    assert acked(batch) == [False, False], "no input is acked while an output of its batch is in flight"
+    step.outbox.poll(0)
+    assert acked(batch) == [True, True]
     [(topic, key, value), (dlq, _, letter)] = producer.delivered
-    phrase = CleanedPhrase.model_validate_json(value)
+    phrase = CleanedPhrase.from_bytes(value)
     assert (topic, phrase.id, key) == (CLEANED, "a", cache_key("e1", phrase.clean_text).encode())
     assert dlq == SETTINGS.topic_dlq and DeadLetter.model_validate_json(letter).error_kind == ErrorKind.INVALID_JSON
-    assert journal == ["flush", "commit"], "the commit comes after the outputs are delivered"
-    assert app.consumer.committed == [{IN}] and app.consumer.gaps == []
+    assert step.outbox.in_flight == 0
 
 
-def test_a_hole_is_read_and_served_first_then_marked_done_before_the_commit() -> None:
+def test_the_next_batch_is_taken_while_the_last_ones_outputs_are_in_flight_and_inputs_are_acked_in_order() -> None:
+    journal: list[str] = []
+    app, producer = App(journal), FakeProducer(journal=journal)
+    holds = {o: raw(f"phrase number {o}", f"p{o}") for o in range(4)}
+    step = cleaner(app, producer, holds)
+    first, second = events(app, (0, holds[0]), (1, holds[1])), events(app, (2, holds[2]), (3, holds[3]))
+    run(step, first)
+    run(step, second)
+    assert len(producer.produced) == 4 and step.outbox.in_flight == 4
+    producer.queue.reverse()  # the broker acknowledges the second batch's outputs first
+    step.outbox.poll(0)
+    step.outbox.poll(0)
+    assert acked(first) + acked(second) == [False] * 4, "a later batch waits for the earlier one"
+    step.outbox.poll(0)
+    step.outbox.poll(0)
+    assert acked(first) + acked(second) == [True] * 4
+
+
+def test_a_hole_is_read_and_served_first_and_marked_done_before_the_batch_is_produced() -> None:
     journal: list[str] = []
     app, producer = App(journal), FakeProducer(journal=journal)
     holds = {o: raw(f"phrase number {o}", f"p{o}") for o in range(7)}
     step = cleaner(app, producer, holds)
-    asyncio.run(step.run(events(app, (0, holds[0]), (1, holds[1]))))
-    journal.clear()
-    asyncio.run(step.run(events(app, (5, holds[5]), (6, holds[6]))))  # offsets 2..4 never came
-    served = [CleanedPhrase.model_validate_json(value).id for _, _, value in producer.delivered]
+    run(step, events(app, (0, holds[0]), (1, holds[1])))
+    later = events(app, (5, holds[5]), (6, holds[6]))  # offsets 2..4 never came
+    run(step, later)
+    step.outbox.flush()
+    served = [CleanedPhrase.from_bytes(value).id for _, _, value in producer.delivered]
     assert served == ["p0", "p1", "p2", "p3", "p4", "p5", "p6"], "every message once, the hole's first"
     assert app.consumer.gaps == [(IN, 2, 4)]
-    assert journal == ["flush", "gap", "commit"]
-    assert step.guard.holes == 1
+    assert journal == ["gap", "flush"], "the gap is recorded before the batch's outputs are produced"
+    assert acked(later) == [True, True] and step.guard.holes == 1
