@@ -66,11 +66,12 @@ class Settings(BaseSettings):
 
     # Models
     models_dir: Path | None = Field(default=None, description="heads and embedder export; default <home>/models")
-    embed_batch_max: int = Field(default=64, ge=1, description="largest embedding batch")
-    embed_batch_within_ms: int = Field(default=50, ge=1, description="longest wait to fill a batch, ms")
-    embed_precision: str = Field(default="auto", pattern=r"^(auto|fp32|bf16)$",
-                                 description="embedder dense layers in fp32 or bf16; auto: "
-                                 "models.embedder.choose_precision (fp32 for now)")
+    embed_batch_max: int = Field(default=64, ge=1, description="the cache misses of a batch are embedded in chunks "
+                                 "of at most this many")
+    embed_precision: str = Field(default="auto", pattern=r"^(auto|fp32|bf16|int8)$",
+                                 description="what the embedder computes in: fp32, bf16 or int8 (dynamic-range int8 "
+                                 "encoder); auto: the fastest of those worth trying on this CPU, timed once "
+                                 "(models.embedder.cpu.choose_precision); a head serves only in its own")
     embed_warmup: bool = Field(default=True, description="compile the embedder's graphs at start (a few seconds of "
                                "CPU) so that the first phrases do not wait for it; false for short-lived workers")
     top_k: int = Field(default=3, ge=1, description="(label, probability) pairs per prediction")
@@ -88,8 +89,13 @@ class Settings(BaseSettings):
                                                "`none`: dynamic membership")
     session_timeout_seconds: float = Field(default=10.0, ge=6.0, le=300.0,
                                            description="a worker silent this long loses its partitions to the others")
-    commit_every_batch: bool = Field(default=True,
-                                     description="commit input offsets after each batch's outputs are acknowledged")
+    stream_batch_max: int = Field(default=1000, ge=1, description="largest batch an agent takes: it takes what "
+                                  "is there at once, so batches grow with the backlog up to this")
+    commit_interval_ms: int = Field(default=20, ge=1, le=60_000,
+                                    description="the worker commits the input offsets whose outputs the broker has "
+                                                "acknowledged at most this often (and at stop), ms")
+    max_in_flight: int = Field(default=20_000, ge=1, description="outputs an agent may have waiting for the "
+                               "broker's acknowledgement before it waits too")
     broker_wait_seconds: float = Field(default=60.0, ge=0,
                                        description="a worker or sink that starts while the broker is unreachable "
                                                    "retries this long, then exits with code 3")

@@ -8,11 +8,16 @@ two agents, each a loop around its batch step (``streams.worker``):
 1. ``validate_and_clean`` reads raw bytes from ``phrases.in``; each message becomes either a
    cleaned phrase on the internal topic ``<app_id>-phrases.cleaned`` or a dead letter on
    ``phrases.dlq`` (:class:`~streams.worker.Cleaner`). It never raises for input.
-2. ``embed_and_classify`` takes cleaned phrases in micro-batches (``take_events(max, within)``),
-   embeds the cache misses in one call to the shared embedder (in a worker thread, so the
-   event loop keeps heart-beating), runs every requested head on the one embedding, and
-   publishes one prediction per (phrase, model) to ``predictions.out``
-   (:class:`~streams.worker.Server`).
+2. ``embed_and_classify`` takes cleaned phrases in batches, embeds the cache misses in one
+   call to the shared embedder (in a worker thread, so the event loop keeps heart-beating),
+   runs every requested head on the one embedding, and publishes one prediction per
+   (phrase, model) to ``predictions.out`` (:class:`~streams.worker.Server`).
+
+Both agents take what their stream holds at once, up to ``PHRASESTREAM_STREAM_BATCH_MAX``
+(``faust_compat.take_batches``): one phrase alone is served without waiting, and batches grow
+with the backlog. Neither waits for the broker after a batch: each batch's outputs are
+acknowledged in the background, its inputs acked then (``streams.kafka.outbox``), and
+committed soon after (``streams.kafka.committer``).
 
 A timer publishes the serving rollups (``streams.rollups``: per head and hour, the count,
 embedding sum and unknown-word-piece rates of what was served, for drift reports) to
@@ -41,8 +46,9 @@ from ops.kafka.topics import create_topic
 from schemas.settings import Settings
 from streams.decode import Limits
 from streams.heads import HeadSet
+from streams.kafka.committer import Committer
 from streams.kafka.continuity import OffsetGuard
-from streams.kafka.faust_compat import changelog_metadata, take_events
+from streams.kafka.faust_compat import changelog_metadata, take_batches
 from streams.kafka.membership import faust_broker_url, group_instance_id, worker_group_settings
 from streams.kafka.outbox import Outbox
 from streams.metrics import WorkerMetrics, serve_metrics
@@ -144,32 +150,41 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> Wiring:
     rollups = rollups_for(embedder, settings.cache_max_entries)
     publisher = RollupPublisher(settings, rollups)
     cleaned_topic = topic_cleaned.get_topic_name()
-    # Each agent produces its outputs with a producer of its own and waits, after each batch,
-    # until the broker has every message of it (see Outbox): only then does the loop go on and
-    # Faust ack the batch's input events, so a commit never gets ahead of the outputs. Blocking
-    # steps (embedding, heads, waiting for the broker) run in threads: asyncio.to_thread.
-    cleaner = Cleaner(app=app, settings=settings, guard=OffsetGuard("validate_and_clean", topic_in.get_topic_name()),
+    # Each agent produces its outputs with a producer of its own and goes on to its next batch;
+    # a batch's input events are acked once the broker has every output of it (see Outbox),
+    # so a commit never gets ahead of the outputs. Blocking steps (embedding, heads) run in
+    # threads: asyncio.to_thread.
+    committer = Committer(app, settings.commit_interval_ms / 1000.0)
+    cleaner = Cleaner(app=app, committer=committer, settings=settings, guard=OffsetGuard("validate_and_clean", topic_in.get_topic_name()),
                       outbox=Outbox(settings, "clean"), metrics=metrics, offload=asyncio.to_thread, heads=heads,
                       limits=Limits(settings.max_text_chars, settings.max_message_bytes),
                       cleaned_topic=cleaned_topic, embedder_version=embedder.version)
-    server = Server(app=app, settings=settings, guard=OffsetGuard("embed_and_classify", cleaned_topic),
+    server = Server(app=app, committer=committer, settings=settings, guard=OffsetGuard("embed_and_classify", cleaned_topic),
                     outbox=Outbox(settings, "serve"), metrics=metrics, offload=asyncio.to_thread,
                     embedder=embedder, heads=heads, cache=cache, cache_backend=cache_backend, memo=memo,
                     observe=rollups.observe, cleaned_topic=cleaned_topic)
 
-    batch_max, within = settings.embed_batch_max, settings.embed_batch_within_ms / 1000.0
 
     @app.agent(topic_in)
     async def validate_and_clean(stream: faust.StreamT[bytes]) -> None:
-        # Batches, not single events: one wait for the broker per batch, and no await per message.
-        async for events in take_events(stream, batch_max, within):
-            await cleaner.run(events)
+        try:
+            async for events in take_batches(stream, cleaner.limit):
+                await cleaner.run(events)
+        finally:  # at stop, before Faust's last commit: ack what the broker has
+            cleaner.drain()
 
     @app.agent(topic_cleaned)
     async def embed_and_classify(stream: faust.StreamT[bytes]) -> None:
         await changelog_metadata(app, table.changelog_topic.get_topic_name())
-        async for events in take_events(stream, batch_max, within):
-            await server.run(events)
+        try:
+            async for events in take_batches(stream, server.limit):
+                await server.run(events)
+        finally:
+            server.drain()
+
+    @app.task
+    async def commit_acked() -> None:
+        await committer.run()
 
     @app.timer(interval=STALL_CHECK_SECONDS)
     async def restart_stalled_partitions() -> None:

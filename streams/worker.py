@@ -1,10 +1,11 @@
 """What the worker's two agents do with each batch, and the Faust worker that runs them.
 
 Both agents go through the same steps around a batch (:meth:`Step.run`): the offset guard
-fills any hole first (``streams.kafka.continuity``); the step's own work queues its outputs
-in its :class:`~streams.kafka.outbox.Outbox`; one wait for the broker to have all of them;
-then the holes are marked done and the inputs committed, so a commit never covers an output
-the broker does not have. Their own work:
+fills any hole first (``streams.kafka.continuity``); the step's own work produces its outputs
+through its :class:`~streams.kafka.outbox.Outbox`, and the agent takes its next batch at
+once. The outbox acks the batch's input events when the broker has every output of it, in
+batch order, and the committer (``streams.kafka.committer``) commits what is acked soon
+after: a commit never covers an output the broker does not have. Their own work:
 
 - :class:`Cleaner` (``validate_and_clean``): each raw message becomes a cleaned phrase on the
   internal topic, keyed by its cache key, or a dead letter. It never raises for input.
@@ -31,7 +32,8 @@ from schemas.messages import DeadLetter, ErrorKind, Prediction
 from schemas.settings import Settings
 from streams.decode import Limits, Source, decode_phrase
 from streams.heads import HeadSet
-from streams.kafka.continuity import OffsetGuard, commit_batch, fill_holes, holes_done, restart_stalled
+from streams.kafka.committer import Committer
+from streams.kafka.continuity import OffsetGuard, fill_holes, holes_done, restart_stalled
 from streams.kafka.faust_compat import EventLike, drop_spinner
 from streams.kafka.outbox import Outbox
 from streams.metrics import WorkerMetrics
@@ -45,6 +47,15 @@ STALL_CHECK_SECONDS = 5.0
 """How often the timer looks for partitions that stopped delivering."""
 STALL_SECONDS = 15.0
 """A partition with messages left that delivered nothing this long is sought again (continuity)."""
+BATCH_BUDGET_SECONDS = 0.1
+"""How long an agent's batch should take: under backlog a batch holds as many phrases as take about
+this long to serve, at the last batches' pace, between ``embed_batch_max`` and ``stream_batch_max``."""
+DRAIN_SECONDS = 10.0
+"""At stop, how long an agent waits for the broker to take its outputs in flight."""
+
+
+def _nothing() -> None:
+    """What a batch that failed does once its outputs are delivered: nothing (its inputs stay unacked)."""
 
 
 @dataclass
@@ -57,18 +68,54 @@ class Step:
     outbox: Outbox
     metrics: WorkerMetrics
     offload: Offload
+    committer: Committer | None = field(default=None, kw_only=True)
+    """Told when a batch's inputs are acked, to commit them soon."""
+    per_phrase: float = field(default=0.0, kw_only=True)
+    """Seconds a phrase of the last batches took to serve (a moving average), for :meth:`limit`."""
+
+    def limit(self) -> int:
+        """The most events the next batch may hold: about :data:`BATCH_BUDGET_SECONDS` of work."""
+        low, high = self.settings.embed_batch_max, self.settings.stream_batch_max
+        if self.per_phrase <= 0:
+            return high
+        return max(min(low, high), min(high, int(BATCH_BUDGET_SECONDS / self.per_phrase)))
 
     async def run(self, events: Sequence[EventT]) -> None:
-        """Serve one batch of Faust events (and the messages of any hole before them)."""
+        """Serve one batch of Faust events (and the messages of any hole before them); do not wait for the broker.
+
+        The outputs go out in the background; the batch's events are acked once the broker has
+        every output (:meth:`Outbox.open`'s ``on_settled``), and Faust's commit timer commits
+        what is acked. The agent waits only when too much is in flight (:meth:`Outbox.room`).
+        """
         self.guard.begin(time.monotonic())
         extra, holes = await fill_holes(self.app, self.guard, events, self.settings, self.offload)
-        published = await self.produce([*extra, *events])
-        await self.offload(self.outbox.flush)  # the broker has every output of the batch
-        self.metrics.published(published)
         await holes_done(self.app, holes)
-        if self.settings.commit_every_batch:
-            await commit_batch(self.app, events)
+        await self.outbox.room()
+        published: Sequence[Prediction] = ()
+
+        def settled() -> None:  # on the event loop, once the broker has every output of the batch
+            for event in events:
+                event.ack()
+            self.metrics.published(published)
+            if self.committer is not None:
+                self.committer.wake()
+
+        batch = self.outbox.open(settled)
+        started = time.perf_counter()
+        try:
+            published = await self.produce([*extra, *events])
+        except BaseException:  # cancelled at stop, or a bug: the inputs are not acked, so served again
+            batch.on_settled = _nothing
+            raise
+        finally:
+            self.outbox.seal()
+        took = (time.perf_counter() - started) / max(1, len(events) + len(extra))
+        self.per_phrase = took if self.per_phrase <= 0 else 0.7 * self.per_phrase + 0.3 * took
         self.guard.end(time.monotonic(), STALL_SECONDS / 3)
+
+    def drain(self) -> None:
+        """At stop: wait (bounded) for the outputs in flight, and ack the inputs of every batch delivered."""
+        self.outbox.drain(DRAIN_SECONDS)
 
     async def produce(self, events: Sequence[EventLike]) -> Sequence[Prediction]:
         """Queue the outputs of ``events`` in the outbox; return the predictions among them (for the latency metric)."""

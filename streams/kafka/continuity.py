@@ -24,9 +24,13 @@ go on. A user's producer may be transactional: its commit markers leave real hol
 ``phrases.in``. Reading such a hole returns only the messages that exist, which costs one
 short read.
 
-The agents use the guard through the functions at the end: :func:`fill_holes` before a batch,
-:func:`holes_done` and :func:`commit_batch` once its outputs are delivered, and, on a timer,
-:func:`restart_stalled`.
+The agents use the guard through the functions at the end: :func:`fill_holes` and
+:func:`holes_done` before a batch and, on a timer, :func:`restart_stalled`.
+
+Why the guard stays with the pipelined cycle (``streams.kafka.outbox``): both faults are
+Faust's, in how it fetches and resumes partitions, not in when we commit. A commit still
+stops at a hole, because Faust commits only contiguous acked offsets, so without the guard a
+hole would be served by nobody and stall its partition's commits until the next restart.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any
 
 import faust
 from confluent_kafka import KafkaException
-from faust.types import TP, EventT
+from faust.types import TP
 
 from ops.kafka.clients import client_config
 from ops.kafka.offsets import probe, read_committed, read_end_offsets
@@ -271,21 +275,9 @@ async def holes_done(app: faust.App, holes: Iterable[Hole]) -> None:
 
     Faust commits a partition only up to its first offset not acknowledged; the messages of a
     hole were never delivered to it, so it would wait for them for ever (``faust_compat.add_gap``).
+    Called as soon as the hole is read, before its messages are served: that is safe because
+    the commit passes a hole only together with the event right after it, which is in the same
+    batch as the hole's messages and acked with them, once the broker has all their outputs.
     """
     for hole in holes:
         await add_gap(app, hole.tp, hole.start, hole.end - 1)
-
-
-async def commit_batch(app: faust.App, events: Sequence[EventT]) -> None:
-    """Mark a served batch's input events done and commit their offsets now.
-
-    Called once the batch's outputs are acknowledged by the broker (the outbox flushed), so
-    a commit never covers an unsent output. Faust would otherwise commit on a timer (every
-    2.8 s): the first agent runs far ahead of the second, so a worker killed between two
-    commits had tens of thousands of cleaned phrases re-cleaned, and served twice, after its
-    restart. With a commit per batch the work done again is at most the batch in flight.
-    Acking here is idempotent: the ack ``take_events`` does after the batch is then a no-op.
-    """
-    for event in events:
-        event.ack()
-    await app.consumer.commit({event.message.tp for event in events})

@@ -12,7 +12,8 @@ same attributes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -111,14 +112,53 @@ async def changelog_metadata(app: faust.App, topic: str) -> None:
     await kafka_producer(app).partitions_for(topic)
 
 
-def take_events(stream: faust.StreamT, max_: int, within: float) -> AsyncIterator[Sequence[EventT]]:
-    """Return ``stream.take_events(max_, within)``: batches of events (not values), each acked when the next is taken.
+def take_batches(stream: faust.StreamT, limit: Callable[[], int]) -> AsyncIterator[list[EventT]]:
+    """Return batches of the events ``stream`` holds: at once when any is there, at most ``limit()``.
 
-    ``faust.Stream`` has ``take_events`` (public, documented) but ``StreamT``, the type an
-    agent is given, does not declare it; the cast says which class the agent really gets.
-    Upstream: faust-streaming/faust#392 added it to ``Stream`` only.
+    Faust's ``take_events(max_, within)`` waits up to ``within`` for a batch to fill while a
+    message sits waiting, and acks a batch when the next is taken. The agents want neither:
+    a batch is served as soon as there is anything, holding what came meanwhile (so batches
+    grow with the backlog, up to ``limit()``, asked before each batch), and its events are acked by the agent once the
+    broker has their outputs (``streams.kafka.outbox``). This is ``take_events`` with those
+    two changes. Like it, it fills its buffer from a processor of the stream, with the stream
+    consumed in the background: ``Stream._enable_passive``, which has no public equivalent.
+    The stream's own acks are off (``enable_acks``), as ``take_events`` turns them off.
     """
-    return cast(faust.Stream, stream).take_events(max_, within=within)
+    return _take(cast(faust.Stream, stream), limit)
+
+
+async def _take(stream: faust.Stream, limit: Callable[[], int]) -> AsyncIterator[list[EventT]]:
+    events: list[EventT] = []
+    ready = asyncio.Event()  # the buffer holds an event
+    room = asyncio.Event()  # the buffer is below the limit
+    room.set()
+    max_ = limit()
+
+    async def add(value: Any) -> Any:
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("a batch found no current event")
+        events.append(event)
+        ready.set()
+        if len(events) >= max_:
+            room.clear()
+            await stream.wait(room)  # type: ignore[arg-type]  # mode types it as its own Event
+        return value
+
+    stream.enable_acks = False
+    stream.add_processor(add)
+    stream._enable_passive(cast(faust.ChannelT, aiter(stream.channel)))
+    while not stream.should_stop:
+        await stream.wait_for_stopped(ready)  # type: ignore[arg-type]
+        if events:
+            max_ = limit()
+            batch = events[:max_]
+            del events[:max_]
+            if not events:
+                ready.clear()
+            if len(events) < max_:
+                room.set()
+            yield batch
 
 
 def drop_spinner(worker: faust.Worker) -> None:

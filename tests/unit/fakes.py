@@ -106,7 +106,10 @@ class FakeProducer:
         self.produced.append((topic, key, value))
 
     def poll(self, timeout: float) -> int:
-        return self._deliver(1)
+        return 0 if self.away_flushes else self._deliver(1)
+
+    def __len__(self) -> int:
+        return len(self.queue)
 
     def flush(self, timeout: float) -> int:
         if self.journal is not None:

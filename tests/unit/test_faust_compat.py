@@ -94,12 +94,18 @@ def test_changelog_metadata_asks_the_aiokafka_producer_faust_started() -> None:
     assert asked == ["worker-embedding-cache-changelog"]
 
 
-# --- take_events: Stream.take_events, not declared on StreamT -------------------------------
+# --- take_batches: Stream._enable_passive, as Stream.take_events uses it --------------------
 
 
-def test_stream_take_events_keeps_its_signature_and_streamt_still_lacks_it() -> None:
-    assert list(inspect.signature(faust.Stream.take_events).parameters) == ["self", "max_", "within"]
-    assert not hasattr(faust.StreamT, "take_events"), "StreamT declares it now: call stream.take_events directly"
+def test_take_batches_mirrors_take_events_which_still_fills_its_buffer_the_same_way() -> None:
+    """take_batches is take_events without its wait and its acks: the parts it shares must still be Faust's way."""
+    source = inspect.getsource(faust.Stream.take_events)
+    for part in ("self.add_processor(", "self._enable_passive(", "self.enable_acks = False", "self.current_event",
+                 "self.wait_for_stopped("):
+        assert part in source, f"Stream.take_events no longer uses {part}: check take_batches against it"
+    assert list(inspect.signature(faust.Stream._enable_passive).parameters) == ["self", "channel", "declare"]
+    assert "enable_acks" in inspect.signature(faust.Stream.__init__).parameters
+    assert "self.current_event = " in inspect.getsource(faust.Stream._set_current_event)
 
 
 # --- drop_spinner: Worker.spinner --------------------------------------------------------
@@ -137,13 +143,13 @@ WORKER_SOURCES = [*ROOT.glob("streams/*.py"), *ROOT.glob("streams/kafka/*.py"), 
 
 def foreign_private_uses(path: Path) -> list[str]:
     """Return the attribute uses in ``path`` that belong in faust_compat: ``x._name`` on anything but
-    self/cls, the spinner, ``take_events`` and SimpleNamespace stand-ins."""
+    self/cls, the spinner and SimpleNamespace stand-ins."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Attribute):
             owner = node.value.id if isinstance(node.value, ast.Name) else None
             private = node.attr.startswith("_") and not node.attr.startswith("__")
-            if (private and owner not in ("self", "cls")) or node.attr in ("spinner", "take_events"):
+            if (private and owner not in ("self", "cls")) or node.attr in ("spinner", "_enable_passive"):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr}")
         elif isinstance(node, ast.Name) and node.id == "SimpleNamespace":
             found.append(f"{path.relative_to(ROOT)}:{node.lineno}: SimpleNamespace")
