@@ -194,7 +194,6 @@ def make_stack(base_settings: Settings, tmp_path: Path, seed_registry: bool) -> 
         "PHRASESTREAM_SINK_GROUP": f"test-{suffix}-sink",
         "PHRASESTREAM_PG_SCHEMA": f"test_{suffix}",
         "PHRASESTREAM_HOME": str(Path(base_settings.home).resolve()),
-        "PHRASESTREAM_EMBED_BATCH_WITHIN_MS": "20",
         # each test's worker serves a few phrases: the graphs they use compile when first used
         # instead of all at start (saves ~4 s of CPU per worker; the daemon tests keep the default)
         "PHRASESTREAM_EMBED_WARMUP": "false",
