@@ -42,6 +42,9 @@ from ops.services import clean
 from schemas.settings import Settings
 from streams.tools.demo_feed import DemoMessage, demo_messages
 
+REPEAT_BOUND = 0.02
+"""Repeats allowed on predictions.out, as a share of the stream's predictions (issue 17: at most 2%)."""
+
 
 def stress() -> bool:
     """Say whether the fault tests run at their full size (``PHRASESTREAM_STRESS=1`` or ``--stress``)."""

@@ -13,7 +13,6 @@ not there yet), and changes nothing in it: the tampering test works on a copy.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -204,10 +203,10 @@ def test_version_is_stable_across_loads_and_auto_precision_follows_the_cpu(
     embedder: Embedder, settings: Settings
 ) -> None:
     again = runtime.load_embedder(settings, warm=False)  # embed_precision "auto"; embeds one text
-    assert again.precision == cpu.choose_precision("auto", cpu.read_cpu_flags())
+    assert again.precision == runtime.known_precision(settings, again.version)  # auto: as decided on this CPU
     assert again.version == embedder.version == version.current_version()  # precision is not part of it
     assert again.dim == embedder.dim == 384
-    again_fp32 = dataclasses.replace(again, precision="fp32")
+    again_fp32 = runtime.with_precision(again, "fp32")
     np.testing.assert_allclose(again_fp32.embed_batch(["card"]), embedder.embed_batch(["card"]), atol=1e-6)
 
 

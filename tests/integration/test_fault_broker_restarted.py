@@ -12,7 +12,7 @@ import time
 
 import pytest
 from bounds import BOUND_S
-from faults import Stream, Watch, figures, pid_alive, private_broker, size, wait_db_rows
+from faults import REPEAT_BOUND, Stream, Watch, figures, pid_alive, private_broker, size, wait_db_rows
 
 from models.registry.lifecycle import active_heads
 from models.registry.pointers import publish, read_all
@@ -65,6 +65,7 @@ def test_a_broker_restart_mid_stream_loses_nothing_and_needs_no_restart_of_worke
         stack.stop("worker")
         stack.stop("sink")
     assert complete and out["missing"] == 0, out
+    assert out["duplicates"] <= REPEAT_BOUND * len(stream.expected), out
     assert out["dead_lettered"] == len(stream.invalid)
     assert rows == (len(stream.expected), len(stream.expected)), "each (id, model, version) once in PostgreSQL"
     assert out["worker_alive"] and out["sink_alive"], "the worker and the sink recover without a restart"
