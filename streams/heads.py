@@ -26,7 +26,8 @@ Fetch = Callable[[Settings, HeadRef, str | None], Path]
 """Return a local folder with a head's verified files (``models.registry.lifecycle.head_folder``)."""
 
 Load = Callable[[Path, str], Head]
-"""Load and check the head in a folder for an embedder version (``models.heads.load_head``)."""
+"""Load and check the head in a folder for an embedder version (``models.heads.load_head``; the
+default one checks the embedder's precision too)."""
 
 FIRST_PAUSE_S = 2.0
 """The first pause before a head whose bundle the database could not give is fetched again; it doubles."""
@@ -36,8 +37,13 @@ def _fetch(settings: Settings, ref: HeadRef, want_sha256: str | None) -> Path:
     return head_folder(settings, ref, want_sha256=want_sha256)
 
 
-def _load(folder: Path, embedder_version: str) -> Head:
-    return load_head(folder, embedder_version=embedder_version)
+def _loader(embedder_precision: str | None) -> Load:
+    """Return the :data:`Load` that refuses a head of another embedder version or ``embedder_precision``."""
+
+    def load(folder: Path, embedder_version: str) -> Head:
+        return load_head(folder, embedder_version=embedder_version, embedder_precision=embedder_precision)
+
+    return load
 
 
 def _first_line(exc: BaseException) -> str:
@@ -53,19 +59,21 @@ class HeadSet:
     New versions are fetched (from PostgreSQL when this machine lacks their files), verified
     and loaded in the registry follower's thread, off the event loop.
 
-    A version that fails to load or fails its checksums is refused with one log line and is
-    not tried again (until it is promoted anew); the previous version keeps serving. A
+    A version that fails to load or fails its checksums, or was trained for another embedder
+    version or precision (``embedder_precision``; None checks none), is refused with one log
+    line and is not tried again (until it is promoted anew); the previous version keeps serving. A
     version whose bundle cannot be fetched because the database does not answer is fetched
     again in a thread of its own, with tenacity's growing pause (2 s, doubling, at most
     ``registry_retry_seconds``), until it loads, a newer pointer replaces it, or the set
     stops; logged when it starts waiting and when it loads.
     """
 
-    def __init__(self, settings: Settings, embedder_version: str, fetch: Fetch = _fetch, load: Load = _load) -> None:
+    def __init__(self, settings: Settings, embedder_version: str, embedder_precision: str | None = None,
+                 fetch: Fetch = _fetch, load: Load | None = None) -> None:
         self._settings = settings
         self._embedder_version = embedder_version
         self._fetch = fetch
-        self._load_head = load
+        self._load_head = load or _loader(embedder_precision)
         # one change at a time (the follower's thread, the fetch threads); start() waits on it too
         self._changing = threading.Condition()
         self._stopping = threading.Event()

@@ -9,6 +9,8 @@ what it relies on; delete the workaround when its test says it is no longer need
   proposed in tensorflow/hub#935, not released).
 * :func:`basic_tokenizer_class`: tensorflow-text's ``BasicTokenizer``, the first stage of its
   ``BertTokenizer``, is not exported; it lives in ``tensorflow_text.python.ops.bert_tokenizer``.
+* :func:`tflite_interpreter`: ``tf.lite.Interpreter`` is deprecated in favour of
+  ``ai-edge-litert`` (a warning at every construction) but still ships with TensorFlow.
 """
 
 from __future__ import annotations
@@ -50,3 +52,20 @@ def basic_tokenizer_class() -> Any:
     from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
 
     return BasicTokenizer
+
+
+def tflite_interpreter(model_path: str, threads: int) -> Any:
+    """Return TensorFlow's TFLite interpreter for ``model_path``, without its deprecation warning.
+
+    TensorFlow 2.21 still ships ``tf.lite.Interpreter`` (with XNNPACK, which runs the int8
+    encoder's dynamically quantised matmuls) but warns at every construction that it moves to
+    the ``ai-edge-litert`` package; that package's ``Interpreter`` has the same API, so this is
+    the one line to change when TensorFlow drops it.
+    """
+    import warnings
+
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
+        return tf.lite.Interpreter(model_path=model_path, num_threads=threads)

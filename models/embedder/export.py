@@ -3,10 +3,14 @@
 The export is built once per version under ``<settings.models_root>/embedder/<version>/``
 (:mod:`models.embedder.version`). ``embedder.json`` beside it names the version and holds the
 SHA-256 of every file of the export; :func:`verify_checksums` checks them on every load.
+:func:`ensure_int8` adds the int8 encoder to an export the first time it is wanted, and its
+checksum to the manifest; :func:`export_lock` keeps two processes from adding at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import json
 import logging
@@ -14,11 +18,13 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from models.checksums import sha256_file
 from models.embedder.graph import make_module
+from models.embedder.int8 import INT8_FILE, QUANTISATION, convert_int8
 from models.embedder.spec import DIM, DIST_NAME, MAX_SEQ_LEN, MODEL_NAME, PRECISIONS, READOUT, EmbedderError
 from models.embedder.version import GRAPH_VERSION, compute_version
 from models.embedder.weights import VOCAB_FILE, WEIGHTS_FILE, files_digest, load_weights, locate_model_file
@@ -28,6 +34,10 @@ from schemas.settings import Settings
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "embedder.json"
+LOCK_NAMES = (".int8.lock", ".auto.lock")
+"""The files :func:`export_lock` locks, one per job (not part of the export, not checksummed).
+Two, not one: the ``auto`` check converts the int8 encoder while it holds its own lock, and a
+second ``flock`` of one file by the same process would wait for itself."""
 
 
 def export_dir_for(settings: Settings, version: str) -> Path:
@@ -114,7 +124,7 @@ def build_embedder(settings: Settings, progress: bool = True) -> Path:
             "dim": DIM,
             "readout": list(READOUT),
             "feature_dim": DIM * len(READOUT),
-            "precisions": list(PRECISIONS),
+            "precisions": [p for p in PRECISIONS if p != "int8"],  # ensure_int8 adds int8
             "max_seq_length": MAX_SEQ_LEN,
             "source_package": f"{DIST_NAME} {importlib.metadata.version(DIST_NAME)}",
             "tensorflow": tf.__version__,
@@ -134,4 +144,56 @@ def build_embedder(settings: Settings, progress: bool = True) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     say(log, f"built {version} in {time.perf_counter() - started:.1f}s: {target}", progress, tag="embedder")
+    return target
+
+
+@contextlib.contextmanager
+def export_lock(export_dir: Path, name: str) -> Iterator[None]:
+    """Hold the exclusive lock ``name`` (one of :data:`LOCK_NAMES`) on an export folder while a file
+    is added to it (other processes wait)."""
+    if name not in LOCK_NAMES:
+        raise ValueError(f"unknown export lock {name!r}; known: {', '.join(LOCK_NAMES)}")
+    with open(export_dir / name, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def ensure_int8(export_dir: Path, progress: bool = False) -> Path:
+    """Add the int8 encoder (:mod:`models.embedder.int8`) to the export if it lacks it; return its path.
+
+    Converted from the installed weights, which must be the ones the export was built from; the
+    file's SHA-256 is added to ``embedder.json`` (so :func:`verify_checksums` covers it from then
+    on). Under :func:`export_lock`: a process that waited finds the file there.
+    """
+    target = export_dir / INT8_FILE
+    with export_lock(export_dir, ".int8.lock"):
+        manifest = read_manifest(export_dir)
+        if INT8_FILE in (manifest.get("sha256") or {}):
+            return target
+        weights_path = locate_model_file(WEIGHTS_FILE)
+        vocab_path = locate_model_file(VOCAB_FILE)
+        if files_digest([weights_path, vocab_path]) != manifest.get("weights_sha256"):
+            raise EmbedderError(f"the installed weights are not those of export {export_dir.name}: "
+                                "cannot convert its int8 encoder; delete the folder to rebuild it")
+        started = time.perf_counter()
+        say(log, f"converting the int8 encoder of {export_dir.name}", progress, tag="embedder")
+        import tensorflow as tf
+
+        _write_atomically(target, convert_int8(load_weights(weights_path), vocab_path))
+        manifest["sha256"][INT8_FILE] = sha256_file(target)
+        manifest["precisions"] = [*manifest.get("precisions", []), "int8"]
+        manifest["int8"] = {"file": INT8_FILE, "quantisation": QUANTISATION, "tensorflow": tf.__version__,
+                            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _write_atomically(export_dir / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+        say(log, f"int8 encoder converted in {time.perf_counter() - started:.1f}s: {target}", progress, tag="embedder")
     return target

@@ -20,7 +20,8 @@ Everything runs in the graph:
 * the encoder, mean pooling over the attention mask and L2 normalisation.
 
 Functions: ``features`` (batches, packed tokens), ``features_single`` (one text, XLA),
-``features_bf16`` (bfloat16 dense layers), ``tokenize``, ``serve`` (the serving signature).
+``features_bf16`` (bfloat16 dense layers), ``tokenize``, ``serve`` (the serving signature);
+``readout_padded`` is what the int8 encoder is converted from (:mod:`models.embedder.int8`).
 docs/embedder.md gives the measurements behind each. **A change here that alters any output
 for any text needs a bump of** :data:`models.embedder.version.GRAPH_VERSION`.
 """
@@ -174,11 +175,11 @@ def make_module(weights: dict[str, np.ndarray], vocab_path: Path) -> Any:
                                                    tf.range(n_real))
                 x = tf.gather(w["word"], tf.gather_nd(ids, real)) + tf.gather(w["pos"], positions) + w["type0"]
             else:
-                x = tf.gather(w["word"], ids) + w["pos"][:seq][tf.newaxis] + w["type0"]
+                x = tf.gather(w["word"], ids) + tf.expand_dims(w["pos"][:seq], 0) + w["type0"]
                 x = tf.reshape(x, [-1, DIM])
             x = self._layer_norm(x, w["emb_ln_g"], w["emb_ln_b"])  # [N or B*T, 384]
             maskf = tf.cast(mask, tf.float32)
-            bias = (1.0 - maskf)[:, tf.newaxis, tf.newaxis, :] * tf.float32.min  # [B,1,1,T]
+            bias = tf.reshape(1.0 - maskf, [batch, 1, 1, seq]) * tf.float32.min  # [B,1,1,T]
             scale = 1.0 / float(np.sqrt(HEAD_DIM))
             counts = tf.maximum(tf.reduce_sum(maskf, axis=1, keepdims=True), 1e-9)
             if packed:  # mean pooling as one small matmul: [B, N] weights 1/count on each text's tokens
@@ -208,7 +209,7 @@ def make_module(weights: dict[str, np.ndarray], vocab_path: Path) -> Any:
                     pools[f"max{layer}"] = tf.math.unsorted_segment_max(x, rows, batch)
                 if not packed and (f"mean{layer}" in blocks or f"max{layer}" in blocks):
                     h = tf.reshape(x, [batch, seq, DIM])
-                    maskf3 = maskf[:, :, tf.newaxis]
+                    maskf3 = tf.expand_dims(maskf, -1)
                     pools[f"mean{layer}"] = tf.reduce_sum(h * maskf3, axis=1) / counts
                     pools[f"max{layer}"] = tf.reduce_max(h + (1.0 - maskf3) * -1e9, axis=1)
             out = []
@@ -217,6 +218,14 @@ def make_module(weights: dict[str, np.ndarray], vocab_path: Path) -> Any:
                 norm = tf.maximum(tf.norm(pooled, axis=-1, keepdims=True), 1e-12)
                 out.append(pooled / norm)
             return out[0] if len(out) == 1 else tf.concat(out, axis=1)
+
+        def readout_padded(self, ids: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+            """``features`` from word-piece ids and mask, every layer on the padded batch.
+
+            Not a ``tf.function`` (so not in the SavedModel): :mod:`models.embedder.int8`
+            converts it to TFLite, which runs neither the tokeniser's ops nor packing's scatter.
+            """
+            return self._readout(ids, mask, READOUT, packed=False)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
         def __call__(self, texts: tf.Tensor) -> tf.Tensor:

@@ -35,8 +35,10 @@ separates intents better than its last layer alone (CLINC150 validation, logisti
 97.2% in-scope against 95.9%); adding layer 1 and the max pool did not help. The heads choose
 which blocks they use."""
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-"""What the export computes the dense layers in: ``features`` (float32) or ``features_bf16``."""
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+"""What the embedder computes in: ``features`` (float32), ``features_bf16`` (bfloat16 dense
+layers), or the dynamic-range int8 encoder (``encoder_int8.tflite``, :mod:`models.embedder.int8`).
+Features of two precisions are never mixed: a head records the one it was trained on."""
 
 
 class EmbedderError(RuntimeError):

@@ -14,8 +14,8 @@ of the cleaned text, into the classes of one (region, model). It lives in its ow
         report_train.csv, report_eval.csv   per-class precision/recall/F1/support
         train_data.jsonl.gz    the rows it was trained on (split train/val) and evaluated on (eval)
         code.zip               the Python sources of models/, retrain/ and schemas/ that built it
-        metadata.json          ref, created_at, embedder_version, metrics, configuration and the
-                               sha256 of every other file in the folder
+        metadata.json          ref, created_at, embedder_version, embedder_precision, metrics,
+                               configuration and the sha256 of every other file in the folder
 
 The folder is written under a temporary name and renamed into place (``retrain.train.artifacts``),
 so a reader never sees a half-written head.
@@ -31,6 +31,7 @@ One job per module, all re-exported here:
 from models.heads.artifact import (
     CODE_FILE,
     CODE_PACKAGES,
+    DEFAULT_PRECISION,
     EVAL_PREDICTIONS_FILE,
     FORMAT_VERSION,
     HEAD_FILE,
@@ -45,6 +46,7 @@ from models.heads.artifact import (
     EmbedderMismatch,
     HeadError,
     LabelEncoder,
+    embedder_precision_of,
     read_metadata,
     verify_head,
 )
@@ -65,6 +67,7 @@ __all__ = [
     "BLOCK_DIM",
     "CODE_FILE",
     "CODE_PACKAGES",
+    "DEFAULT_PRECISION",
     "EVAL_PREDICTIONS_FILE",
     "FORMAT_VERSION",
     "HEAD_FILE",
@@ -86,6 +89,7 @@ __all__ = [
     "Member",
     "TextFeatures",
     "block_columns",
+    "embedder_precision_of",
     "heads_root",
     "load_head",
     "new_version",

@@ -45,7 +45,17 @@ class ChecksumMismatch(HeadError):
 
 
 class EmbedderMismatch(HeadError):
-    """A head was trained on the output of another embedder version than the running one."""
+    """A head was trained on the output of another embedder version, or precision, than the running one."""
+
+
+DEFAULT_PRECISION = "fp32"
+"""The embedder precision of a head whose metadata names none (heads trained before precisions
+were recorded were all trained on float32 features)."""
+
+
+def embedder_precision_of(metadata: dict) -> str:
+    """Return the embedder precision a head's ``metadata.json`` records (:data:`DEFAULT_PRECISION` if none)."""
+    return str(metadata.get("embedder_precision") or DEFAULT_PRECISION)
 
 
 @dataclass(frozen=True)

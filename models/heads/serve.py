@@ -30,6 +30,7 @@ from models.heads.artifact import (
     EmbedderMismatch,
     HeadError,
     LabelEncoder,
+    embedder_precision_of,
     verify_head,
 )
 from models.heads.ref import HeadRef
@@ -219,6 +220,10 @@ class Head:
         return str(self.metadata.get("embedder_version", ""))
 
     @property
+    def embedder_precision(self) -> str:
+        return embedder_precision_of(self.metadata)
+
+    @property
     def needs_texts(self) -> bool:
         return bool(self.text)
 
@@ -278,12 +283,13 @@ class Head:
         return out
 
 
-def load_head(path: Path | str, embedder_version: str | None = None) -> Head:
+def load_head(path: Path | str, embedder_version: str | None = None, embedder_precision: str | None = None) -> Head:
     """Verify and load the head in folder ``path``.
 
     Every checksum in ``metadata.json`` is checked first (:class:`ChecksumMismatch`). If
-    ``embedder_version`` is given it must equal the one the head was trained with
-    (:class:`EmbedderMismatch`).
+    ``embedder_version`` is given it must equal the one the head was trained with, and if
+    ``embedder_precision`` is given it must equal the precision of the features it was trained
+    on (``fp32`` for a head that records none): else :class:`EmbedderMismatch`.
     """
     path = Path(path)
     meta = verify_head(path)
@@ -300,6 +306,14 @@ def load_head(path: Path | str, embedder_version: str | None = None) -> Head:
             f"head {ref} was trained on features of embedder version {trained_with!r}, but the running "
             f"embedder is version {embedder_version!r}; train the head again for this embedder "
             "(phrasestream train) or run the embedder it was built for"
+        )
+    trained_in = embedder_precision_of(meta)
+    if embedder_precision is not None and trained_in != embedder_precision:
+        raise EmbedderMismatch(
+            f"head {ref} was trained on {trained_in} features of the embedder, but the running embedder "
+            f"computes {embedder_precision}; train the head again with this precision (phrasestream train, "
+            f"with the worker's PHRASESTREAM_EMBED_PRECISION) or run the worker with "
+            f"PHRASESTREAM_EMBED_PRECISION={trained_in}"
         )
     from safetensors.numpy import load_file
 

@@ -2,7 +2,7 @@
 
 The commands that need heads (``phrasestream train`` without ``--data``, ``start``, ``run``,
 ``demo``, ``bench``) call :func:`ensure_demo_heads`: it trains these heads only when they are
-not all active for the running embedder. (The stream of demo phrases that ``phrasestream demo``
+not all active for the running embedder (its version and precision). (The stream of demo phrases that ``phrasestream demo``
 produces is another job: ``streams.tools.demo_feed``.)
 
 =========  ========  ===============================  =======================
@@ -35,11 +35,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from models.datasets import Clinc150, load_clinc150
-from models.heads import HeadError, HeadRef, read_metadata
+from models.heads import DEFAULT_PRECISION, HeadError, HeadRef, embedder_precision_of, read_metadata
 from models.registry.mirror import Registry
 from ops.logs import progress as progress_line
 from retrain.train.config import EnsembleConfig, HeadConfig, SelectionConfig, TrainConfig
 from retrain.train.data import Row
+from retrain.train.features import precision_of
 from retrain.train.trainer import Embedder, TrainedHead, make_trainer
 from schemas.cleaning import clean
 
@@ -129,7 +130,7 @@ class DemoRun:
     train_seconds: float = 0.0
 
 
-def _active_demo_refs(registry: Registry, embedder_version: str) -> list[HeadRef] | None:
+def _active_demo_refs(registry: Registry, embedder_version: str, precision: str) -> list[HeadRef] | None:
     active = registry.active()
     refs = []
     for spec in DEMO_HEADS:
@@ -140,15 +141,18 @@ def _active_demo_refs(registry: Registry, embedder_version: str) -> list[HeadRef
             meta = read_metadata(registry.path_of(ref))
         except HeadError:
             return None
-        if meta.get("embedder_version") != embedder_version:
+        if meta.get("embedder_version") != embedder_version or embedder_precision_of(meta) != precision:
             return None
         refs.append(ref)
     return refs
 
 
-def demo_heads_current(settings: Settings, embedder_version: str) -> bool:
-    """Say whether every demo head is active and built for ``embedder_version`` (no TensorFlow)."""
-    return _active_demo_refs(Registry(settings.models_root), embedder_version) is not None
+def demo_heads_current(settings: Settings, embedder_version: str, precision: str | None = DEFAULT_PRECISION) -> bool:
+    """Say whether every demo head is active and built for ``embedder_version`` and ``precision``
+    (no TensorFlow); an unknown precision (None: ``auto`` not decided yet) is never current."""
+    if precision is None:
+        return False
+    return _active_demo_refs(Registry(settings.models_root), embedder_version, precision) is not None
 
 
 def build_demo_heads(
@@ -161,7 +165,7 @@ def build_demo_heads(
     """Train and activate the four demo heads unless they are all active for this embedder."""
     registry = Registry(settings.models_root)
     if not force:
-        refs = _active_demo_refs(registry, embedder.version)
+        refs = _active_demo_refs(registry, embedder.version, precision_of(embedder))
         if refs is not None:
             return DemoRun(refs=refs, skipped=True)
     run = DemoRun(refs=[])
@@ -190,8 +194,8 @@ def train_demo_heads(
 ) -> list[HeadRef]:
     """Return the active demo heads, training and activating them first if needed.
 
-    Nothing is done if every demo head is active and was built for ``embedder.version``
-    (unless ``force``).
+    Nothing is done if every demo head is active and was built for ``embedder.version`` and its
+    precision (unless ``force``).
     """
     return build_demo_heads(settings, embedder, progress=progress, force=force).refs
 
@@ -199,13 +203,16 @@ def train_demo_heads(
 def ensure_demo_heads(settings: Settings, progress: bool = True, force: bool = False) -> None:
     """Build the embedder and train the demo heads unless they are active for this embedder.
 
-    The check needs no TensorFlow (``models.embedder.current_version``). Heads active here that
-    the registry topic does not name yet are published to it.
+    The check needs no TensorFlow (``models.embedder.current_version`` and the precision the
+    settings give, ``auto``'s as decided on this CPU; undecided, the embedder is loaded to
+    decide it). Heads active here that the registry topic does not name yet are published to it.
     """
     from models.embedder import current_version, load_embedder
+    from models.embedder.runtime import known_precision
     from models.registry.lifecycle import change, publish_local
 
-    if force or not demo_heads_current(settings, current_version()):
+    version = current_version()
+    if force or not demo_heads_current(settings, version, known_precision(settings, version)):
         for ref in train_demo_heads(settings, load_embedder(settings, warm=False), progress=progress, force=force):
             change(settings, ref, action="activate", reason="demo head trained on CLINC150")
     for ref in publish_local(settings):  # heads active here that the registry topic does not name yet

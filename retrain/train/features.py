@@ -1,8 +1,11 @@
-"""A disk cache of training features, keyed by (embedder version, cleaned text).
+"""A disk cache of training features, keyed by (embedder version and precision, cleaned text).
 
-Training embeds every text once per embedder version: a second run, a sweep, or a retrain on
-mostly the same texts embeds only the texts it has not seen. The cache lives under
-``<models_root>/embcache/<embedder_version>/`` as shards, each written once::
+Training embeds every text once per embedder version and precision: a second run, a sweep, or
+a retrain on mostly the same texts embeds only the texts it has not seen. The cache lives under
+``<models_root>/embcache/<embedder_version>/`` for fp32 features and under
+``<models_root>/embcache/<embedder_version>-<precision>/`` for the others (``bf16``, ``int8``:
+a head is trained on the features of the precision that serves it, so they never mix), as
+shards, each written once::
 
     shard-<sha256 of its texts, 16 hex>.npy    float32 [n, feature_dim] (np.save, no pickle)
     shard-<...>.json                           the n cleaned texts, in row order
@@ -28,8 +31,12 @@ import numpy as np
 EMBED_CHUNK = 256
 
 
+DEFAULT_PRECISION = "fp32"
+
+
 class FeatureEmbedder(Protocol):
-    """What the cache needs of the embedder (``models.embedder.Embedder``)."""
+    """What the cache needs of the embedder (``models.embedder.Embedder``; its ``precision`` too,
+    which :func:`precision_of` reads)."""
 
     version: str
 
@@ -39,9 +46,16 @@ class FeatureEmbedder(Protocol):
     def features_batch(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def cache_dir(models_root: Path | str, embedder_version: str) -> Path:
-    """Return ``<models_root>/embcache/<embedder_version>``."""
-    return Path(models_root) / "embcache" / embedder_version
+def precision_of(embedder: object) -> str:
+    """Return the precision an embedder computes in: its ``precision``, or fp32 for one without
+    (a stand-in that computes no precision of its own)."""
+    return str(getattr(embedder, "precision", DEFAULT_PRECISION))
+
+
+def cache_dir(models_root: Path | str, embedder_version: str, precision: str = DEFAULT_PRECISION) -> Path:
+    """Return ``<models_root>/embcache/<embedder_version>``, with ``-<precision>`` unless fp32."""
+    name = embedder_version if precision == DEFAULT_PRECISION else f"{embedder_version}-{precision}"
+    return Path(models_root) / "embcache" / name
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -131,7 +145,7 @@ def cached_features(
     text once, with a progress bar) and added to the cache as one shard.
     """
     texts = list(texts)
-    cache = FeatureCache(cache_dir(models_root, embedder.version), embedder.feature_dim)
+    cache = FeatureCache(cache_dir(models_root, embedder.version, precision_of(embedder)), embedder.feature_dim)
     out, found = cache.lookup(texts)
     missing = list(dict.fromkeys(t for t, f in zip(texts, found) if not f))
     if missing:

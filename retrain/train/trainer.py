@@ -8,7 +8,9 @@ The steps, each in its own module:
    validation split (model selection, temperature, ``oos`` threshold) always comes out of the
    training rows, never out of the evaluation rows, and a training row whose cleaned text is
    also an evaluation text is dropped;
-3. every text is embedded once per embedder version (``retrain.train.features``, on disk);
+3. every text is embedded once per embedder version and precision (``retrain.train.features``, on
+   disk); the head records both (``embedder_version``, ``embedder_precision``) and is served only
+   by an embedder of that version running in that precision;
 4. ``retrain.train.recipe.fit`` selects and trains the head;
 5. the head is evaluated with the serving code (``models.heads.Head``), scored with
    scikit-learn (``retrain.train.evaluate``), given its drift reference (``retrain.drift.reference``), and
@@ -37,7 +39,7 @@ from retrain.train.artifacts import write_head
 from retrain.train.config import TrainConfig
 from retrain.train.data import Row
 from retrain.train.evaluate import Report, summarise
-from retrain.train.features import FeatureEmbedder, cached_features
+from retrain.train.features import FeatureEmbedder, cached_features, precision_of
 from retrain.train.split import stratified_split
 
 log = logging.getLogger("phrasestream.train")
@@ -201,6 +203,7 @@ class Trainer:
             reference=reference, eval_rows=eval_rows_out, data_rows=data_rows,
             metadata={
                 "embedder_version": embedder.version,
+                "embedder_precision": precision_of(embedder),
                 "readout": list(embedder.readout),
                 "config": cfg.model_dump(mode="json"),
                 "training": {"n_train": len(train_rows), "n_val": len(val_rows), "n_eval": len(ev_rows),

@@ -210,21 +210,14 @@ def test_bf16_is_detected_from_avx512_bf16_or_amx_bf16(flags: set[str], has: boo
     assert cpu.cpu_has_bf16(flags) is has
 
 
-def test_auto_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpu, "BF16_ON_AUTO", True)
-    assert cpu.choose_precision("auto", {"avx512f", "avx512_bf16"}) == "bf16"
-    assert cpu.choose_precision("auto", {"avx512f"}) == "fp32"
-    monkeypatch.setattr(cpu, "BF16_ON_AUTO", False)
-    assert cpu.choose_precision("auto", {"avx512f", "avx512_bf16"}) == "fp32"
-
-
 def test_a_forced_precision_is_kept_whatever_the_cpu() -> None:
-    assert cpu.choose_precision("fp32", {"avx512_bf16"}) == "fp32"
-    assert cpu.choose_precision("bf16", set()) == "bf16"
+    assert cpu.choose_precision("fp32", {"avx512_bf16", "amx_bf16"}).precision == "fp32"
+    assert cpu.choose_precision("bf16", set()).precision == "bf16"
+    assert cpu.choose_precision("int8", set()).precision == "int8"
 
 
 def test_unknown_precision_is_a_clear_error() -> None:
-    with pytest.raises(spec.EmbedderError, match=r"unknown embed precision 'fp16'; expected one of auto, fp32, bf16"):
+    with pytest.raises(spec.EmbedderError, match=r"unknown embed precision 'fp16'; expected one of auto, fp32, bf16, int8"):
         cpu.choose_precision("fp16", set())
     with pytest.raises(spec.EmbedderError, match="unknown embed precision"):
         runtime.Embedder(version="v", path=Path("."), model=None, precision="auto")
