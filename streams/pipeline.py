@@ -267,8 +267,12 @@ class Served:
 
 def _compute(phrases: Sequence[CleanedPhrase], vectors: np.ndarray, hits: list[bool], embedder: Embedder,
              heads: Mapping[str, Mapping[str, Head]], top_k: int, memo: AnswerMemo | None,
-             observe: Observer | None = None) -> tuple[list[int], Served]:
+             observe: Observer | None = None, cache: EmbeddingCache | None = None) -> tuple[list[int], Served]:
     """Embed the misses and run the heads: the blocking part of a batch, for a worker thread.
+
+    With a ``cache``, the misses' vectors are rounded as its entries hold them
+    (:meth:`EmbeddingCache.rounded`) before the heads see them: cached or not, a phrase is
+    served the same features.
 
     ``observe`` is told of the predictions last, once nothing else can fail; its own failure
     is logged and costs no prediction (nor a second count when the batch is retried phrase by
@@ -277,6 +281,8 @@ def _compute(phrases: Sequence[CleanedPhrase], vectors: np.ndarray, hits: list[b
     texts = [p.clean_text for p in phrases]
     start = time.perf_counter()
     rows = embed_misses(texts, vectors, hits, embedder)
+    if rows and cache is not None:
+        vectors[rows] = cache.rounded(vectors[rows])
     embed_seconds = [time.perf_counter() - start] if rows else []
     runs: list[HeadRun] = []
     predictions, gone = classify(phrases, Embedded(vectors, hits), heads, embedder.version, top_k, memo, runs)
@@ -324,9 +330,9 @@ async def serve_batch(
         texts = [p.clean_text for p in phrases]
         vectors, hits, keys = _lookup_or_miss(texts, cache, embedder.feature_dim)
         if offload is None:
-            rows, done = _compute(phrases, vectors, hits, embedder, heads, top_k, memo, observe)
+            rows, done = _compute(phrases, vectors, hits, embedder, heads, top_k, memo, observe, cache)
         else:
-            rows, done = await offload(_compute, phrases, vectors, hits, embedder, heads, top_k, memo, observe)
+            rows, done = await offload(_compute, phrases, vectors, hits, embedder, heads, top_k, memo, observe, cache)
         _store_or_skip(keys, vectors, rows, cache)
     except Exception as exc:  # a bug or a bad phrase: isolate it, keep the rest
         if len(phrases) == 1:

@@ -5,6 +5,15 @@ bound and the hit accounting once, for every backend. The table backend keeps th
 a Faust table (changelog-backed, so a restarted worker gets its cache back from Kafka); the
 dict backend serves unit tests and one-off scripts. Which keys stay is cachetools' ``LRUCache``
 (:class:`TrackedKeys`), as for every memo of the worker (``streams.state.memos``).
+
+An entry holds a vector in :data:`ENTRY_FORMAT`: int8, with one float16 scale per readout block
+of 384 features (:func:`encode_entries`). That is 1,930 bytes for the embedder's 1,920
+features, half of float16's 3,840: the entries are most of a worker's memory beyond TensorFlow
+(100,000 of them by default). Serving rounds every vector to what an entry gives back
+(:meth:`EmbeddingCache.rounded`), a miss too, so a phrase gets the same features, hence the
+same answer, cached or not. What the rounding costs, measured on the 5,500 CLINC150 test
+phrases with the demo heads: 99.86% (intent) and 99.91% (domain) of labels unchanged;
+accuracy 92.78% -> 92.76% (intent), 89.64% -> 89.71% (domain).
 """
 
 from __future__ import annotations
@@ -53,10 +62,54 @@ class MappingBackend:
         return [k.decode() for k in keys] if self._bytes_keys else keys
 
 
+ENTRY_FORMAT = "q8"
+"""What an entry holds; part of every key, so a worker never reads an entry of another format (float16 ones
+had keys without it)."""
+
+BLOCK = 384
+"""Features per scale: one readout block (``models.heads.serve.BLOCK_DIM``); a width that is not a multiple
+of it has one scale for the whole vector."""
+
+
+def key_prefix(embedder_version: str) -> str:
+    """Return the start of every key of one embedder version's entries in :data:`ENTRY_FORMAT`."""
+    return f"{embedder_version}+{ENTRY_FORMAT}:"
+
+
 def cache_key(embedder_version: str, clean_text: str) -> str:
     """Return the cache key of ``clean_text`` under one embedder version."""
     digest = hashlib.sha256(clean_text.encode("utf-8")).hexdigest()[:32]
-    return f"{embedder_version}:{digest}"
+    return f"{key_prefix(embedder_version)}{digest}"
+
+
+def _blocks(dim: int) -> int:
+    return dim // BLOCK if dim % BLOCK == 0 else 1
+
+
+def entry_size(dim: int) -> int:
+    """Return the bytes of one entry of a ``dim``-wide vector: a float16 scale per block, then ``dim`` int8."""
+    return 2 * _blocks(dim) + dim
+
+
+def encode_entries(vectors: np.ndarray) -> list[bytes]:
+    """Return the entry of each row of ``vectors`` ``[n, dim]``: symmetric int8 per block, scale = max |x| / 127."""
+    x = np.asarray(vectors, dtype=np.float32)
+    n, dim = x.shape
+    blocks = x.reshape(n, _blocks(dim), -1)
+    scale = (np.abs(blocks).max(axis=2, keepdims=True) / 127.0).astype(np.float16)
+    wide = scale.astype(np.float32)
+    q = np.clip(np.rint(blocks / np.where(wide > 0, wide, 1.0)), -127, 127).astype(np.int8)
+    rows = np.concatenate([scale.reshape(n, -1).view(np.uint8), q.reshape(n, dim).view(np.uint8)], axis=1)
+    return [row.tobytes() for row in rows]
+
+
+def decode_entries(raw: bytes, dim: int) -> np.ndarray:
+    """Return the float32 vectors ``[n, dim]`` of ``n`` entries' bytes, concatenated."""
+    blocks = _blocks(dim)
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(-1, entry_size(dim))
+    scale = rows[:, : 2 * blocks].copy().view(np.float16).astype(np.float32)
+    q = rows[:, 2 * blocks :].view(np.int8).reshape(len(rows), blocks, -1)
+    return (q.astype(np.float32) * scale[:, :, None]).reshape(len(rows), dim)
 
 
 class TrackedKeys(cachetools.LRUCache[str, None]):
@@ -87,9 +140,9 @@ class TrackedKeys(cachetools.LRUCache[str, None]):
 class EmbeddingCache:
     """Keep at most ``max_entries`` feature vectors, least recently used out first.
 
-    Vectors are stored as float16 (half the memory and changelog of float32) and read back as
-    float32. The embedder's features are float16-exact (``models.embedder.quantise``), so a hit
-    gives exactly the vector a miss computes. ``max_entries=0`` disables the cache: every
+    Vectors are stored in :data:`ENTRY_FORMAT` and read back as float32; serving gives the
+    heads :meth:`rounded` vectors on a miss too, so a hit gives exactly the vector a miss
+    is served with. ``max_entries=0`` disables the cache: every
     lookup misses and nothing is stored. ``hits``, ``misses`` and ``evictions`` count lookups
     and entries dropped for room (``/metrics`` reads the first two).
 
@@ -101,6 +154,7 @@ class EmbeddingCache:
         self._backend = backend
         self._version = embedder_version
         self._dim = dim
+        self._entry_size = entry_size(dim)
         self._max = max_entries
         self._keys = TrackedKeys(max_entries, backend)  # stays empty when max_entries is 0
         self.hits = 0
@@ -115,12 +169,12 @@ class EmbeddingCache:
         return cache_key(self._version, clean_text)
 
     def read(self, key: str) -> bytes | None:
-        """Return the stored bytes of entry ``key`` (float16, :meth:`decode` reads them), or None; count the lookup."""
+        """Return the stored bytes of entry ``key`` (:meth:`decode` reads them), or None; count the lookup."""
         if self._max == 0:
             self.misses += 1
             return None
         raw = self._backend.get(key)
-        if raw is None or len(raw) != self._dim * 2:
+        if raw is None or len(raw) != self._entry_size:
             self.misses += 1
             return None
         self.hits += 1
@@ -129,13 +183,19 @@ class EmbeddingCache:
 
     def decode(self, raw: bytes) -> np.ndarray:
         """Return the float32 vectors ``[n, dim]`` of ``n`` entries' bytes, concatenated."""
-        return np.frombuffer(raw, dtype=np.float16).reshape(-1, self._dim).astype(np.float32)
+        return decode_entries(raw, self._dim)
+
+    def rounded(self, vectors: np.ndarray) -> np.ndarray:
+        """Return ``vectors`` ``[n, dim]`` as entries give them back: what a hit on them would serve."""
+        if not len(vectors):
+            return np.asarray(vectors, dtype=np.float32)
+        return decode_entries(b"".join(encode_entries(vectors)), self._dim)
 
     def write(self, key: str, vector: np.ndarray) -> None:
         """Store ``vector`` as entry ``key``, evicting the oldest entry beyond the bound."""
         if self._max == 0:
             return
-        self._backend.put(key, np.asarray(vector, dtype=np.float16).tobytes())
+        self._backend.put(key, encode_entries(np.asarray(vector)[None, :])[0])
         self._keys[key] = None
 
     def get(self, clean_text: str) -> np.ndarray | None:
@@ -154,9 +214,9 @@ class EmbeddingCache:
         forgotten, so the bound counts only what this worker keeps.
 
         They count as older than anything used since start, so they are evicted first, and
-        entries of another embedder version (never read again by this worker, but maybe by
-        another worker of a rolling deploy) go before this version's. Return how many were
-        evicted to keep the bound.
+        entries of another embedder version or entry format (never read again by this worker,
+        but maybe by another worker of a rolling deploy) go before this version's. Return how
+        many were evicted to keep the bound.
         """
         keys = list(keys)
         if self._max == 0:  # nothing is kept: what the table recovered goes at once
@@ -168,7 +228,7 @@ class EmbeddingCache:
         tracked = self._keys.take_oldest_first()
         known = set(tracked)
         fresh = [k for k in keys if k not in known]
-        prefix = f"{self._version}:"
+        prefix = key_prefix(self._version)
         ours = [k for k in fresh if k.startswith(prefix)]
         others = [k for k in fresh if not k.startswith(prefix)]
         before = self._keys.evictions

@@ -23,11 +23,12 @@ class AnswerMemo:
     """The last answers of each head for each cleaned text, least recently used out first.
 
     Serving, a head is a deterministic function of the cleaned text: its features come from
-    the text alone (the embedder it was built for, float16-exact whether cached or computed)
-    and so do its TF-IDF rows. A phrase seen before by the same head version (``ref``) gets
-    the remembered answer without the head's matrix products, which are most of the cost of a
-    cached phrase. A promoted or rolled-back version has another ``ref``, so it is never
-    answered from its predecessor's memo. ``max_entries=0`` turns it off.
+    the text alone (the embedder it was built for, rounded as the cache's entries hold them,
+    cached or computed: ``EmbeddingCache.rounded``) and so do its TF-IDF rows. A phrase seen
+    before by the same head version (``ref``) gets the remembered answer without the head's
+    matrix products, which are most of the cost of a cached phrase. A promoted or rolled-back
+    version has another ``ref``, so it is never answered from its predecessor's memo.
+    ``max_entries=0`` turns it off.
     """
 
     def __init__(self, max_entries: int) -> None:

@@ -13,7 +13,15 @@ from fakes import FakeHead
 from models.heads import HeadRef
 from schemas.messages import CleanedPhrase, ErrorKind, utcnow
 from streams.pipeline import Embedded, Served, classify, serve_batch
-from streams.state.cache import EmbeddingCache, MappingBackend, cache_key
+from streams.state.cache import (
+    BLOCK,
+    EmbeddingCache,
+    MappingBackend,
+    cache_key,
+    decode_entries,
+    encode_entries,
+    entry_size,
+)
 
 DIM = 8
 VERSION = "fake-v1"
@@ -89,7 +97,7 @@ def test_cache_key_differs_across_embedder_versions() -> None:
 
 def test_cache_key_is_version_prefixed_and_stable() -> None:
     key = cache_key("v1", "hello")
-    assert key == "v1:2cf24dba5fb0a30e26e83b2ac5b9e29e"
+    assert key == "v1+q8:2cf24dba5fb0a30e26e83b2ac5b9e29e"
     assert cache_key("v1", "hello") == key
 
 
@@ -106,21 +114,41 @@ def test_miss_then_hit() -> None:
     c.put("a", unit(1))
     found = c.get("a")
     assert found is not None and found.dtype == np.float32
-    np.testing.assert_array_equal(found, unit(1))
+    np.testing.assert_array_equal(found, c.rounded(unit(1)[None, :])[0])
+    np.testing.assert_allclose(found, unit(1), atol=1e-3)
     assert (c.hits, c.misses) == (1, 1)
 
 
-def test_put_stores_float16_bytes_under_cache_key() -> None:
+def test_put_stores_a_float16_scale_then_int8_under_cache_key() -> None:
     data: dict[str, bytes] = {}
     c = cache(backend=MappingBackend(data))
-    c.put("a", np.arange(DIM, dtype=np.float64) + 0.1)
-    assert data == {cache_key(VERSION, "a"): (np.arange(DIM, dtype=np.float16) + np.float16(0.1)).tobytes()}
-    assert len(data[cache_key(VERSION, "a")]) == DIM * 2
+    c.put("a", np.arange(DIM, dtype=np.float64) - 2.0)  # -2 .. 5: the scale is 5 / 127
+    raw = data[cache_key(VERSION, "a")]
+    assert len(raw) == entry_size(DIM) == 2 + DIM
+    assert np.frombuffer(raw[:2], dtype=np.float16)[0] == np.float16(5 / 127)
+    assert np.frombuffer(raw[2:], dtype=np.int8).tolist() == [-51, -25, 0, 25, 51, 76, 102, 127]
+
+
+def test_an_entry_has_one_scale_per_readout_block() -> None:
+    vectors = np.random.default_rng(3).normal(size=(2, 3 * BLOCK)).astype(np.float32)
+    vectors[1, BLOCK:] *= 100.0  # blocks of another magnitude keep their own precision
+    [first, second] = encode_entries(vectors)
+    assert len(first) == len(second) == entry_size(3 * BLOCK) == 6 + 3 * BLOCK
+    back = decode_entries(first + second, 3 * BLOCK)
+    for row in range(2):
+        for b in range(3):
+            block = slice(b * BLOCK, (b + 1) * BLOCK)
+            step = np.abs(vectors[row, block]).max() / 127
+            assert np.abs(back[row, block] - vectors[row, block]).max() <= 0.5 * step * 1.01
+
+
+def test_an_all_zero_vector_comes_back_as_zeros() -> None:
+    np.testing.assert_array_equal(decode_entries(b"".join(encode_entries(np.zeros((1, DIM)))), DIM), np.zeros((1, DIM)))
 
 
 @pytest.mark.parametrize("raw", [
-    np.zeros(DIM - 1, dtype=np.float16).tobytes(),  # too short
-    np.zeros(DIM, dtype=np.float32).tobytes(),  # an old float32 entry: twice the size
+    np.zeros(DIM - 1, dtype=np.int8).tobytes(),  # too short
+    np.zeros(DIM, dtype=np.float16).tobytes(),  # a float16 entry (the format before q8)
     b"",
 ])
 def test_entry_of_wrong_size_is_a_miss(raw: bytes) -> None:
@@ -131,20 +159,17 @@ def test_entry_of_wrong_size_is_a_miss(raw: bytes) -> None:
     assert len(c) == 0, "a miss is not tracked"
 
 
-def test_get_returns_float32_equal_to_the_float16_rounded_input() -> None:
-    from models.embedder import quantise
-
+def test_get_returns_float32_equal_to_the_rounded_input_and_rounding_twice_changes_nothing() -> None:
     c = cache()
     vector = np.random.default_rng(0).normal(size=DIM).astype(np.float32)
     c.put("a", vector)
     found = c.get("a")
     assert found is not None and found.dtype == np.float32 and found.shape == (DIM,)
-    np.testing.assert_array_equal(found, vector.astype(np.float16).astype(np.float32))
-    np.testing.assert_array_equal(found, quantise(vector))
-    assert not np.array_equal(found, vector), "this vector is not float16-exact, so rounding is visible"
-    # a float16-exact vector (what the embedder gives) comes back exactly
-    c.put("b", quantise(vector))
-    np.testing.assert_array_equal(c.get("b"), quantise(vector))
+    np.testing.assert_array_equal(found, c.rounded(vector[None, :])[0])
+    assert not np.array_equal(found, vector), "rounding to int8 is visible"
+    # what a miss is served with (rounded) is stored and comes back exactly
+    c.put("b", found)
+    np.testing.assert_array_equal(c.get("b"), found)
 
 
 def test_other_embedder_version_does_not_hit() -> None:
@@ -177,7 +202,7 @@ def test_lru_put_of_existing_key_refreshes_it_without_eviction() -> None:
     assert backend.deleted == []
     c.put("c", unit(2))
     assert backend.deleted == [cache_key(VERSION, "b")]
-    np.testing.assert_array_equal(c.get("a"), unit(3))
+    np.testing.assert_array_equal(c.get("a"), c.rounded(unit(3)[None, :])[0])
 
 
 def test_lru_holds_at_most_max_entries() -> None:
@@ -199,7 +224,7 @@ def test_max_entries_zero_disables_cache() -> None:
 
 
 def test_max_entries_zero_ignores_existing_backend_entries() -> None:
-    backend = MappingBackend({cache_key(VERSION, "a"): unit(0).astype(np.float16).tobytes()})
+    backend = MappingBackend({cache_key(VERSION, "a"): encode_entries(unit(0)[None, :])[0]})
     assert cache(max_entries=0, backend=backend).get("a") is None
 
 
@@ -267,7 +292,17 @@ def test_a_mixed_batch_embeds_only_its_misses_in_one_call() -> None:
     served, features = serve_texts(["b", "a", "c", "b"], embedder, c)
     assert embedder.calls == [["a"], ["b", "c"]]
     assert [p.cache_hit for p in served.predictions] == [False, True, False, False]
-    np.testing.assert_array_equal(np.stack(features), np.stack([embedder.vector(t) for t in ["b", "a", "c", "b"]]))
+    expected = c.rounded(np.stack([embedder.vector(t) for t in ["b", "a", "c", "b"]]))
+    np.testing.assert_array_equal(np.stack(features), expected)
+
+
+def test_a_phrase_gets_the_same_features_cached_or_not() -> None:
+    embedder, c = FakeEmbedder(), cache()
+    _, missed = serve_texts(["a"], embedder, c)
+    served, hit = serve_texts(["a"], embedder, c)
+    assert [p.cache_hit for p in served.predictions] == [True]
+    np.testing.assert_array_equal(missed[0], hit[0])
+    assert not np.array_equal(missed[0], embedder.vector("a")), "the miss was served the rounded vector"
 
 
 def test_a_batch_of_hits_does_not_call_the_embedder() -> None:
@@ -435,7 +470,7 @@ def test_the_cache_bound_holds_on_the_serving_path(max_entries: int) -> None:
 
 
 def test_adopted_entries_are_evicted_before_entries_used_since_start():
-    store: dict = {cache_key("v1", t): np.ones(4, np.float16).tobytes() for t in ("old-a", "old-b")}
+    store: dict = {cache_key("v1", t): encode_entries(np.ones((1, 4)))[0] for t in ("old-a", "old-b")}
     cache = EmbeddingCache(MappingBackend(store), "v1", dim=4, max_entries=3)
     cache.put("new", np.ones(4, np.float32))
     assert cache.adopt(list(store)) == 0
@@ -451,6 +486,13 @@ def test_adopt_evicts_entries_of_another_embedder_version_first():
     assert len(cache) == 1
 
 
+def test_adopt_evicts_entries_of_the_float16_format_first():
+    store: dict = {cache_key("v1", "kept"): b"x" * 6, "v1:2cf24dba5fb0a30e26e83b2ac5b9e29e": b"x" * 8}
+    cache = EmbeddingCache(MappingBackend(store), "v1", dim=4, max_entries=1)
+    assert cache.adopt(list(store)) == 1
+    assert list(store) == [cache_key("v1", "kept")]
+
+
 def test_adopt_keeps_other_versions_while_under_the_bound():
     store: dict = {cache_key("v0", "other-worker"): b"x" * 8}
     cache = EmbeddingCache(MappingBackend(store), "v1", dim=4, max_entries=5)
@@ -459,7 +501,7 @@ def test_adopt_keeps_other_versions_while_under_the_bound():
 
 
 def test_a_hit_on_an_untracked_entry_keeps_the_bound():
-    store: dict = {cache_key("v1", t): np.ones(4, np.float16).tobytes() for t in ("a", "b", "c")}
+    store: dict = {cache_key("v1", t): encode_entries(np.ones((1, 4)))[0] for t in ("a", "b", "c")}
     cache = EmbeddingCache(MappingBackend(store), "v1", dim=4, max_entries=2)
     for text in ("a", "b", "c"):
         assert cache.get(text) is not None
