@@ -14,4 +14,4 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
     up(settings)  # the bench starts its own workers, in scratch topics; the demo's worker may idle
     ensure_demo_heads(settings, progress=True)
-    return bench_command(settings, count=args.count, as_json=args.json)
+    return bench_command(settings, count=args.count, as_json=args.json, st_python=args.st_python)

@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure every speed figure in one run (the last line is JSON)")
     p.add_argument("--count", type=int, default=20_000, help="phrases per traffic burst")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
+    p.add_argument("--st-python", help="a throwaway virtualenv's python with sentence-transformers: also measure "
+                   "embedder_vs_st_bs32 (see streams/tools/bench/st_reference.py)")
     p.set_defaults(func=cmd_bench)
     sub.add_parser("status", help="the services, and each worker and sink of this app id").set_defaults(func=cmd_status)
     p = sub.add_parser("stop", help="stop the workers and the sink of this app id, then Kafka and PostgreSQL")

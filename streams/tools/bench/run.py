@@ -13,12 +13,17 @@ from typing import Any
 from ops.logs import progress as show_progress
 from ops.measure import percentile
 from schemas.settings import Settings
+from streams.tools.bench.faust_ceiling import faust_passthrough
 from streams.tools.bench.measure import fill_cache_changelog, passthrough, rss_mb, through_worker
 from streams.tools.bench.scratch import Scratch
 
 log = logging.getLogger("phrasestream.bench")
 
 SWEEP_SIZES = (1_000, 10_000, 50_000, 200_000)
+ST_PHRASES = 1_000
+"""The first this many distinct CLINC150 test phrases, for ``embedder_vs_st_bs32``."""
+LIGHT_RATE, LIGHT_COUNT = 100, 1_500
+"""Light traffic: cached phrases at this rate, this many (15 s), for ``latency_p99_ms_100``."""
 
 
 def cpu_facts() -> dict[str, Any]:
@@ -36,7 +41,27 @@ def cpu_facts() -> dict[str, Any]:
             "bf16": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})}
 
 
-def run_bench(settings: Settings, *, count: int = 20_000, progress: bool = True) -> dict[str, Any]:
+def against_st(embedder: Any, texts: list[str], st_python: str) -> dict[str, Any]:
+    """Our embedder and sentence-transformers at batch 32 on ``texts``, alternating, twice each (best of two)."""
+    import subprocess
+
+    from models.datasets import DATA_DIR
+    from models.embedder import measure_throughput
+
+    script = Path(__file__).with_name("st_reference.py")
+    ours, theirs = [], []
+    for _ in range(2):
+        done = subprocess.run([st_python, str(script), "--data", str(DATA_DIR / "data_full.json.gz"), "--batch", "32",
+                               "--n", str(len(texts)), "--threads", str(len(os.sched_getaffinity(0)))],
+                              capture_output=True, text=True, timeout=900, check=True)
+        theirs.append(json.loads(done.stdout.strip().splitlines()[-1])["phrases_s"])
+        ours.append(measure_throughput(embedder, texts, 32))
+    return {"st_bs32_phrases_s": round(max(theirs), 1), "embedder_bs32_phrases_s": round(max(ours), 1),
+            "embedder_vs_st_bs32": round(max(ours) / max(theirs), 3)}
+
+
+def run_bench(settings: Settings, *, count: int = 20_000, progress: bool = True,
+              st_python: str | None = None) -> dict[str, Any]:
     """Measure everything (see the module doc) and return the figures."""
     from models.datasets import load_clinc150
     from models.embedder import load_embedder, measure_throughput
@@ -54,8 +79,9 @@ def run_bench(settings: Settings, *, count: int = 20_000, progress: bool = True)
     zipf = Traffic.make(count, seed=11)
     unique = Traffic.make(count, new_share=1.0, variants=0.0, seed=12)
 
-    say("passthrough (the ceiling)")
+    say("passthrough (the ceilings: confluent-kafka alone, then a bare Faust agent)")
     out["passthrough_msgs_s"] = round(passthrough(settings, zipf.messages), 1)
+    out["faust_passthrough_msgs_s"] = round(faust_passthrough(settings, zipf.messages), 1)
 
     say("the embedder alone")
     texts = list(dict.fromkeys(t for t, _ in load_clinc150("full").test))[:2048]
@@ -63,6 +89,9 @@ def run_bench(settings: Settings, *, count: int = 20_000, progress: bool = True)
     out["embedder_precision"] = getattr(embedder, "precision", "fp32")
     out["embedder_bs1_phrases_s"] = round(measure_throughput(embedder, texts[:256], 1), 1)
     out["embedder_batched_phrases_s"] = round(measure_throughput(embedder, texts, 32), 1)
+    if st_python:
+        say("the embedder against sentence-transformers (batch 32, alternating)")
+        out.update(against_st(embedder, texts[:ST_PHRASES], st_python))
     feature_dim, version = embedder.feature_dim, embedder.version
     del embedder
 
@@ -85,6 +114,12 @@ def run_bench(settings: Settings, *, count: int = 20_000, progress: bool = True)
         out["latency_rate_phrases_s"] = round(half, 1)
         for q in (50, 95, 99):
             out[f"latency_p{q}_ms"] = percentile(lat.latencies_ms, q)
+        # light traffic: 100 cached phrases a second (the miss set again, under new ids)
+        light = [(f"{pid}-light", value.replace(pid.encode(), f"{pid}-light".encode(), 1))
+                 for pid, value in unique.messages[:LIGHT_COUNT]]
+        slow = through_worker(ws, light, heads_per_phrase, rate=LIGHT_RATE)
+        for q in (50, 99):
+            out[f"latency_p{q}_ms_{LIGHT_RATE}"] = percentile(slow.latencies_ms, q)
         scratch.stop(proc)
 
         say("worker without a cache: Zipf traffic")
@@ -120,6 +155,7 @@ def run_bench(settings: Settings, *, count: int = 20_000, progress: bool = True)
     predictions_s = out["zipf_phrases_s"] * heads_per_phrase
     out["pipeline_efficiency"] = round(out["miss_path_phrases_s"] / out["embedder_batched_phrases_s"], 3)
     out["hit_path_ratio"] = round(out["hit_path_phrases_s"] / out["passthrough_msgs_s"], 4)
+    out["hit_path_faust_ratio"] = round(out["hit_path_phrases_s"] / out["faust_passthrough_msgs_s"], 4)
     out["cache_speedup"] = round(out["zipf_phrases_s"] / out["zipf_nocache_phrases_s"], 2)
     out["sink_ratio"] = round(out["sink_rows_s"] / predictions_s, 2) if predictions_s else None
     out["expected_zipf_hit_rate"] = round(_expected(zipf), 4)
@@ -164,10 +200,10 @@ def write_sweep(folder: Path, sweep: list[dict[str, Any]], traffic: Any, figures
     return {"table": str(table), "plot": str(png)}
 
 
-def bench_command(settings: Settings, *, count: int, as_json: bool) -> int:
+def bench_command(settings: Settings, *, count: int, as_json: bool, st_python: str | None = None) -> int:
     """Run the bench; print figures; the last line is one JSON object."""
     try:
-        figures = run_bench(settings, count=count)
+        figures = run_bench(settings, count=count, st_python=st_python)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
