@@ -88,7 +88,7 @@ class Step:
         what is acked. The agent waits only when too much is in flight (:meth:`Outbox.room`).
         """
         self.guard.begin(time.monotonic())
-        extra, holes = await fill_holes(self.app, self.guard, events, self.settings, self.offload)
+        serve, holes = await fill_holes(self.app, self.guard, events, self.settings, self.offload)
         await holes_done(self.app, holes)
         await self.outbox.room()
         published: Sequence[Prediction] = ()
@@ -103,13 +103,13 @@ class Step:
         batch = self.outbox.open(settled)
         started = time.perf_counter()
         try:
-            published = await self.produce([*extra, *events])
+            published = await self.produce(serve)
         except BaseException:  # cancelled at stop, or a bug: the inputs are not acked, so served again
             batch.on_settled = _nothing
             raise
         finally:
             self.outbox.seal()
-        took = (time.perf_counter() - started) / max(1, len(events) + len(extra))
+        took = (time.perf_counter() - started) / max(1, len(serve))
         self.per_phrase = took if self.per_phrase <= 0 else 0.7 * self.per_phrase + 0.3 * took
         self.guard.end(time.monotonic(), STALL_SECONDS / 3)
 

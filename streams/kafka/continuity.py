@@ -79,6 +79,7 @@ class OffsetGuard:
         self.assignment: frozenset = frozenset()  # the assignment the offsets belong to
         self.holes = 0  # holes found (for the log and the tests)
         self.stalls = 0  # stalled partitions sent back to their next offset
+        self.repeats = 0  # messages delivered again within an assignment, not served twice
         self._began = 0.0
         self.busy = False  # the agent is inside a batch (e.g. waiting for the broker to take its outputs)
         self.unbased = False  # the assignment's committed offsets could not be read yet: ask again next batch
@@ -140,19 +141,39 @@ class OffsetGuard:
 
     def check(self, events: Iterable[EventLike]) -> list[Hole]:
         """Return the holes ``events`` (a batch, each with ``.message.tp`` and ``.message.offset``) show."""
+        return self.split(events)[0]
+
+    def split(self, events: Iterable[EventLike]) -> tuple[list[Hole], list[EventLike]]:
+        """Return the holes ``events`` show, and the events to serve: those not served before in this assignment.
+
+        An offset below the next one expected was read before in this assignment: Faust sought
+        the partition back (a table recovery seeks to the committed offsets while earlier
+        messages may still be in the agent's batch). Serving it again would only repeat its
+        predictions; its first copy's outputs are already in the outbox, in an earlier batch,
+        and this copy is acked with its own batch, which settles after that one.
+        """
         holes: list[Hole] = []
+        fresh: list[EventLike] = []
+        repeated: dict[Any, list[int]] = {}
         for event in events:
             tp, offset = event.message.tp, event.message.offset
             self._seen[tp] = time.monotonic()
             expected = self._expected.get(tp)
+            if expected is not None and offset < expected:
+                repeated.setdefault(tp, []).append(offset)
+                continue
+            fresh.append(event)
             if expected is not None and offset > expected:
                 self.holes += 1
                 log.warning("%s: %s jumped from offset %d to %d; serving the %d skipped message(s)",
                             self.name, tp, expected, offset, offset - expected)
                 holes.append(Hole(tp, expected, offset))
-            if expected is None or offset >= expected:
-                self._expected[tp] = offset + 1
-        return holes
+            self._expected[tp] = offset + 1
+        for tp, offsets in repeated.items():
+            self.repeats += len(offsets)
+            log.warning("%s: %s delivered %d message(s) again (offsets %d..%d), served before in this assignment; "
+                        "not serving them twice", self.name, tp, len(offsets), min(offsets), max(offsets))
+        return holes, fresh
 
 
 def read_hole(config: dict[str, Any], hole: Hole, timeout: float = 30.0) -> list[EventLike]:
@@ -232,16 +253,18 @@ async def follow_assignment(app: faust.App, guard: OffsetGuard, settings: Settin
 
 async def fill_holes(app: faust.App, guard: OffsetGuard, events: Sequence[EventLike], settings: Settings,
                      offload: Offload) -> tuple[list[EventLike], list[Hole]]:
-    """Return the messages of any hole in the batch's partitions, read directly, and the holes.
+    """Return what to serve of a batch, the messages of any hole first (read directly), and the holes.
 
-    A new assignment starts the guard afresh: its first offsets are where the commits were.
+    What to serve leaves out the events served before in this assignment
+    (:meth:`OffsetGuard.split`). A new assignment starts the guard afresh: its first offsets
+    are where the commits were.
     """
     await follow_assignment(app, guard, settings, offload, time.monotonic())
-    holes = guard.check(events)
+    holes, fresh = guard.split(events)
     extra: list[EventLike] = []
     for hole in holes:
         extra.extend(await offload(read_hole, client_config(settings), hole))
-    return extra, holes
+    return [*extra, *fresh], holes
 
 
 async def restart_stalled(app: faust.App, guard: OffsetGuard, settings: Settings, offload: Offload,

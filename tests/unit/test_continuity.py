@@ -35,6 +35,18 @@ def test_repeated_offsets_are_no_hole() -> None:
     assert guard.check(events(P0, 2, 3, 4)) == []
 
 
+def test_offsets_delivered_again_in_one_assignment_are_left_out_of_what_is_served(caplog) -> None:
+    guard = OffsetGuard("t")
+    guard.split(events(P0, 1, 2, 3) + events(P1, 9))
+    again = events(P0, 2, 3, 4) + events(P1, 10)  # Faust sought P0 back to 2
+    holes, fresh = guard.split(again)
+    assert holes == [] and [(e.message.partition, e.message.offset) for e in fresh] == [(0, 4), (1, 10)]
+    assert guard.repeats == 2
+    assert "delivered 2 message(s) again (offsets 2..3)" in caplog.text
+    guard.reset()  # a new assignment: nothing counts as served before
+    assert len(guard.split(events(P0, 2, 3))[1]) == 2
+
+
 def test_reset_forgets_the_offsets_of_an_old_assignment() -> None:
     guard = OffsetGuard("t")
     guard.check(events(P0, 1, 2))

@@ -148,3 +148,17 @@ def test_a_hole_is_read_and_served_first_and_marked_done_before_the_batch_is_pro
     assert app.consumer.gaps == [(IN, 2, 4)]
     assert journal == ["gap", "flush"], "the gap is recorded before the batch's outputs are produced"
     assert acked(later) == [True, True] and step.guard.holes == 1
+
+
+def test_messages_delivered_again_in_one_assignment_are_not_served_twice_but_acked_with_their_batch() -> None:
+    journal: list[str] = []
+    app, producer = App(journal), FakeProducer(journal=journal)
+    holds = {o: raw(f"phrase number {o}", f"p{o}") for o in range(4)}
+    step = cleaner(app, producer, holds)
+    run(step, events(app, (0, holds[0]), (1, holds[1]), (2, holds[2])))
+    again = events(app, (1, holds[1]), (2, holds[2]), (3, holds[3]))  # sought back to 1 (a table recovery)
+    run(step, again)
+    step.outbox.flush()
+    served = [CleanedPhrase.from_bytes(value).id for _, _, value in producer.delivered]
+    assert served == ["p0", "p1", "p2", "p3"], "each message once"
+    assert acked(again) == [True, True, True], "the repeated copies are acked, so the commit passes them"
