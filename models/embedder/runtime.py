@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from models.embedder.bench import time_batches
+from models.embedder.bench import FeatureSource, time_batches
 from models.embedder.compat import import_hub
 from models.embedder.cpu import (
     Choice,
@@ -200,8 +200,8 @@ AUTO_FILE = "auto-precision.json"
 """In the export folder: ``auto``'s choice per CPU (:func:`~models.embedder.cpu.cpu_signature`)."""
 
 
-def auto_precision(embedder: Embedder, cpuinfo: str, time_sources: Callable[..., Mapping[str, float]] = time_batches
-                   ) -> Choice:
+def auto_precision(embedder: Embedder, cpuinfo: str,
+                   time_sources: Callable[[Mapping[str, FeatureSource]], Mapping[str, float]] = time_batches) -> Choice:
     """Return ``auto``'s precision on this CPU: remembered in the export folder, else timed now.
 
     The first load on a CPU times one batch of each candidate (:func:`~models.embedder.cpu.
@@ -216,18 +216,18 @@ def auto_precision(embedder: Embedder, cpuinfo: str, time_sources: Callable[...,
     if len(candidates) == 1:
         return choose_precision("auto", flags)
     path = embedder.path / AUTO_FILE
-    key = cpu_signature(cpuinfo)
     with export_lock(embedder.path, ".auto.lock"):
         known = _read_auto_file(path)
-        saved = known.get(key)
-        if isinstance(saved, dict) and saved.get("candidates") == list(candidates) and saved.get("precision") in candidates:
-            return Choice(str(saved["precision"]), f"{saved.get('reason')}; remembered from {saved.get('measured_at')} "
-                                                   f"in {path}")
+        saved = _remembered(known, cpuinfo, candidates)
+        if saved is not None:
+            return Choice(saved["precision"], f"{saved.get('reason')}; remembered from {saved.get('measured_at')} "
+                                              f"in {path}")
         seconds = dict(time_sources({p: with_precision(embedder, p) for p in candidates}))
         choice = choose_precision("auto", flags, lambda names: seconds)
-        known[key] = {"precision": choice.precision, "reason": choice.reason, "candidates": list(candidates),
-                      "seconds_per_batch": {p: round(s, 4) for p, s in seconds.items()},
-                      "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        known[cpu_signature(cpuinfo)] = {
+            "precision": choice.precision, "reason": choice.reason, "candidates": list(candidates),
+            "seconds_per_batch": {p: round(s, 4) for p, s in seconds.items()},
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         tmp = path.with_name(f".{AUTO_FILE}.tmp")
         tmp.write_text(json.dumps(known, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)
@@ -243,12 +243,11 @@ def known_precision(settings: Settings, version: str) -> str | None:
         return setting
     cpuinfo = read_cpuinfo()
     flags = parse_cpu_flags(cpuinfo)
-    if len(auto_candidates(flags)) == 1:
+    candidates = auto_candidates(flags)
+    if len(candidates) == 1:
         return choose_precision("auto", flags).precision
-    saved = _read_auto_file(export_dir_for(settings, version) / AUTO_FILE).get(cpu_signature(cpuinfo))
-    if isinstance(saved, dict) and saved.get("candidates") == list(auto_candidates(flags)):
-        return str(saved.get("precision"))
-    return None
+    saved = _remembered(_read_auto_file(export_dir_for(settings, version) / AUTO_FILE), cpuinfo, candidates)
+    return None if saved is None else saved["precision"]
 
 
 def _read_auto_file(path: Path) -> dict[str, Any]:
@@ -257,6 +256,14 @@ def _read_auto_file(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return known if isinstance(known, dict) else {}
+
+
+def _remembered(known: dict[str, Any], cpuinfo: str, candidates: tuple[str, ...]) -> dict[str, Any] | None:
+    """Return the choice :data:`AUTO_FILE` holds for this CPU among these candidates, or None."""
+    saved = known.get(cpu_signature(cpuinfo))
+    if isinstance(saved, dict) and saved.get("candidates") == list(candidates) and saved.get("precision") in candidates:
+        return saved
+    return None
 
 
 def warm_up(embedder: Embedder) -> None:
