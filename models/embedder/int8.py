@@ -25,6 +25,8 @@ import numpy as np
 
 from models.embedder.compat import tflite_interpreter
 from models.embedder.graph import make_module
+from models.embedder.spec import CLS_ID, SEP_ID
+from models.embedder.tfenv import native_log_filter
 
 INT8_FILE = "encoder_int8.tflite"
 QUANTISATION = "dynamic-range int8 (TFLite Optimize.DEFAULT, TensorFlow's converter)"
@@ -54,9 +56,13 @@ class Int8Encoder:
 
     def __init__(self, path: Path, threads: int) -> None:
         self.path = path
-        self._interpreter = tflite_interpreter(str(path), threads)
-        self._run = self._interpreter.get_signature_runner()
         self._lock = threading.Lock()
+        # TFLite applies XNNPACK at the first run and says so on stderr (an INFO line): run one
+        # [CLS] [SEP] here, with that line held to TF_CPP_MIN_LOG_LEVEL like TensorFlow's own
+        with native_log_filter():
+            self._interpreter = tflite_interpreter(str(path), threads)
+            self._run = self._interpreter.get_signature_runner()
+            self(np.array([[CLS_ID, SEP_ID]]), np.ones((1, 2)))
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         with self._lock:

@@ -44,6 +44,9 @@ _NATIVE_LINE = re.compile(
     r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<tsl>[IWEF]) )"  # older TF: 2025-09-17 14:44:05.157831: I
     r"[\w./-]+:\d+\] "
 )
+_TFLITE_LINE = re.compile(r"(?P<tflite>VERBOSE|INFO|WARNING|ERROR): ")
+"""TFLite's own log lines (``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.``)."""
+_TFLITE_SEVERITY = {"VERBOSE": 0, "INFO": 0, "WARNING": 1, "ERROR": 2}
 _ABSL_PRE_INIT_NOTE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 FALSE_ALARMS = (
     # TensorFlow 2.21's oneDNN rewrite, at a function's first run, on CPUs with AVX-512 too: the
@@ -88,9 +91,10 @@ def is_hidden(line: str, level: int) -> bool:
     if line.rstrip("\r\n") == _ABSL_PRE_INIT_NOTE or any(alarm in line for alarm in FALSE_ALARMS):
         return level >= 1
     match = _NATIVE_LINE.match(line)
-    if match is None:
-        return False
-    return _SEVERITY[match.group("absl") or match.group("tsl")] < level
+    if match is not None:
+        return _SEVERITY[match.group("absl") or match.group("tsl")] < level
+    tflite = _TFLITE_LINE.match(line)
+    return tflite is not None and _TFLITE_SEVERITY[tflite.group("tflite")] < level
 
 
 def _pump(read_fd: int, out_fd: int, level: int) -> None:

@@ -305,3 +305,16 @@ def test_the_auto_check_converts_the_int8_encoder_while_it_holds_its_own_lock(
     check.start()
     check.join(60)  # a hang guard, never a measure
     assert chosen == ["int8"]
+
+
+@pytest.mark.parametrize(("line", "level", "hidden"), [
+    ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n", 2, True),
+    ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n", 0, False),
+    ("WARNING: a TFLite warning\n", 2, True),
+    ("ERROR: a TFLite error\n", 2, False),
+    ("INFO of mine, not TFLite's\n", 2, False),
+])
+def test_tflite_lines_are_held_to_tensorflows_log_level(line: str, level: int, hidden: bool) -> None:
+    from models.embedder import tfenv
+
+    assert tfenv.is_hidden(line, level) is hidden
