@@ -121,7 +121,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> Wiring:
         from models.embedder import load_embedder
 
         embedder = load_embedder(settings)
-    heads = HeadSet(settings, embedder.version)
+    heads = HeadSet(settings, embedder.version, embedder.precision)  # refuses heads of another version or precision
     heads.start()
 
     cleaned_name = f"{settings.app_id}-phrases.cleaned"
@@ -142,7 +142,8 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> Wiring:
         except KafkaException as exc:
             log.warning("cannot create %s before the start (%s); Faust creates it", name, exc)
     cache_backend = MappingBackend(table, bytes_keys=True)
-    cache = EmbeddingCache(cache_backend, embedder.version, embedder.feature_dim, settings.cache_max_entries)
+    # keyed by the features' id (the version, and the precision unless fp32): precisions never share entries
+    cache = EmbeddingCache(cache_backend, embedder.features_id, embedder.feature_dim, settings.cache_max_entries)
     metrics = WorkerMetrics()
     metrics.watch(cache=cache, heads=lambda: heads.heads)
     memo = AnswerMemo(settings.answer_memo_entries)
@@ -158,7 +159,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> Wiring:
     cleaner = Cleaner(app=app, committer=committer, settings=settings, guard=OffsetGuard("validate_and_clean", topic_in.get_topic_name()),
                       outbox=Outbox(settings, "clean"), metrics=metrics, offload=asyncio.to_thread, heads=heads,
                       limits=Limits(settings.max_text_chars, settings.max_message_bytes),
-                      cleaned_topic=cleaned_topic, embedder_version=embedder.version)
+                      cleaned_topic=cleaned_topic, embedder_version=embedder.features_id)
     server = Server(app=app, committer=committer, settings=settings, guard=OffsetGuard("embed_and_classify", cleaned_topic),
                     outbox=Outbox(settings, "serve"), metrics=metrics, offload=asyncio.to_thread,
                     embedder=embedder, heads=heads, cache=cache, cache_backend=cache_backend, memo=memo,

@@ -97,9 +97,13 @@ class Embedder(Protocol):
     """What the stream needs of the embedder (``models.embedder.Embedder``)."""
 
     version: str
+    precision: str
 
     @property
     def feature_dim(self) -> int: ...
+
+    @property
+    def features_id(self) -> str: ...
 
     def features_batch(self, texts: Sequence[str]) -> np.ndarray: ...
 

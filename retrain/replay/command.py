@@ -181,7 +181,7 @@ def _features(settings: Any, embedder: Any, test: Sequence[Example]) -> Any:
 def _score_folder(folder: Any, embedder: Any, ref: HeadRef, features: Any, test: Sequence[Example]) -> Score:
     from models.heads import load_head
 
-    return score(load_head(folder, embedder_version=embedder.version), ref.version, features, test)
+    return score(load_head(folder, embedder_version=embedder.version, embedder_precision=embedder.precision), ref.version, features, test)
 
 
 class LiveUnknown(RuntimeError):

@@ -38,11 +38,12 @@ def heads(base_settings) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def embedder():
-    """The embedder the worker serves with (the same export, from the shared models folder)."""
+    """The embedder the worker serves with (the same export, from the shared models folder, in the
+    precision ``auto`` chose and remembered for this CPU)."""
     from models.embedder import load_embedder
     from schemas.settings import Settings
 
-    return load_embedder(Settings(), precision="fp32", warm=False)
+    return load_embedder(Settings(), warm=False)
 
 
 def rollup_rows(settings) -> list[dict]:
