@@ -127,7 +127,10 @@ def through_worker(settings: Settings, messages: list[tuple[str, bytes]], heads_
 
 
 def fill_cache_changelog(settings: Settings, embedder_version: str, dim: int, entries: int) -> None:
-    """Write ``entries`` cache entries to the app's changelog before its worker starts."""
+    """Write ``entries`` cache entries to the app's changelog before its worker starts.
+
+    ``embedder_version`` is what the worker's cache keys start with: the embedder's ``features_id``.
+    """
     from confluent_kafka import Producer
 
     from ops.kafka.topics import create_topic
@@ -136,10 +139,13 @@ def fill_cache_changelog(settings: Settings, embedder_version: str, dim: int, en
     create_topic(settings, topic, settings.partitions_in, {"cleanup.policy": "compact"})
     producer = Producer(client_config(settings, {"linger.ms": 20, "partitioner": "murmur2_random",
                                                  "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576}))
+    from streams.state.cache import encode_entries, key_prefix
+
     rng = np.random.default_rng(7)
-    vector = rng.standard_normal(dim).astype(np.float16).tobytes()
+    entry = encode_entries(rng.standard_normal((1, dim)))[0]  # the cache's own entry format and key prefix
+    prefix = key_prefix(embedder_version)
     for i in range(entries):
-        produce_retrying(producer, topic, vector, f"{embedder_version}:{i:032x}".encode(), wait_s=0.1)
+        produce_retrying(producer, topic, entry, f"{prefix}{i:032x}".encode(), wait_s=0.1)
     producer.flush(300)
 
 

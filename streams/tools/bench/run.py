@@ -92,7 +92,7 @@ def run_bench(settings: Settings, *, count: int = 20_000, progress: bool = True,
     if st_python:
         say("the embedder against sentence-transformers (batch 32, alternating)")
         out.update(against_st(embedder, texts[:ST_PHRASES], st_python))
-    feature_dim, version = embedder.feature_dim, embedder.version
+    feature_dim, version = embedder.feature_dim, embedder.features_id
     del embedder
 
     scratch = Scratch(settings)
