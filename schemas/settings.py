@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     commit_interval_ms: int = Field(default=20, ge=1, le=60_000,
                                     description="the worker commits the input offsets whose outputs the broker has "
                                                 "acknowledged at most this often (and at stop), ms")
+    fetch_wait_ms: int = Field(default=20, ge=1, le=1500,
+                               description="the longest the worker's consumer waits at the broker for new messages "
+                                           "(Faust's own is 1500): a message may wait this long per hop")
     max_in_flight: int = Field(default=20_000, ge=1, description="outputs an agent may have waiting for the "
                                "broker's acknowledgement before it waits too")
     broker_wait_seconds: float = Field(default=60.0, ge=0,

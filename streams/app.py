@@ -48,7 +48,7 @@ from streams.decode import Limits
 from streams.heads import HeadSet
 from streams.kafka.committer import Committer
 from streams.kafka.continuity import OffsetGuard
-from streams.kafka.faust_compat import changelog_metadata, take_batches
+from streams.kafka.faust_compat import changelog_metadata, set_fetch_wait, take_batches
 from streams.kafka.membership import faust_broker_url, group_instance_id, worker_group_settings
 from streams.kafka.outbox import Outbox
 from streams.metrics import WorkerMetrics, serve_metrics
@@ -168,6 +168,8 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> Wiring:
 
     @app.agent(topic_in)
     async def validate_and_clean(stream: faust.StreamT[bytes]) -> None:
+        if not set_fetch_wait(app, settings.fetch_wait_ms / 1000.0):
+            log.warning("the consumer's fetch wait stays Faust's 1.5 s: its consumer has not started")
         try:
             async for events in take_batches(stream, cleaner.limit):
                 await cleaner.run(events)

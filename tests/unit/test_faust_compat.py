@@ -94,6 +94,30 @@ def test_changelog_metadata_asks_the_aiokafka_producer_faust_started() -> None:
     assert asked == ["worker-embedding-cache-changelog"]
 
 
+# --- set_fetch_wait: Fetcher._fetch_max_wait_ms of Faust's aiokafka consumer ----------------
+
+
+def test_faust_still_fixes_the_fetch_wait_at_1500_ms_and_aiokafka_reads_it_for_each_fetch() -> None:
+    from aiokafka.consumer.fetcher import Fetcher
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    assert "fetch_max_wait_ms=1500" in inspect.getsource(AIOKafkaConsumerThread._create_worker_consumer), \
+        "Faust changed its fetch wait (a setting now?): check set_fetch_wait"
+    assert "self._fetch_max_wait_ms" in inspect.getsource(Fetcher.__init__)
+    assert "self._fetch_max_wait_ms" in inspect.getsource(Fetcher._get_actions_per_node), \
+        "aiokafka no longer reads the wait per fetch: a change after the start would not count"
+
+
+def test_the_fetch_wait_is_set_on_the_started_consumers_fetcher_and_not_before() -> None:
+    from types import SimpleNamespace
+
+    app = offline_app()
+    assert faust_compat.set_fetch_wait(app, 0.02) is False, "no consumer started yet"
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=1500)
+    app.consumer._thread._consumer = SimpleNamespace(_fetcher=fetcher)  # what AIOKafkaConsumerThread.on_start sets
+    assert faust_compat.set_fetch_wait(app, 0.02) is True and fetcher._fetch_max_wait_ms == 20
+
+
 # --- take_batches: Stream._enable_passive, as Stream.take_events uses it --------------------
 
 
