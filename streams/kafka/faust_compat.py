@@ -136,6 +136,10 @@ def set_fetch_wait(app: faust.App, seconds: float) -> bool:
     return True
 
 
+IDLE_TURNS = 2
+"""A batch is taken once the stream added nothing for this many turns of the event loop."""
+
+
 def take_batches(stream: faust.StreamT, limit: Callable[[], int]) -> AsyncIterator[list[EventT]]:
     """Return batches of the events ``stream`` holds: at once when any is there, at most ``limit()``.
 
@@ -174,8 +178,15 @@ async def _take(stream: faust.Stream, limit: Callable[[], int]) -> AsyncIterator
     stream._enable_passive(cast(faust.ChannelT, aiter(stream.channel)))
     while not stream.should_stop:
         await stream.wait_for_stopped(ready)  # type: ignore[arg-type]
+        # The stream hands over what it already holds one event per turn of the event loop:
+        # give it turns while it still has some (not waiting for new ones), so a backlog comes
+        # as one batch and a lone phrase goes at once.
+        max_, idle = limit(), 0
+        while idle < IDLE_TURNS and len(events) < max_:
+            held = len(events)
+            await asyncio.sleep(0)
+            idle = idle + 1 if len(events) == held else 0
         if events:
-            max_ = limit()
             batch = events[:max_]
             del events[:max_]
             if not events:
