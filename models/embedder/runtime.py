@@ -101,7 +101,7 @@ class Embedder:
         of features keyed by it never mixes precisions. fp32 keeps the bare version, which
         caches written before precisions were told apart used.
         """
-        return self.version if self.precision == "fp32" else f"{self.version}-{self.precision}"
+        return features_id_for(self.version, self.precision)
 
     def _features(self, batch: np.ndarray) -> np.ndarray:
         """Run the export function for this precision and batch size (see ``features_single``)."""
@@ -232,6 +232,11 @@ def auto_precision(embedder: Embedder, cpuinfo: str,
         tmp.write_text(json.dumps(known, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     return choice
+
+
+def features_id_for(version: str, precision: str) -> str:
+    """Return :attr:`Embedder.features_id` of export ``version`` run in ``precision`` (no TensorFlow)."""
+    return version if precision == "fp32" else f"{version}-{precision}"
 
 
 def known_precision(settings: Settings, version: str) -> str | None:

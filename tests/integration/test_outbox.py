@@ -12,6 +12,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from bounds import BOUND_S, POLL_S
 from confluent_kafka import Consumer, TopicPartition
 
+from models.embedder.runtime import features_id_for, known_precision
 from ops.kafka.clients import client_config
 from ops.kafka.offsets import end_offsets
 from ops.kafka.topics import create_topic
@@ -64,5 +65,8 @@ def test_variants_that_clean_alike_share_one_key_on_the_cleaned_topic_and_one_ca
     assert preds["v-2"]["clean_text"] == preds["v-1"]["clean_text"] == "what is my balance?"
     assert (preds["v-1"]["cache_hit"], preds["v-2"]["cache_hit"]) == (False, True)
     cleaned = read_all(stack.settings, f"{stack.settings.app_id}-phrases.cleaned", 2)
-    want = cache_key(preds["v-1"]["embedder_version"], "what is my balance?").encode()
+    version = preds["v-1"]["embedder_version"]
+    precision = known_precision(stack.settings, version)  # the worker's, as auto chose and remembered it
+    assert precision is not None
+    want = cache_key(features_id_for(version, precision), "what is my balance?").encode()
     assert [m.key() for m in cleaned] == [want, want]
