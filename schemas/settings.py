@@ -66,8 +66,8 @@ class Settings(BaseSettings):
 
     # Models
     models_dir: Path | None = Field(default=None, description="heads and embedder export; default <home>/models")
-    embed_batch_max: int = Field(default=64, ge=1, description="the cache misses of a batch are embedded in chunks "
-                                 "of at most this many")
+    embed_batch_max: int = Field(default=32, ge=1, description="under load a batch holds about 0.1 s of work, but "
+                                 "never fewer phrases than this (a batch's cache misses are one embedder call)")
     embed_precision: str = Field(default="auto", pattern=r"^(auto|fp32|bf16|int8)$",
                                  description="what the embedder computes in: fp32, bf16 or int8 (dynamic-range int8 "
                                  "encoder); auto: the fastest of those worth trying on this CPU, timed once "

@@ -51,7 +51,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 """Buckets of the end-to-end latency, seconds: up to 5 minutes (a backlog, a replay) before +Inf."""
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-"""Buckets of batch sizes (``PHRASESTREAM_EMBED_BATCH_MAX`` is 64 by default)."""
+"""Buckets of batch sizes (``PHRASESTREAM_EMBED_BATCH_MAX``, the smallest under load, is 32 by default)."""
 
 
 class BatchHistogram(Collector):

@@ -49,7 +49,10 @@ STALL_SECONDS = 15.0
 """A partition with messages left that delivered nothing this long is sought again (continuity)."""
 BATCH_BUDGET_SECONDS = 0.1
 """How long an agent's batch should take: under backlog a batch holds as many phrases as take about
-this long to serve, at the last batches' pace, between ``embed_batch_max`` and ``stream_batch_max``."""
+this long to serve, at the last batches' pace, between ``embed_batch_max`` and ``stream_batch_max``.
+It also bounds what a worker killed with ``kill -9`` serves again: at most the batch whose
+outputs were delivered but not yet committed, per agent (a batch of cache misses is
+``embed_batch_max`` phrases, 32)."""
 DRAIN_SECONDS = 10.0
 """At stop, how long an agent waits for the broker to take its outputs in flight."""
 

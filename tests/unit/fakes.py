@@ -30,10 +30,15 @@ class ReadoutEmbedder:
     """
 
     readout = READOUT
+    precision = "fp32"
 
     def __init__(self, version: str = "fake-v1") -> None:
         self.version = version
         self.calls: list[list[str]] = []
+
+    @property
+    def features_id(self) -> str:
+        return self.version
 
     @property
     def feature_dim(self) -> int:
