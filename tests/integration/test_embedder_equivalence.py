@@ -146,7 +146,7 @@ def test_features_start_with_the_sentence_embedding_and_every_block_is_unit_norm
     feats = embedder.features_batch(texts)
     assert feats.shape == (len(texts), 384 * len(spec.READOUT)) and feats.dtype == np.float32
     assert embedder.readout == spec.READOUT and spec.READOUT[0] == "mean6"
-    np.testing.assert_array_equal(feats, runtime.quantise(feats))  # float16-exact: the cache stores float16
+    np.testing.assert_array_equal(feats, runtime.quantise(feats))  # float16-exact: the features are rounded so
     np.testing.assert_allclose(feats[:, :384], embedder.embed_batch(texts), atol=1e-3)
     norms = np.linalg.norm(feats.reshape(len(texts), len(spec.READOUT), 384), axis=2)
     np.testing.assert_allclose(norms, 1.0, atol=2e-3)
