@@ -17,7 +17,6 @@ after: a commit never covers an output the broker does not have. Their own work:
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -225,11 +224,5 @@ class Worker(faust.Worker):
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
-        # What start-up built (TensorFlow's Python side, the heads' TF-IDF vocabularies, Faust) lives
-        # as long as the worker: out of the collector's sight, a full collection no longer walks
-        # millions of objects (each one stopped the event loop for about half a second, the p99
-        # of light traffic).
-        gc.collect()
-        gc.freeze()
         always(log, READY_LINE)  # in the configured format (a JSON line too), at any log level
 
