@@ -205,29 +205,6 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> Wiring:
     return Wiring(settings, app, embedder, heads, cache, memo, rollups, publisher, metrics, cleaner, server)
 
 
-MALLOC_ARENAS = 2
-"""glibc arenas for the worker's threads (unless ``MALLOC_ARENA_MAX`` is set)."""
-
-
-def limit_malloc_arenas() -> None:
-    """Let the worker's threads share :data:`MALLOC_ARENAS` glibc malloc arenas; a no-op elsewhere.
-
-    glibc gives a thread that finds the arenas busy one of its own, up to 8 per core, and each
-    keeps the memory it once held. The worker's threads (TensorFlow's, the outbox's, the
-    offloaded batches') held 16-44 MB that way with the cache full. Same as starting it with
-    ``MALLOC_ARENA_MAX=2``, which, when set, is left to glibc.
-    """
-    import ctypes
-    import os
-
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-8, MALLOC_ARENAS)  # -8: M_ARENA_MAX
-    except (OSError, AttributeError):  # not glibc
-        log.debug("mallopt is not available; malloc arenas stay the C library's")
-
-
 def run_worker(settings: Settings) -> None:
     """Build the app, serve its metrics, and run its worker until SIGINT/SIGTERM; then publish
     the last serving rollups and stop following the registry.
@@ -236,7 +213,6 @@ def run_worker(settings: Settings) -> None:
     Faust from replacing the root handler with its own, so Faust's, mode's and aiokafka's
     records go through our formatter (text or JSON) like ours, and standard output stays ours.
     """
-    limit_malloc_arenas()
     wiring = build_app(settings)
     port = settings.worker_metrics_port + settings.worker_index - 1 if settings.worker_metrics_port else 0
     serve_metrics(wiring.metrics.registry, settings.metrics_host, port, "worker")
