@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from typing import Any
 
 from ops.kafka.clients import client_config, faust_credentials
@@ -33,20 +32,10 @@ TAKE_MAX, TAKE_WITHIN = 500, 0.05
 
 def faust_passthrough(settings: Settings, messages: list[tuple[str, bytes]], timeout_s: float = 300.0) -> float:
     """Pass ``messages`` through a bare Faust agent in a process of its own; return messages/s."""
-    from confluent_kafka import Producer
-
-    from ops.kafka.topics import create_topic
+    from streams.tools.bench.measure import source_and_sink
     from streams.tools.bench.scratch import delete_topics
 
-    tag = uuid.uuid4().hex[:8]
-    src, dst = f"bench-{tag}-faust.in", f"bench-{tag}-faust.out"
-    for name in (src, dst):
-        create_topic(settings, name, 1, {"retention.ms": str(3_600_000)})
-    producer = Producer(client_config(settings, {"linger.ms": 5, "batch.num.messages": 10000,
-                                                 "queue.buffering.max.messages": 1_000_000}))
-    for key, value in messages:
-        producer.produce(src, value, key.encode())
-    producer.flush(60)
+    tag, src, dst = source_and_sink(settings, "faust", messages)
     env = {**os.environ, "PHRASESTREAM_APP_ID": f"bench-{tag}-faust", "PHRASESTREAM_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([sys.executable, "-m", "streams.tools.bench.faust_ceiling", src, dst, str(len(messages))],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)

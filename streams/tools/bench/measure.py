@@ -18,21 +18,32 @@ from schemas.settings import Settings
 from streams.tools.bench.scratch import delete_topics
 
 
-def passthrough(settings: Settings, messages: list[tuple[str, bytes]]) -> float:
-    """Consume → parse → produce ``messages`` in one process; return messages/s."""
-    from confluent_kafka import Consumer, Producer, TopicPartition
+def source_and_sink(settings: Settings, stage: str, messages: list[tuple[str, bytes]]) -> tuple[str, str, str]:
+    """Create a one-partition scratch topic holding ``messages`` (keyed by id) and an empty one for the output.
+
+    Return the run's tag and the two topic names (``bench-<tag>-<stage>.in`` and ``.out``).
+    """
+    from confluent_kafka import Producer
 
     from ops.kafka.topics import create_topic
 
     tag = uuid.uuid4().hex[:8]
-    src, dst = f"bench-{tag}-pass.in", f"bench-{tag}-pass.out"
+    src, dst = f"bench-{tag}-{stage}.in", f"bench-{tag}-{stage}.out"
     for name in (src, dst):
         create_topic(settings, name, 1, {"retention.ms": str(3_600_000)})
     producer = Producer(client_config(settings, {"linger.ms": 5, "batch.num.messages": 10000,
                                                  "queue.buffering.max.messages": 1_000_000}))
-    for _, value in messages:
-        producer.produce(src, value)
+    for key, value in messages:
+        producer.produce(src, value, key.encode())
     producer.flush(60)
+    return tag, src, dst
+
+
+def passthrough(settings: Settings, messages: list[tuple[str, bytes]]) -> float:
+    """Consume → parse → produce ``messages`` in one process; return messages/s."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    tag, src, dst = source_and_sink(settings, "pass", messages)
     consumer = Consumer(client_config(settings, {"group.id": f"bench-{tag}",
                                                  "enable.auto.commit": False, "fetch.min.bytes": 1}))
     consumer.assign([TopicPartition(src, 0, 0)])
