@@ -8,8 +8,8 @@ Each message carries ``schema_version``; a reader refuses a version it does not 
 - ``phrases.dlq``: :class:`DeadLetter`, every message that could not be served.
 - ``phrases.labeled``: :class:`LabeledPhrase`, labelled examples for retraining.
 - ``models.registry``: :class:`RegistryPointer`, the live version of each head (compacted).
-- ``drift.alerts``: :class:`DriftAlert`, a drift flag that tripped (``phrasestream drift-watch``).
-- ``serving.rollups``: :class:`ServingRollup`, what the worker served per head and hour (for drift).
+- ``drift.alerts`` and ``serving.rollups``: ``schemas.observations``.
+- ``phrases.review`` and ``predictions.shadow``: ``schemas.review`` (the expert loop).
 """
 
 from __future__ import annotations
@@ -18,17 +18,15 @@ import base64
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, model_validator
+from pydantic import AwareDatetime, BeforeValidator, Field, StrictBool, StrictStr
 
-
-def utcnow() -> datetime:
-    """Return the current time, timezone-aware (UTC)."""
-    return datetime.now(UTC)
+from schemas.base import Message, Name, utcnow
+from schemas.review import ReviewRule, ShadowSpec
 
 
 def _id_to_str(value: Any) -> Any:
@@ -38,19 +36,13 @@ def _id_to_str(value: Any) -> Any:
     return value
 
 
-Name = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")]
 PhraseId = Annotated[
     StrictStr, BeforeValidator(_id_to_str), Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
 """A client id: 1-200 characters, no control characters (PostgreSQL text cannot hold NUL)."""
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    def to_bytes(self) -> bytes:
-        """Serialise as compact UTF-8 JSON, the wire format of every topic."""
-        return self.model_dump_json(exclude_none=True).encode("utf-8")
+_Message = Message
 
 
 class PhraseIn(_Message):
@@ -71,6 +63,8 @@ class PhraseIn(_Message):
     models: list[Annotated[StrictStr, Field(min_length=1, max_length=64)]] | None = Field(default=None, min_length=1, max_length=32)
     ts: AwareDatetime | None = None
     metadata: dict[str, Any] | None = None
+    explain: StrictBool | None = None
+    """Ask for evidence: each prediction of this phrase then carries ``evidence`` (off by default; see docs/explain.md)."""
 
 
 CLEANED_FORMAT = 2
@@ -89,7 +83,8 @@ class CleanedPhrase:
     ``<app_id>-phrases.cleaned``, so reading it back needs a shape check, not a validation.
     On the topic it is a compact JSON array, ``[2, id, region, models, clean_text,
     received_at, ts]`` (:data:`CLEANED_FORMAT` first; datetimes in ISO 8601, ``ts`` null
-    when absent). :meth:`from_bytes` also reads format 1 (the JSON object of older workers),
+    when absent), with an eighth element ``{"explain": true}`` only when the phrase asked for
+    evidence (so the usual message is unchanged). :meth:`from_bytes` also reads format 1 (the JSON object of older workers),
     so phrases in flight at an upgrade are served.
 
     >>> p = CleanedPhrase("42", "global", ["intent"], "hi", datetime(2026, 1, 2, tzinfo=UTC))
@@ -103,11 +98,14 @@ class CleanedPhrase:
     clean_text: str
     received_at: datetime
     ts: datetime | None = None
+    explain: bool = False
 
     def to_bytes(self) -> bytes:
         """Serialise in :data:`CLEANED_FORMAT`."""
-        return orjson.dumps([CLEANED_FORMAT, self.id, self.region, self.models, self.clean_text,
-                             self.received_at, self.ts], option=orjson.OPT_UTC_Z)
+        row: list[Any] = [CLEANED_FORMAT, self.id, self.region, self.models, self.clean_text, self.received_at, self.ts]
+        if self.explain:
+            row.append({"explain": True})
+        return orjson.dumps(row, option=orjson.OPT_UTC_Z)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CleanedPhrase:
@@ -118,7 +116,10 @@ class CleanedPhrase:
             raise CleanedFormatError(f"invalid JSON ({exc})") from None
         if isinstance(value, dict) and value.get("schema_version") == 1:  # format 1, from an older worker
             value = [1, *(value.get(k) for k in ("id", "region", "models", "clean_text", "received_at", "ts"))]
-        if not (isinstance(value, list) and len(value) == 7 and value[0] in (1, CLEANED_FORMAT)):
+        flags: Any = {}
+        if isinstance(value, list) and len(value) == 8 and value[0] == CLEANED_FORMAT:
+            *value, flags = value
+        if not (isinstance(value, list) and len(value) == 7 and value[0] in (1, CLEANED_FORMAT)) or not isinstance(flags, dict):
             raise CleanedFormatError(f"expected [{CLEANED_FORMAT}, id, region, models, clean_text, received_at, ts] "
                                      f"(format {CLEANED_FORMAT}) or a format 1 object, got {str(value)[:80]}")
         _, phrase_id, region, models, clean_text, received_at, ts = value
@@ -128,7 +129,7 @@ class CleanedPhrase:
         if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)):
             raise CleanedFormatError(f"models must be a non-empty list of strings, got {models!r:.80}")
         return cls(phrase_id, region, models, clean_text, _aware("received_at", received_at),
-                   None if ts is None else _aware("ts", ts))
+                   None if ts is None else _aware("ts", ts), flags.get("explain") is True)
 
 
 def _aware(name: str, value: Any) -> datetime:
@@ -164,12 +165,22 @@ class Prediction(_Message):
     received_at: AwareDatetime
     predicted_at: AwareDatetime
     ts: AwareDatetime | None = None
+    evidence: dict[str, Any] | None = None
+    """Why this label, when the phrase asked for it (``"explain": true``): ``models.heads.explain.evidence``."""
+
+
+class ShadowPrediction(Prediction):
+    """A shadow head's answer, on ``predictions.shadow`` only: ``model_version`` is the shadow's
+    version, ``live_version`` the version served to users beside it."""
+
+    live_version: str
 
 
 def prediction_bytes(
     id: str, region: str, model: str, model_version: str, label: str, probability: float,
     top_k: list[tuple[str, float]], clean_text: str, embedder_version: str, cache_hit: bool,
     latency_ms: float, received_at: datetime, predicted_at: datetime, ts: datetime | None,
+    evidence: dict[str, Any] | None = None,
 ) -> bytes:
     """Return the bytes of ``Prediction(...).to_bytes()`` for these fields, without building the model.
 
@@ -184,6 +195,8 @@ def prediction_bytes(
               "received_at": received_at, "predicted_at": predicted_at}
     if ts is not None:
         fields["ts"] = ts
+    if evidence is not None:
+        fields["evidence"] = evidence
     return orjson.dumps(fields, option=orjson.OPT_UTC_Z)
 
 
@@ -276,9 +289,17 @@ class LabeledPhrase(_Message):
     region: Name
     model: Name
     ts: AwareDatetime = Field(default_factory=utcnow)
+    # Provenance, set by the review page (``source: "review"``); absent on examples users produce.
+    source: StrictStr | None = Field(default=None, max_length=64)
+    reviewer: StrictStr | None = Field(default=None, max_length=200)
+    item_id: StrictStr | None = Field(default=None, max_length=200)
+    reason: StrictStr | None = Field(default=None, max_length=200, description="the routing reason(s), comma-separated")
+    sampling_weight: float | None = Field(default=None, gt=0)
+    head_version: StrictStr | None = Field(default=None, max_length=128)
+    label_set_version: int | None = Field(default=None, ge=0)
 
 
-RegistryAction = Literal["activate", "promote", "rollback", "retrain"]
+RegistryAction = Literal["activate", "promote", "rollback", "retrain", "shadow", "configure"]
 
 
 class RegistryPointer(_Message):
@@ -304,83 +325,12 @@ class RegistryPointer(_Message):
     embedder_version: StrictStr | None = None
     metrics: dict[str, float | None] = Field(default_factory=dict)
     stack: list[StrictStr] = Field(default_factory=list, max_length=100)
+    shadow: ShadowSpec | None = None
+    """A candidate every worker runs beside ``version`` (``promote --shadow``); None: no shadow."""
+    review: ReviewRule | None = None
+    """The review rule in force, when changed since training (``review-rule``); None: the head's own."""
 
     @property
     def key(self) -> bytes:
         """Return the topic key, ``region/model``."""
         return f"{self.region}/{self.model}".encode()
-
-
-class DriftAlert(_Message):
-    """One drift flag that tripped, as ``phrasestream drift-watch`` publishes it to ``drift.alerts``.
-
-    The key is ``region/model``. ``value`` crossed ``threshold`` for ``metric`` (a key of the
-    report's ``metrics``: e.g. ``label_psi``) over ``[window_start, window_end)`` against
-    ``reference`` (``training``: the live head's reference statistics, or a window length such
-    as ``30d``: the window just before). ``report_path`` is the HTML page on the watcher's
-    machine; ``check_id`` is shared by the alerts of one round.
-    """
-
-    schema_version: Literal[1] = 1
-    check_id: StrictStr = Field(min_length=1, max_length=100)
-    at: AwareDatetime = Field(default_factory=utcnow)
-    region: Name
-    model: Name
-    model_version: StrictStr | None = None
-    metric: StrictStr = Field(min_length=1, max_length=100)
-    value: float
-    threshold: float
-    window_start: AwareDatetime
-    window_end: AwareDatetime
-    window: StrictStr
-    reference: StrictStr
-    rows: int = Field(ge=0)
-    report_path: StrictStr
-
-    @property
-    def key(self) -> str:
-        """Return the topic key, ``region/model``."""
-        return f"{self.region}/{self.model}"
-
-
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-
-
-class ServingRollup(_Message):
-    """What one worker served for one (region, model, model_version) in one UTC hour, since its last delta.
-
-    Published to ``serving.rollups`` every ``PHRASESTREAM_ROLLUP_INTERVAL_SECONDS`` and at
-    shutdown (see ``streams.rollups``); the sink adds it to the table ``serving_rollups``.
-    Deltas add up: the centroid of a window is ``sum(embedding_sum) / sum(n)`` over its rows.
-    ``delta_id`` (worker instance uuid, ``-``, sequence number) is unique, so a delta
-    delivered twice is stored once. ``n`` counts predictions made (one per phrase and head),
-    cache hits included; ``embedding_sum`` is the element-wise sum of their L2-normalised
-    384-d sentence embeddings (the ``mean6`` readout block); ``unk_rate_sum`` the sum of their
-    unknown-word-piece rates; ``with_unk`` how many had any unknown piece.
-    """
-
-    schema_version: Literal[1] = 1
-    delta_id: StrictStr = Field(min_length=3, max_length=100, pattern=r"^[0-9a-f]{32}-[0-9]+$")
-    region: StrictStr = Field(min_length=1, max_length=64)
-    model: StrictStr = Field(min_length=1, max_length=64)
-    model_version: StrictStr = Field(min_length=1, max_length=128)
-    hour: AwareDatetime
-    n: int = Field(ge=1)
-    embedding_sum: list[FiniteFloat] = Field(min_length=1, max_length=4096)
-    unk_rate_sum: FiniteFloat = Field(ge=0.0)
-    with_unk: int = Field(ge=0)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ServingRollup:
-        if self.with_unk > self.n:
-            raise ValueError(f"with_unk ({self.with_unk}) exceeds n ({self.n})")
-        if self.unk_rate_sum > self.n + 1e-6:
-            raise ValueError(f"unk_rate_sum ({self.unk_rate_sum}) exceeds n ({self.n}): a rate is at most 1")
-        if (self.hour.minute, self.hour.second, self.hour.microsecond) != (0, 0, 0) or self.hour.utcoffset():
-            raise ValueError(f"hour must be a whole UTC hour, got {self.hour.isoformat()}")
-        return self
-
-    @property
-    def id(self) -> str:
-        """Return ``delta_id``: the id the sink's dead letters name a record by."""
-        return self.delta_id

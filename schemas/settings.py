@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     topic_registry: str = Field(default="models.registry", description="live head versions (compacted)")
     topic_alerts: str = Field(default="drift.alerts", description="drift alerts of `phrasestream drift-watch`")
     topic_rollups: str = Field(default="serving.rollups", description="per-hour serving rollups for drift reports")
+    topic_review: str = Field(default="phrases.review", description="answers routed to a human (the review rule)")
+    topic_shadow: str = Field(default="predictions.shadow", description="answers of shadow heads, never served")
     partitions_in: int = Field(default=4, ge=1, description="partitions of phrases.in and the internal topics")
     partitions_out: int = Field(default=4, ge=1, description="partitions of predictions.out")
     replication_factor: int = Field(default=1, ge=1, description="replication of the topics phrasestream creates")

@@ -10,7 +10,7 @@ so it matches the rows of a head in ``inferences``, duplicates by a client's rep
 ``id`` aside.
 
 Every ``PHRASESTREAM_ROLLUP_INTERVAL_SECONDS`` and at shutdown, :class:`RollupPublisher`
-drains the sums into :class:`~schemas.messages.ServingRollup` deltas, each with a unique
+drains the sums into :class:`~schemas.observations.ServingRollup` deltas, each with a unique
 ``delta_id`` (worker instance uuid and a sequence number), and produces them to
 ``serving.rollups``. The sink stores each delta once in ``serving_rollups``
 (:class:`streams.sinks.rollups.PostgresRollupSink`, ``ON CONFLICT (delta_id) DO NOTHING``), so a delta delivered
@@ -43,7 +43,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from ops.kafka.clients import client_config
-from schemas.messages import CleanedPhrase, ServingRollup
+from schemas.messages import CleanedPhrase
+from schemas.observations import ServingRollup
 from schemas.settings import Settings
 from streams.pipeline import Sent
 from streams.state.memos import UnknownRates

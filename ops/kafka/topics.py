@@ -33,6 +33,10 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         settings.topic_alerts: (1, {"cleanup.policy": "delete", "retention.ms": days(30)}),
         # serving rollups: a few small deltas per head and 10 s; kept long enough for a sink outage
         settings.topic_rollups: (1, {"cleanup.policy": "delete", "retention.ms": days(14)}),
+        # answers routed for review: read by the review page into PostgreSQL; two weeks of slack
+        settings.topic_review: (1, {"cleanup.policy": "delete", "retention.ms": days(14)}),
+        # shadow heads' answers: stored by the sink; as long as the predictions
+        settings.topic_shadow: (settings.partitions_out, {"cleanup.policy": "delete", "retention.ms": days(7)}),
     }
 
 

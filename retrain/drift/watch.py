@@ -3,7 +3,7 @@
 Every ``--every`` (default 1 h) the watcher lists the live heads from ``models.registry``,
 builds the drift report of each (:func:`retrain.drift.report.build_report`) over the last
 ``--current`` window against ``--reference``, writes it under ``<out>/<region>/<model>/<UTC
-time>/``, and publishes one :class:`schemas.messages.DriftAlert` to ``drift.alerts`` for each
+time>/``, and publishes one :class:`schemas.observations.DriftAlert` to ``drift.alerts`` for each
 metric whose flag tripped (key ``region/model``). A head with no rows in the window is skipped
 with one log line; a head whose report fails is logged and the others go on.
 
@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from schemas.messages import DriftAlert
+from schemas.observations import DriftAlert
 
 log = logging.getLogger("phrasestream.drift_watch")
 

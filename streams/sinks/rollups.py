@@ -15,7 +15,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
-from schemas.messages import ServingRollup
+from schemas.observations import ServingRollup
 
 ROLLUP_COLUMNS = ("delta_id", "region", "model", "model_version", "hour", "n", "embedding_sum", "unk_rate_sum",
                   "with_unk")

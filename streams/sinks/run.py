@@ -21,7 +21,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from schemas.messages import ServingRollup
+from schemas.observations import ServingRollup
 from schemas.settings import Settings
 from streams.sinks.base import SinkRunner, consumer_config
 from streams.sinks.postgres import PostgresSink

@@ -218,7 +218,7 @@ def test_drift_watch_checks_every_live_head_once_and_publishes_one_alert_per_tri
     """`drift-watch --once`: global/intent's last 24 h hold two labels only (drift), the other live
     heads have no rows (skipped, not failed); each tripped flag is one message on drift.alerts."""
     from models.registry.pointers import read_all
-    from schemas.messages import DriftAlert
+    from schemas.observations import DriftAlert
 
     live = sorted(read_all(stack.settings))
     if ("global", "intent") not in live:

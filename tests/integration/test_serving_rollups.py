@@ -19,7 +19,7 @@ from models.datasets import load_clinc150
 from models.heads import block_columns
 from models.registry.lifecycle import active_heads
 from ops.kafka.clients import client_config
-from schemas.messages import ServingRollup
+from schemas.observations import ServingRollup
 from streams.app import READY_LINE
 from streams.rollups import hour_of, unit_rows
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from retrain.drift.watch import alerts_of, check_round
-from schemas.messages import DriftAlert
+from schemas.observations import DriftAlert
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

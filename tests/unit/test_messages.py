@@ -159,11 +159,11 @@ def test_prediction_top_k_on_the_wire_is_a_list_of_arrays() -> None:
     assert payload["top_k"] == [["pin_change", 0.912345], ["balance", 0.05], ["oos", 0.037655]]
 
 
-def test_prediction_exclude_none_omits_ts_only() -> None:
+def test_prediction_exclude_none_omits_ts_and_evidence_only() -> None:
     payload = json.loads(prediction().to_bytes())
     assert "ts" not in payload
     assert payload["cache_hit"] is True and payload["latency_ms"] == 12.5
-    assert set(payload) == set(Prediction.model_fields) - {"ts"}
+    assert set(payload) == set(Prediction.model_fields) - {"ts", "evidence"}
 
 
 def test_prediction_rejects_naive_datetime() -> None:

@@ -71,9 +71,10 @@ def test_list_migrations_rejects_bad_names_and_duplicates(tmp_path: Path):
 
 def test_topic_specs_follow_settings():
     s = Settings(topic_in="t.in", topic_out="t.out", topic_dlq="t.dlq", topic_labeled="t.lab",
-                 topic_registry="t.reg", topic_rollups="t.roll", topic_alerts="t.alerts", partitions_in=6, partitions_out=3)
+                 topic_registry="t.reg", topic_rollups="t.roll", topic_alerts="t.alerts", topic_review="t.rev",
+                 topic_shadow="t.shadow", partitions_in=6, partitions_out=3)
     specs = topics.topic_specs(s)
-    assert set(specs) == {"t.in", "t.out", "t.dlq", "t.lab", "t.reg", "t.roll", "t.alerts"}
+    assert set(specs) == {"t.in", "t.out", "t.dlq", "t.lab", "t.reg", "t.roll", "t.alerts", "t.rev", "t.shadow"}
     registry = specs.pop("t.reg")
     assert registry == (1, {"cleanup.policy": "compact", "retention.ms": "-1"}), \
         "one partition keeps the order of changes; compaction keeps the newest pointer of every head"

@@ -13,7 +13,8 @@ from fakes import FakeConsumer, FakeHead, FakeLetterBox, FakeProducer, ReadoutEm
 from pydantic import ValidationError
 
 from models.heads import BLOCK_DIM, HeadRef, block_columns
-from schemas.messages import CleanedPhrase, ErrorKind, Prediction, ServingRollup
+from schemas.messages import CleanedPhrase, ErrorKind, Prediction
+from schemas.observations import ServingRollup
 from schemas.settings import Settings
 from streams.pipeline import serve_batch
 from streams.rollups import RollupPublisher, Rollups, hour_of, rollups_for, unit_rows
