@@ -121,6 +121,12 @@ class Settings(BaseSettings):
                                      description="port of the worker's /metrics; 0 disables it")
     sink_metrics_port: int = Field(default=19399, ge=0, le=65535,
                                    description="port of the sink's /metrics, below the workers' range; 0 disables it")
+    review_host: str = Field(default="127.0.0.1", description="address the review page listens on")
+    review_port: int = Field(default=8080, ge=0, le=65535, description="port of the review page (`phrasestream review`)")
+    review_users: SecretStr = Field(default=SecretStr(""), description="reviewers of the review page, as "
+                                    "`name:password,name:password`; empty: one generated in <home>/review-users")
+    review_double_share: float = Field(default=0.1, ge=0, le=1, description="share of review items shown to "
+                                       "two reviewers, for their agreement")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field(default="text", pattern=r"^(text|json)$",
                             description="text (readable lines) or json (one JSON object a line)")

@@ -7,6 +7,9 @@
     phrasestream models          the built head versions, their metrics, which one is live
     phrasestream promote|rollback  change which version is live (workers follow within 10 s)
     phrasestream retrain         retrain a head on a window of phrases.labeled; promote it if no worse
+    phrasestream explain         why a head gives a label (terms, readout, nearest training examples)
+    phrasestream review          the review page for domain experts; review-rule, label-map: its rules and labels
+    phrasestream promote --shadow  run a candidate beside the live head; shadow-report compares them
     phrasestream drift-report    compare a window of stored inferences with the head's reference (HTML, JSON)
     phrasestream drift-watch     the drift report of every live head on a schedule; alerts to drift.alerts
     phrasestream worker          run the stream worker (foreground)
@@ -27,6 +30,7 @@ import argparse
 from schemas.settings import Settings
 from streams.cli.bench import cmd_bench
 from streams.cli.drift import cmd_drift_report, cmd_drift_watch
+from streams.cli.expert import add_expert_commands
 from streams.cli.services import cmd_clean, cmd_status, cmd_stop, cmd_up
 from streams.cli.stream import (
     cmd_consume,
@@ -89,11 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region")
     p.add_argument("--json", action="store_true", help="a JSON list, one object per version")
     p.set_defaults(func=cmd_models)
-    p = sub.add_parser("promote", help="make a built version live (workers follow within 10 s)")
+    p = sub.add_parser("promote", help="make a built version live (workers follow within 10 s), or run it in shadow")
     p.add_argument("--region", required=True)
     p.add_argument("--model", required=True)
-    p.add_argument("--version", required=True)
+    p.add_argument("--version", help="the version (required unless --shadow --stop)")
     p.add_argument("--reason", help="why, kept in the history")
+    p.add_argument("--shadow", action="store_true", help="run the version beside the live one on every worker; its "
+                   "answers go to predictions.shadow only")
+    p.add_argument("--percent", type=float, help="with --shadow: the share of phrases it runs on (default 100)")
+    p.add_argument("--stop", action="store_true", help="with --shadow: end the shadow")
     p.set_defaults(func=cmd_promote)
     p = sub.add_parser("rollback", help="make the previous live version (or --to V) live again")
     p.add_argument("--region", required=True)
@@ -101,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", help="the version to go back to (default: the one live before)")
     p.add_argument("--reason", help="why, kept in the history")
     p.set_defaults(func=cmd_rollback)
+    add_expert_commands(sub)
     p = sub.add_parser("retrain", help="retrain a head on a window of phrases.labeled; promote it if it is no worse",
                        description="Replay the labelled examples of --region/--model from phrases.labeled over a "
                        "window [start, end) of record timestamps, drop duplicate texts (the newest label wins), test "

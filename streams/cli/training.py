@@ -7,6 +7,7 @@ serving commands never load it).
 from __future__ import annotations
 
 import argparse
+import sys
 
 from schemas.settings import Settings
 from streams.cli.output import fail
@@ -54,6 +55,13 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
     from retrain.train.commands import promote_command
 
+    if args.shadow or args.stop or args.percent is not None:
+        from streams.cli.shadow import shadow_command
+
+        return shadow_command(settings, args)
+    if args.version is None:
+        print("error: promote needs --version (only --shadow --stop goes without one)", file=sys.stderr)
+        return 2
     return promote_command(settings, region=args.region, model=args.model, version=args.version, reason=args.reason)
 
 
