@@ -174,6 +174,12 @@ class ShadowPrediction(Prediction):
     version, ``live_version`` the version served to users beside it."""
 
     live_version: str
+    live_label: str | None = None
+    """The live head's label for the same phrase (None when the live head gave none)."""
+    head_ms: float | None = None
+    """The shadow head's own time per phrase in its batch, milliseconds (its serving cost)."""
+    live_head_ms: float | None = None
+    """The live head's time per phrase in the same batch, milliseconds."""
 
 
 def prediction_bytes(
