@@ -3,7 +3,7 @@
 ::
 
     phrasestream retrain --region R --model M (--since 90d | --from DATE [--to DATE])
-        [--tolerance 0.005] [--test-fraction 0.2] [--config FILE] [--reason TEXT] [--json] [--quiet]
+        [--tolerance 0.005] [--test-fraction 0.2] [--config FILE] [--reason TEXT] [--no-promote] [--json] [--quiet]
     phrasestream retrain --region R --model M --compare-windows 30d,90d,1y,all [--json]
 
 The steps are named functions in their own modules: the window (``retrain.replay.windows``), the
@@ -11,8 +11,10 @@ Kafka read (``retrain.replay.reader``), selection, deduplication and the time sp
 (``retrain.replay.select``), scoring and the gate (``retrain.replay.gate``). This module wires
 them to the trainer, the embedder and ``models.registry.lifecycle``, and prints. Progress
 and warnings go to standard error, the result to standard output (with ``--json`` the last
-line is one JSON object). Exit codes: 0 the command ran (the candidate was promoted or kept
-out of service: see ``decision``); 1 Kafka could not be read or the promotion failed; 2 bad
+line is one JSON object). ``--no-promote`` builds, scores and gates the candidate but never
+promotes it (``decision`` is ``not_promoted``, ``gate_passed`` what the gate said): the expert
+loop runs it in shadow first (``promote --shadow``). Exit codes: 0 the command ran (the
+candidate was promoted or kept out of service: see ``decision``); 1 Kafka could not be read or the promotion failed; 2 bad
 flags or too few labelled examples (one ``error: ...`` line on standard error).
 """
 
@@ -78,11 +80,13 @@ def retrain_command(settings: Any, *, region: str, model: str, since: str | None
                     date_from: str | None = None, date_to: str | None = None, compare: str | None = None,
                     tolerance: float = DEFAULT_TOLERANCE, test_fraction: float = DEFAULT_TEST_FRACTION,
                     config_path: str | None = None, reason: str | None = None, as_json: bool = False,
-                    progress: bool = True, embedder: Any = None, now: datetime | None = None) -> int:
+                    progress: bool = True, embedder: Any = None, now: datetime | None = None,
+                    no_promote: bool = False) -> int:
     """Retrain (region, model) on a window of ``phrases.labeled``; gate and promote; return the exit code.
 
     ``embedder`` defaults to ``models.embedder.load_embedder(settings)`` (tests pass one in);
     ``now`` (aware) ends the ``--since`` and ``--compare-windows`` windows, default: the time now.
+    ``no_promote``: gate the candidate but leave the live head as it is, whatever the gate says.
     """
     from retrain.train.commands import _load_config
 
@@ -138,7 +142,7 @@ def retrain_command(settings: Any, *, region: str, model: str, since: str | None
     if compare is not None:
         return _compare(settings, config, embedder, windows, train, test, base, as_json=as_json, progress=progress)
     return _retrain(settings, config, embedder, train, test, base, tolerance=tolerance, reason=reason,
-                    as_json=as_json, progress=progress)
+                    as_json=as_json, progress=progress, no_promote=no_promote)
 
 
 def _base_result(region: str, model: str, window: Window, replay: Replay, deduped: Deduped,
@@ -226,7 +230,8 @@ def score_live(settings: Any, region: str, model: str, embedder: Any, features: 
 
 
 def _retrain(settings: Any, config: Any, embedder: Any, train: Sequence[Example], test: Sequence[Example],
-             base: dict[str, Any], *, tolerance: float, reason: str | None, as_json: bool, progress: bool) -> int:
+             base: dict[str, Any], *, tolerance: float, reason: str | None, as_json: bool, progress: bool,
+             no_promote: bool = False) -> int:
     from models.heads import HeadError
     from models.registry.lifecycle import LifecycleError, promote
 
@@ -248,7 +253,7 @@ def _retrain(settings: Any, config: Any, embedder: Any, train: Sequence[Example]
         warnings.append(live_problem)
         _warn(live_problem)
     decision = gate(candidate, live, tolerance, live_problem or "no live head")
-    if decision.promote:
+    if decision.promote and not no_promote:
         why = f"window {base['window']['label']}: {decision.reason}"
         why = f"{reason}; {why}" if reason else why
         metrics = {"weighted_f1": candidate.weighted_f1, "accuracy": candidate.accuracy,
@@ -267,7 +272,8 @@ def _retrain(settings: Any, config: Any, embedder: Any, train: Sequence[Example]
         "live": live.to_json() if live else None,
         "live_version": live_ref.version if live_ref else None,
         "tolerance": tolerance,
-        "decision": "promoted" if decision.promote else "kept_live",
+        "decision": "not_promoted" if no_promote else "promoted" if decision.promote else "kept_live",
+        "gate_passed": decision.promote,
         "reason": decision.reason,
     }
     if as_json:
@@ -298,10 +304,12 @@ def _print_result(r: dict[str, Any], ref: HeadRef) -> None:
         print(f"live       {live_ref:<44} weighted F1 {_fmt(live['weighted_f1'])}  accuracy {_fmt(live['accuracy'])}")
     else:
         print(f"live       {r['live_version'] or 'none'} (not scored)")
-    print(f"decision   {r['decision']}: {r['reason']}")
-    if r["decision"] == "kept_live":
-        print(f"the candidate stays built, not live: `phrasestream promote --region {ref.region} --model {ref.model} "
-              f"--version {ref.version}` would make it live")
+    gate_said = "" if r["decision"] != "not_promoted" else f" (the gate {'passes' if r['gate_passed'] else 'fails'} it)"
+    print(f"decision   {r['decision']}{gate_said}: {r['reason']}")
+    if r["decision"] != "promoted":
+        promote = f"phrasestream promote --region {ref.region} --model {ref.model} --version {ref.version}"
+        print(f"the candidate stays built, not live: `{promote} --shadow` runs it beside the live head, "
+              f"`{promote}` makes it live")
 
 
 def _compare(settings: Any, config: Any, embedder: Any, windows: Sequence[Window], train: Sequence[Example],

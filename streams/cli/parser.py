@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the newest share of the examples to test on (default 0.2)")
     p.add_argument("--config", help="training configuration (JSON of retrain.train.config.TrainConfig)")
     p.add_argument("--reason", help="why, kept in the history with the promotion")
+    p.add_argument("--no-promote", action="store_true", help="build, score and gate the candidate but never promote "
+                   "it (try it first with `promote --shadow`)")
     p.add_argument("--json", action="store_true", help="last line: one JSON object of figures")
     p.add_argument("--quiet", action="store_true", help="no progress on standard error (warnings stay)")
     p.set_defaults(func=cmd_retrain)

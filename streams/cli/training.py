@@ -77,4 +77,4 @@ def cmd_retrain(settings: Settings, args: argparse.Namespace) -> int:
     return retrain_command(settings, region=args.region, model=args.model, since=args.since, date_from=args.date_from,
                            date_to=args.date_to, compare=args.compare_windows, tolerance=args.tolerance,
                            test_fraction=args.test_fraction, config_path=args.config, reason=args.reason,
-                           as_json=args.json, progress=not args.quiet)
+                           as_json=args.json, progress=not args.quiet, no_promote=args.no_promote)

@@ -401,3 +401,12 @@ def test_compare_windows_scores_one_candidate_per_window_on_one_test_slice_and_p
     table = capsys.readouterr().out.splitlines()
     assert code == 0 and table[1].split() == ["window", "n_train", "weighted", "F1", "accuracy", "version"]
     assert table[2].split()[:4] == ["30d", "0", "-", "-"] and table[3].split()[:2] == ["all", "96"]
+
+
+def test_no_promote_gates_the_candidate_and_leaves_the_live_head_alone(capsys, monkeypatch, stubbed):  # type: ignore[no-untyped-def]
+    _, live, promoted, _ = stubbed
+    code, out, err = run_stubbed(capsys, monkeypatch, stubbed, topic_examples(90, T0), no_promote=True)
+    assert code == 0, err
+    assert out["decision"] == "not_promoted" and out["gate_passed"] is True
+    assert promoted == [] and live == {}, "nothing was promoted although the gate passed"
+    assert out["candidate"]["version"] and out["candidate"]["weighted_f1"] > 0.8
