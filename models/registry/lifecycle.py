@@ -23,6 +23,7 @@ from __future__ import annotations
 import getpass
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ from models.registry.bundles import BundleError, BundleStore, install, pack, sha
 from models.registry.mirror import Registry, RegistryError
 from models.registry.pointers import PointerError, publish, read_all
 from schemas.messages import RegistryAction, RegistryPointer
+from schemas.review import ReviewRule, ShadowSpec
 
 log = logging.getLogger("phrasestream.lifecycle")
 
@@ -53,6 +55,27 @@ class RefusedHead(LifecycleError):
 
 class NothingToRollBack(LifecycleError):
     """The head has no live version, or none live before the current one."""
+
+
+class Keep:
+    """The marker of :func:`change`'s ``shadow`` and ``review``: carry the old pointer's value."""
+
+
+KEEP = Keep()
+
+
+def carried(old: RegistryPointer | None, version: str, shadow: ShadowSpec | Keep | None,
+            review: ReviewRule | Keep | None) -> tuple[ShadowSpec | None, ReviewRule | None]:
+    """Return the shadow and review rule of the pointer that makes ``version`` live after ``old``.
+
+    ``KEEP`` carries the old pointer's value; a shadow of the version becoming live ends
+    (promoting the shadow's version makes it live and ends its shadow run).
+    """
+    new_shadow = (old.shadow if old else None) if isinstance(shadow, Keep) else shadow
+    new_review = (old.review if old else None) if isinstance(review, Keep) else review
+    if new_shadow is not None and new_shadow.version == version:
+        new_shadow = None
+    return new_shadow, new_review
 
 
 def eval_metrics(meta: dict[str, Any]) -> dict[str, float | None]:
@@ -177,11 +200,15 @@ def _bundle_facts(settings: Any, ref: HeadRef, store: BundleStore, upload: bool)
 
 def change(settings: Any, ref: HeadRef, *, action: RegistryAction, reason: str | None = None,
            metrics: dict[str, Any] | None = None, pop_to: int | None = None, upload: bool = True,
-           store: BundleStore | None = None) -> Change:
+           store: BundleStore | None = None, shadow: ShadowSpec | Keep | None = KEEP,
+           review: ReviewRule | Keep | None = KEEP,
+           check: Callable[[RegistryPointer | None], None] | None = None) -> Change:
     """Make ``ref`` live for every worker and record it (see the module doc); return the change.
 
     ``pop_to`` (a plain rollback) cuts the rollback stack to that length instead of pushing
-    the version live before onto it.
+    the version live before onto it. The new pointer keeps the old one's ``shadow`` and
+    ``review`` unless given (see :func:`carried`). ``check`` sees the old pointer under the
+    head's lock and raises a :class:`LifecycleError` to refuse the change.
     """
     import psycopg2
     from psycopg2 import sql
@@ -204,6 +231,9 @@ def change(settings: Any, ref: HeadRef, *, action: RegistryAction, reason: str |
         with conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"phrasestream-registry:{ref.region}/{ref.model}",))
             old = live_pointers(settings).get(ref.key)
+            if check is not None:
+                check(old)
+            new_shadow, new_review = carried(old, ref.version, shadow, review)
             if old is None:
                 stack: list[str] = []
             elif pop_to is not None:
@@ -219,13 +249,15 @@ def change(settings: Any, ref: HeadRef, *, action: RegistryAction, reason: str |
                 embedder_version=meta.get("embedder_version"),
                 metrics={k: v for k, v in (metrics if metrics is not None else eval_metrics(meta)).items()
                          if isinstance(v, (int, float, type(None))) and not isinstance(v, bool)},
-                stack=stack)
+                stack=stack, shadow=new_shadow, review=new_review)
             cur.execute(sql.SQL(
-                "INSERT INTO {} (at, region, model, version, action, from_version, reason, metrics, seq, actor, host) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)").format(
+                "INSERT INTO {} (at, region, model, version, action, from_version, reason, metrics, seq, actor, host, "
+                "shadow, review) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)").format(
                     sql.Identifier(settings.pg_schema, "model_history")),
                 (pointer.at, ref.region, ref.model, ref.version, action, pointer.from_version, reason,
-                 Json(pointer.metrics), pointer.seq, _actor(), socket.gethostname()))
+                 Json(pointer.metrics), pointer.seq, _actor(), socket.gethostname(),
+                 Json(new_shadow.model_dump(mode="json")) if new_shadow else None,
+                 Json(new_review.model_dump(mode="json")) if new_review else None))
             publish(settings, pointer)
     except PointerError as exc:
         raise LifecycleError(f"{exc} (is Kafka up? `phrasestream up`)") from None
@@ -233,7 +265,7 @@ def change(settings: Any, ref: HeadRef, *, action: RegistryAction, reason: str |
         raise LifecycleError(f"PostgreSQL: {str(exc).strip()}") from None
     finally:
         conn.close()
-    if ref.path(settings.models_root).is_dir():  # this machine's mirror
+    if ref.path(settings.models_root).is_dir() and action not in ("shadow", "configure"):  # this machine's mirror
         try:
             Registry(settings.models_root).activate(ref, action=action, reason=reason)
         except RegistryError as exc:
