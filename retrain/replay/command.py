@@ -37,6 +37,7 @@ from retrain.replay.select import (
     NotEnoughData,
     check_enough,
     deduplicate,
+    relabel,
     time_split,
 )
 from retrain.replay.windows import Window, WindowError, between_window, compare_windows, from_ms, iso, since_window
@@ -123,6 +124,7 @@ def retrain_command(settings: Any, *, region: str, model: str, since: str | None
         return _fail(str(exc), FAILED)
     for warning in replay.warnings:
         _warn(warning)
+    label_map = _apply_label_map(settings, region, model, replay)
     deduped = deduplicate(replay.selection.examples)
     train, test = time_split(deduped.examples, test_fraction)
     try:
@@ -138,11 +140,30 @@ def retrain_command(settings: Any, *, region: str, model: str, since: str | None
         from models.embedder import load_embedder
 
         embedder = load_embedder(settings, warm=False)
-    base = _base_result(region, model, widest, replay, deduped, train, test)
+    base = {**_base_result(region, model, widest, replay, deduped, train, test), "label_map": label_map}
     if compare is not None:
         return _compare(settings, config, embedder, windows, train, test, base, as_json=as_json, progress=progress)
     return _retrain(settings, config, embedder, train, test, base, tolerance=tolerance, reason=reason,
                     as_json=as_json, progress=progress, no_promote=no_promote)
+
+
+def _apply_label_map(settings: Any, region: str, model: str, replay: Replay) -> dict[str, Any]:
+    """Give the replayed examples their labels' newest names (``label-map``; PostgreSQL): return what
+    was applied. When the label sets cannot be read the labels stay as produced, with a warning."""
+    import psycopg2
+
+    from models.labelsets import read_label_sets
+
+    try:
+        sets = read_label_sets(settings, region, model)
+    except psycopg2.Error as exc:
+        warning = f"the label sets of {region}/{model} cannot be read ({str(exc).strip()}); labels are used as produced"
+        replay.warnings.append(warning)
+        _warn(warning)
+        return {"version": None, "mapping": {}, "n_relabelled": 0}
+    examples, changed = relabel(replay.selection.examples, sets.relabel)
+    replay.selection.examples[:] = examples
+    return {"version": sets.current, "mapping": sets.mapping, "n_relabelled": changed}
 
 
 def _base_result(region: str, model: str, window: Window, replay: Replay, deduped: Deduped,
@@ -294,6 +315,10 @@ def _print_result(r: dict[str, Any], ref: HeadRef) -> None:
     print(f"read       {r['n_read']} example(s) of {r['region']}/{r['model']} from {r['topic']}"
           + (f"; skipped {r['n_invalid']} invalid" if r["n_invalid"] else "")
           + f"; dropped {r['n_duplicates']} duplicate(s) ({r['n_relabelled']} relabelled later)")
+    lm = r.get("label_map") or {}
+    if lm.get("version"):
+        print(f"labels     label set {lm['version']}: {lm['n_relabelled']} example(s) renamed "
+              f"({', '.join(f'{k}={v}' for k, v in lm['mapping'].items())})")
     print(f"split      {r['n_train']} train, {r['n_test']} test (the newest: {r['test_slice']['start']} .. "
           f"{r['test_slice']['end']})")
     c = r["candidate"]

@@ -4,6 +4,7 @@
    the window; invalid payloads are counted by reason and skipped, never a crash. Record
    timestamps need not grow with offsets (``produce --labeled`` sets each example's ``ts``), so
    every record is checked, never assumed in order.
+   :func:`relabel` gives each label its newest name (the head's label sets, ``models.labelsets``).
 2. :func:`deduplicate` keeps one example per cleaned text: the newest (record timestamp, then
    partition and offset as the tie-break). The same text with the same label counts once; a
    text relabelled later takes its newest label.
@@ -16,8 +17,8 @@ Plain functions on lists: the Kafka read is ``retrain.replay.reader``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from retrain.replay.windows import Window, from_ms, iso
 from retrain.train.data import Row
@@ -58,6 +59,7 @@ class Example:
     timestamp_ms: int
     partition: int
     offset: int
+    label_set_version: int | None = None
 
     @property
     def order(self) -> tuple[int, int, int]:
@@ -136,8 +138,25 @@ def select(records: Iterable[KafkaRecord], region: str, model: str, window: Wind
             out.note_invalid(record, "text empty once cleaned")
             continue
         out.examples.append(Example(msg.text, cleaned, msg.label.strip(), record.timestamp_ms,
-                                    record.partition, record.offset))
+                                    record.partition, record.offset, msg.label_set_version))
     return out
+
+
+def relabel(examples: Iterable[Example], newest_name: Callable[[str, int | None], str]) -> tuple[list[Example], int]:
+    """Give every example its label's newest name (a label set's map); return them and how many changed.
+
+    ``newest_name(label, label_set_version)`` is ``models.labelsets.LabelSets.relabel``: renames
+    and merges made after an answer was given apply to it, so old answers stay usable.
+    """
+    out: list[Example] = []
+    changed = 0
+    for ex in examples:
+        new = newest_name(ex.label, ex.label_set_version)
+        if new != ex.label:
+            changed += 1
+            ex = replace(ex, label=new)
+        out.append(ex)
+    return out, changed
 
 
 @dataclass(frozen=True)
