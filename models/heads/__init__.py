@@ -14,6 +14,7 @@ of the cleaned text, into the classes of one (region, model). It lives in its ow
         report_train.csv, report_eval.csv   per-class precision/recall/F1/support
         train_data.jsonl.gz    the rows it was trained on (split train/val) and evaluated on (eval)
         code.zip               the Python sources of models/, retrain/ and schemas/ that built it
+        neighbors.safetensors, neighbors.json   the nearest-example index of the training rows
         metadata.json          ref, created_at, embedder_version, embedder_precision, metrics,
                                configuration and the sha256 of every other file in the folder
 
@@ -25,7 +26,10 @@ One job per module, all re-exported here:
 - ``ref``: :class:`HeadRef` (``region/model:version``), :func:`heads_root`, :func:`new_version`;
 - ``artifact``: the file names, :func:`read_metadata`, :func:`verify_head` (every checksum),
   :class:`LabelEncoder` and the errors;
-- ``serve``: :func:`load_head` and the numpy :class:`Head` it returns (no TensorFlow).
+- ``serve``: :func:`load_head` and the numpy :class:`Head` it returns (no TensorFlow);
+- ``rule``: :func:`review_rule`, the review rule a head's training configuration holds;
+- ``explain`` (imported as ``models.heads.explain``): :func:`~models.heads.explain.evidence`,
+  why a head gave a label, and ``neighbors``, its nearest training examples.
 """
 
 from models.heads.artifact import (
@@ -37,6 +41,8 @@ from models.heads.artifact import (
     HEAD_FILE,
     LABELS_FILE,
     METADATA_FILE,
+    NEIGHBORS_FILE,
+    NEIGHBORS_ROWS_FILE,
     REFERENCE_FILE,
     REPORT_EVAL_FILE,
     REPORT_TRAIN_FILE,
@@ -51,6 +57,7 @@ from models.heads.artifact import (
     verify_head,
 )
 from models.heads.ref import HeadRef, heads_root, new_version
+from models.heads.rule import review_rule
 from models.heads.serve import (
     BLOCK_DIM,
     OOS,
@@ -73,6 +80,8 @@ __all__ = [
     "HEAD_FILE",
     "LABELS_FILE",
     "METADATA_FILE",
+    "NEIGHBORS_FILE",
+    "NEIGHBORS_ROWS_FILE",
     "OOS",
     "REFERENCE_FILE",
     "REPORT_EVAL_FILE",
@@ -94,6 +103,7 @@ __all__ = [
     "load_head",
     "new_version",
     "read_metadata",
+    "review_rule",
     "softmax",
     "verify_head",
 ]

@@ -31,6 +31,10 @@ REPORT_EVAL_FILE = "report_eval.csv"
 TRAIN_DATA_FILE = "train_data.jsonl.gz"
 CODE_FILE = "code.zip"
 METADATA_FILE = "metadata.json"
+NEIGHBORS_FILE = "neighbors.safetensors"
+"""The nearest-example index: float16 unit sentence embeddings of the training rows (``models.heads.neighbors``)."""
+NEIGHBORS_ROWS_FILE = "neighbors.json"
+"""The index's rows, ``[text, label]`` in the order of :data:`NEIGHBORS_FILE`'s vectors."""
 
 CODE_PACKAGES = ("models", "retrain", "schemas")
 """The packages whose sources go into ``code.zip``."""

@@ -37,6 +37,7 @@ from models.heads import (
     HeadRef,
     LabelEncoder,
 )
+from models.heads.neighbors import NeighborIndex
 
 
 def _source_root() -> Path:
@@ -116,11 +117,14 @@ def write_head(
     eval_rows: Iterable[dict[str, Any]],
     data_rows: Iterable[dict[str, Any]],
     metadata: dict[str, Any],
+    neighbors: NeighborIndex | None = None,
 ) -> Path:
     """Write the folder of ``ref`` atomically and return it.
 
     ``reports`` maps ``train``/``eval`` to ``retrain.train.evaluate.Report``; ``metadata`` adds to the
     fields written here (format, ref, created_at, metrics, runtime, code files, checksums).
+    ``neighbors``, the nearest-example index of the training rows, is written beside them
+    (``models.heads.neighbors``) and checksummed like every other file.
     """
     from safetensors.numpy import save_file
 
@@ -140,6 +144,8 @@ def write_head(
         reports["eval"].to_csv(tmp / REPORT_EVAL_FILE)
         write_jsonl_gz(tmp / EVAL_PREDICTIONS_FILE, eval_rows)
         write_jsonl_gz(tmp / TRAIN_DATA_FILE, data_rows)
+        if neighbors is not None:
+            neighbors.write(tmp)
         code_files = write_code_zip(tmp / CODE_FILE)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         meta = {

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.embedder import READOUT
 from models.heads import OOS, HeadRef
+from schemas.review import ReviewRule
 
 
 class _Model(BaseModel):
@@ -139,6 +140,9 @@ class TrainConfig(_Model):
     head: HeadConfig = Field(default_factory=HeadConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     oos: OosConfig = Field(default_factory=OosConfig)
+    review: ReviewRule = Field(default_factory=ReviewRule)
+    """Which answers go to ``phrases.review`` (``models.heads.review_rule`` reads it back from the
+    head's metadata; ``phrasestream review-rule`` overrides it in the registry pointer)."""
     seed: int = 0
 
     @field_validator("region", "model")

@@ -14,7 +14,8 @@ The steps, each in its own module:
 4. ``retrain.train.recipe.fit`` selects and trains the head;
 5. the head is evaluated with the serving code (``models.heads.Head``), scored with
    scikit-learn (``retrain.train.evaluate``), given its drift reference (``retrain.drift.reference``), and
-   written as a new version (``retrain.train.artifacts``). It is not active unless asked.
+   written as a new version (``retrain.train.artifacts``) with the nearest-example index of its
+   training rows (``models.heads.neighbors``, for ``explain``). It is not active unless asked.
 
 ``make_trainer(config)`` is the factory: it returns a :class:`Trainer` for a
 ``retrain.train.config.TrainConfig``.
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.heads import HeadRef, LabelEncoder, block_columns, new_version
+from models.heads.neighbors import NeighborIndex, sentence_columns
 from ops.logs import progress as progress_line
 from retrain.drift.reference import reference_stats
 from retrain.train import recipe
@@ -197,10 +199,14 @@ class Trainer:
             *({"text": r.text, "label": r.label, "split": "eval",
                **({"ts": r.ts} if r.ts else {}), **({"region": r.region} if r.region else {})} for r in ev_rows),
         ]
+        sentence = feats[:, sentence_columns(embedder.readout)]
+        neighbors = NeighborIndex.build(sentence[[index[r.clean_text] for r in train_rows]],
+                                        [r.text for r in train_rows], [r.label for r in train_rows],
+                                        keys=[r.clean_text for r in train_rows])
         train_seconds = time.perf_counter() - t0
         path = write_head(
             models_root, ref, encoder=encoder, config=fitted.config, arrays=fitted.arrays, reports=reports,
-            reference=reference, eval_rows=eval_rows_out, data_rows=data_rows,
+            reference=reference, eval_rows=eval_rows_out, data_rows=data_rows, neighbors=neighbors,
             metadata={
                 "embedder_version": embedder.version,
                 "embedder_precision": precision_of(embedder),

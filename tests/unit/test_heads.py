@@ -371,6 +371,7 @@ def built(tmp_path_factory):  # type: ignore[no-untyped-def]
 HEAD_FILES = {
     "head.json", "weights.safetensors", "labels.json", "reference.json", "eval_predictions.jsonl.gz",
     "report_train.csv", "report_eval.csv", "train_data.jsonl.gz", "code.zip", "metadata.json",
+    "neighbors.safetensors", "neighbors.json",
 }
 
 

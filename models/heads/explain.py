@@ -1,0 +1,193 @@
+"""Why a head gave a label: the terms that pushed it, the readout's part, the nearest training examples.
+
+A head averages the probabilities of its members (``models.heads.serve``). A ``linear`` member
+computes, for class ``c``::
+
+    logit[c] = b[c] + dense @ W[:, c] + sum over TF-IDF blocks B of  sum_t x_B[t] * W_B[t, c]
+
+where ``dense`` is the (standardised) readout and ``x_B`` the TF-IDF row of block ``B``. The
+text weight of training is folded into ``W_B`` when the head is written, so the stored weights
+are the ones to multiply. That sum is exact, as eli5 shows a linear model:
+
+- ``<BIAS>`` is the intercept ``b[c]``: the baseline is the logit of a phrase with no known
+  term and a zero readout, before the temperature and the softmax;
+- each term's contribution is ``x_B[t] * W_B[t, c]``, named ``word:<n-gram>`` or
+  ``char:<n-gram>`` (the block's name, then the vectorizer's vocabulary entry);
+- the readout part is ``dense @ W[:, c]``, one number: the sentence embedding's share.
+
+``bias + readout + sum(contributions)`` is that member's logit for ``c`` (to float rounding).
+Other members (the hidden-layer network) are not decomposed; the evidence names the member it
+explains and its weight in the average.
+
+:func:`evidence` is the compact, JSON-ready form the stream attaches to a prediction (``"explain":
+true``) and the review items carry: it needs the readout the worker computed anyway, the cleaned
+texts, and the neighbour index stored with the head; it never runs the embedder. The full
+explanation with leave-one-word-out (which does) is :mod:`models.heads.explain_text`.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models.heads.neighbors import index_for, sentence_columns
+from models.heads.serve import Head, Member, TextFeatures
+
+TOP_TERMS = 5
+"""Terms in the stream's evidence: the five largest contributions by absolute value."""
+NEIGHBORS = 3
+"""Nearest training examples shown per label."""
+NO_INDEX_NOTE = ("this head has no neighbour index (trained before indexes were stored); "
+                 "`phrasestream explain` builds one from its training snapshot")
+
+_terms_lock = threading.Lock()
+_term_names: weakref.WeakKeyDictionary[TextFeatures, list[str]] = weakref.WeakKeyDictionary()
+
+
+def term_names(features: TextFeatures) -> list[str]:
+    """The vocabulary of one TF-IDF block in column order (built once per vectorizer)."""
+    with _terms_lock:
+        names = _term_names.get(features)
+        if names is None:
+            names = [""] * features.dim
+            for term, i in dict(features.vectorizer.vocabulary).items():  # {term: column}, as TextFeatures gives it
+                names[int(i)] = str(term)
+            _term_names[features] = names
+        return names
+
+
+@dataclass
+class Decomposition:
+    """One linear member's logit for one class, split into its exact parts."""
+
+    member: str
+    member_weight: float
+    temperature: float
+    label: str
+    logit: float
+    bias: float
+    readout: float
+    terms: list[tuple[str, float]]
+    """Every active term's contribution, largest absolute value first."""
+
+    @property
+    def total(self) -> float:
+        """``bias + readout + sum(terms)``: equals :attr:`logit` (the identity the tests check)."""
+        return self.bias + self.readout + sum(c for _, c in self.terms)
+
+
+def linear_member(head: Head) -> Member | None:
+    """The member whose logit is decomposed: the heaviest ``linear`` one (None if there is none)."""
+    linear = [m for m in head.members if m.kind == "linear"]
+    return max(linear, key=lambda m: m.weight) if linear else None
+
+
+def decompose(head: Head, features: np.ndarray, texts: Sequence[str] | None, label_idx: Sequence[int],
+              text_rows: dict[str, Any] | None = None) -> list[Decomposition | None]:
+    """Decompose the linear member's logit of class ``label_idx[i]`` for each row ``i``.
+
+    ``features`` are the readouts ``[n, feature_dim]``; ``texts`` the cleaned texts (when the
+    head uses TF-IDF). Returns ``None`` for every row when the head has no linear member.
+    """
+    member = linear_member(head)
+    if member is None:
+        return [None] * len(label_idx)
+    dense = head._dense(features)
+    if text_rows is None:
+        needed = [n for n in member.text_features]
+        if needed and texts is None:
+            raise ValueError(f"head {head.ref} uses TF-IDF features: give the cleaned texts")
+        text_rows = {n: head.text[n].transform(list(texts or [])) for n in needed}
+    a = member.arrays
+    total_weight = sum(m.weight for m in head.members) or 1.0
+    logits = member.logits(dense, text_rows)
+    out: list[Decomposition | None] = []
+    for i, c in enumerate(label_idx):
+        c = int(c)
+        terms: list[tuple[str, float]] = []
+        for name in member.text_features:
+            row = text_rows[name].getrow(i) if hasattr(text_rows[name], "getrow") else None
+            if row is None:
+                continue
+            names = term_names(head.text[name])
+            w = a[f"W_{name}"]
+            for t, x in zip(row.indices, row.data):
+                terms.append((f"{name}:{names[int(t)]}", float(x) * float(w[int(t), c])))
+        terms.sort(key=lambda tc: -abs(tc[1]))
+        out.append(Decomposition(
+            member=member.name, member_weight=member.weight / total_weight, temperature=member.temperature,
+            label=head.labels[c], logit=float(logits[i, c]), bias=float(a["b"][c]),
+            readout=float(dense[i] @ a["W"][:, c]), terms=terms))
+    return out
+
+
+def _r(x: float) -> float:
+    return round(float(x), 4)
+
+
+def evidence(head: Head, features: np.ndarray, texts: Sequence[str], labels: Sequence[str] | None = None,
+             *, top_terms: int = TOP_TERMS, neighbors: int = NEIGHBORS) -> list[dict[str, Any]]:
+    """Return one compact JSON-ready dict per row: why row ``i`` got ``labels[i]`` (default: its prediction).
+
+    Each dict: ``label``, ``runner_up`` (the most probable other label), ``probability`` of both,
+    ``member`` (the linear member explained and its weight in the average), ``logit`` and
+    ``runner_up_logit`` of that member, ``terms`` (``[[term, contribution], ...]``, the
+    ``top_terms`` largest by absolute value), ``bias``, ``readout``, ``neighbors`` and
+    ``neighbors_runner_up`` (``[[text, label, cosine], ...]``). Without a linear member,
+    ``terms`` is None; without a stored neighbour index, ``neighbors`` is None; a ``note`` says
+    why. No embedder is run: this is what the stream attaches.
+    """
+    texts = list(texts)
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim == 1:
+        features = features[None, :]
+    if not len(features):
+        return []
+    probs = head.predict_proba(features, texts if head.needs_texts else None)
+    pred, _ = head.decide(probs)
+    if labels is None:
+        idx = [int(p) for p in pred]
+    else:
+        if len(labels) != len(features):
+            raise ValueError(f"{len(labels)} labels for {len(features)} rows")
+        unknown = [x for x in labels if x not in head.labels]
+        if unknown:
+            raise ValueError(f"label(s) {sorted(set(unknown))} are not labels of head {head.ref}")
+        idx = [head.labels.index(x) for x in labels]
+    runner = []
+    for i, c in enumerate(idx):
+        order = np.argsort(-probs[i], kind="stable")
+        runner.append(int(order[0] if order[0] != c else order[1]) if len(order) > 1 else c)
+    parts = decompose(head, features, texts, idx)
+    runner_parts = decompose(head, features, texts, runner)
+    index = index_for(head)
+    sentence = features[:, sentence_columns(head.readout)] if index is not None else None
+    out: list[dict[str, Any]] = []
+    for i, (c, r) in enumerate(zip(idx, runner)):
+        label, other = head.labels[c], head.labels[r]
+        ev: dict[str, Any] = {"label": label, "runner_up": other, "probability": _r(probs[i, c]),
+                              "runner_up_probability": _r(probs[i, r])}
+        notes: list[str] = []
+        d, dr = parts[i], runner_parts[i]
+        if d is None:
+            ev.update(terms=None, bias=None, readout=None)
+            notes.append("this head has no linear member: no term contributions")
+        else:
+            ev.update(member=[d.member, _r(d.member_weight)], logit=_r(d.logit),
+                      runner_up_logit=_r(dr.logit) if dr is not None else None,
+                      terms=[[t, _r(v)] for t, v in d.terms[:top_terms]], bias=_r(d.bias), readout=_r(d.readout))
+        if index is None or sentence is None:
+            ev.update(neighbors=None, neighbors_runner_up=None)
+            notes.append(NO_INDEX_NOTE)
+        else:
+            ev["neighbors"] = index.nearest(sentence[i], label, neighbors)
+            ev["neighbors_runner_up"] = index.nearest(sentence[i], other, neighbors)
+        if notes:
+            ev["note"] = "; ".join(notes)
+        out.append(ev)
+    return out

@@ -1,0 +1,163 @@
+"""Unit tests of models.heads.explain and models.heads.neighbors: the exact decomposition of a
+linear member's logit, the top terms, the nearest training examples, and the review rule.
+
+A tiny head is trained on the fake embedder (``fakes.ReadoutEmbedder``): no MiniLM here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from fakes import ReadoutEmbedder
+
+from models.heads import (
+    NEIGHBORS_FILE,
+    NEIGHBORS_ROWS_FILE,
+    ChecksumMismatch,
+    load_head,
+    review_rule,
+    verify_head,
+)
+from models.heads.explain import NO_INDEX_NOTE, decompose, evidence
+from models.heads.neighbors import NeighborIndex, index_for, sentence_columns
+from retrain.train.config import HeadConfig, SelectionConfig, TrainConfig
+from retrain.train.data import Row
+from retrain.train.trainer import make_trainer
+from schemas.cleaning import clean
+from schemas.review import ReviewRule
+
+WORDS = {
+    "greet": ["hello", "hi", "morning", "hey", "greetings"],
+    "bye": ["goodbye", "farewell", "later", "ciao", "night"],
+    "thanks": ["thanks", "grateful", "cheers", "appreciate", "kind"],
+}
+FILLERS = ["so", "very", "you", "all", "there", "and", "my", "friend"]
+
+
+def rows(n_per_class: int, seed: int) -> list[Row]:
+    rng = np.random.default_rng(seed)
+    out: list[Row] = []
+    for label, words in WORDS.items():
+        for j in range(n_per_class):
+            text = " ".join([*(str(w) for w in rng.choice(words, 2)), *(str(w) for w in rng.choice(FILLERS, 2))])
+            text += f" s{seed}n{j}"
+            out.append(Row(text=text, clean_text=clean(text), label=label, line=len(out) + 1))
+    return out
+
+
+def config(**review: float) -> TrainConfig:
+    head = HeadConfig(max_epochs=6, patience=2, batch_size=32, learning_rate=5e-3)
+    return TrainConfig(region="global", model="intent", head=head,
+                       selection=SelectionConfig(candidates=[{}], val_fraction=0.2),
+                       review=ReviewRule(**review))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("models")
+    embedder = ReadoutEmbedder()
+    result = make_trainer(config(margin=0.35)).train(root, embedder, rows(16, 1), rows(4, 2), progress=False)
+    return load_head(result.path, embedder_version=embedder.version), embedder
+
+
+def test_review_rule_comes_from_the_training_configuration(trained):  # type: ignore[no-untyped-def]
+    head, _ = trained
+    assert review_rule(head.metadata) == ReviewRule(margin=0.35)
+    assert review_rule({"config": {"region": "eu"}}) == ReviewRule()
+    assert review_rule({}) == ReviewRule()
+
+
+def test_the_parts_sum_to_the_linear_members_logit(trained):  # type: ignore[no-untyped-def]
+    head, embedder = trained
+    texts = [clean("hello my friend"), clean("goodbye and so very kind"), clean("zzz unseen words")]
+    feats = embedder.features_batch(texts)
+    member = next(m for m in head.members if m.kind == "linear")
+    assert member.text_features, "the tiny head uses TF-IDF"
+    dense = head._dense(feats)
+    logits = member.logits(dense, {n: head.text[n].transform(texts) for n in member.text_features})
+    for c in range(len(head.labels)):
+        for i, d in enumerate(decompose(head, feats, texts, [c] * len(texts))):
+            assert d is not None
+            assert d.total == pytest.approx(float(logits[i, c]), abs=1e-5)
+            assert d.logit == pytest.approx(float(logits[i, c]), abs=1e-5)
+            assert d.label == head.labels[c]
+            assert all(t.startswith(("word:", "char:")) for t, _ in d.terms)
+
+
+def test_evidence_is_compact_json_with_the_top_terms_and_neighbours(trained):  # type: ignore[no-untyped-def]
+    head, embedder = trained
+    texts = [clean("hello hi my friend")]
+    feats = embedder.features_batch(texts)
+    [ev] = evidence(head, feats, texts)
+    json.dumps(ev)  # JSON-ready
+    assert ev["label"] == head.predict(feats, texts=texts)[0].label == "greet"
+    assert ev["runner_up"] != ev["label"]
+    assert 1 <= len(ev["terms"]) <= 5
+    weights = [abs(c) for _, c in ev["terms"]]
+    assert weights == sorted(weights, reverse=True)
+    assert "word:hello" in [t for t, _ in ev["terms"]]
+    [d] = decompose(head, feats, texts, [head.labels.index("greet")])
+    assert d is not None
+    assert ev["terms"][0] == [d.terms[0][0], round(d.terms[0][1], 4)]
+    assert len(ev["neighbors"]) == 3 and all(n[1] == "greet" for n in ev["neighbors"])
+    assert len(ev["neighbors_runner_up"]) == 3 and all(n[1] == ev["runner_up"] for n in ev["neighbors_runner_up"])
+    cos = [n[2] for n in ev["neighbors"]]
+    assert cos == sorted(cos, reverse=True) and all(-1.0 <= c <= 1.0001 for c in cos)
+    assert "note" not in ev
+
+
+def test_evidence_for_a_given_label(trained):  # type: ignore[no-untyped-def]
+    head, embedder = trained
+    texts = [clean("hello hi my friend")]
+    feats = embedder.features_batch(texts)
+    [ev] = evidence(head, feats, texts, ["bye"])
+    assert ev["label"] == "bye" and ev["runner_up"] == "greet"
+    with pytest.raises(ValueError, match="not labels"):
+        evidence(head, feats, texts, ["nope"])
+
+
+def test_the_index_is_stored_with_the_head_under_its_checksum(trained, tmp_path):  # type: ignore[no-untyped-def]
+    head, embedder = trained
+    meta = verify_head(head.path)
+    assert {NEIGHBORS_FILE, NEIGHBORS_ROWS_FILE} <= set(meta["files"])
+    index = NeighborIndex.read(head.path)
+    assert index.vectors.dtype == np.float16
+    n_train = meta["training"]["n_train"]
+    assert len(index) == n_train == 48
+    text, label = index.texts[0], index.labels[0]
+    vec = embedder.features_batch([clean(text)])[:, sentence_columns(embedder.readout)][0]
+    assert index.nearest(vec, label, 1)[0][:2] == [text, label]
+    assert index.nearest(vec, label, 1)[0][2] == pytest.approx(1.0, abs=2e-3)
+    copy = tmp_path / "copy"
+    shutil.copytree(head.path, copy)
+    (copy / NEIGHBORS_ROWS_FILE).write_text('{"block": "mean6", "rows": []}')
+    with pytest.raises(ChecksumMismatch):
+        verify_head(copy)
+
+
+def test_a_head_without_an_index_says_so_or_builds_it_on_first_use(trained, tmp_path):  # type: ignore[no-untyped-def]
+    head, embedder = trained
+    old = tmp_path / "old"
+    shutil.copytree(head.path, old)
+    meta = json.loads((old / "metadata.json").read_text())
+    for name in (NEIGHBORS_FILE, NEIGHBORS_ROWS_FILE):
+        (old / name).unlink()
+        del meta["files"][name]
+    (old / "metadata.json").write_text(json.dumps(meta))
+    old_head = load_head(old)
+    texts = [clean("goodbye later my friend")]
+    feats = embedder.features_batch(texts)
+    [ev] = evidence(old_head, feats, texts)
+    assert ev["neighbors"] is None and ev["neighbors_runner_up"] is None
+    assert NO_INDEX_NOTE in ev["note"]
+    calls = len(embedder.calls)
+    built = index_for(old_head, embedder)
+    assert built is not None and built.built == "on first use" and len(built) == 48
+    assert len(embedder.calls) > calls
+    assert index_for(old_head) is built  # kept in memory with the head
+    [ev] = evidence(old_head, feats, texts)
+    stored = evidence(head, feats, texts)[0]
+    assert [n[:2] for n in ev["neighbors"]] == [n[:2] for n in stored["neighbors"]]
