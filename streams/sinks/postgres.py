@@ -75,30 +75,40 @@ class CopyBatch(list[Prediction]):
 
 
 class PostgresSink:
-    """Insert predictions into ``<schema>.inferences``, idempotently, reconnecting as needed."""
+    """Insert predictions into ``<schema>.inferences``, idempotently, reconnecting as needed.
 
-    def __init__(self, dsn: str, schema: str = "public", on_connect: Callable[[], object] | None = None) -> None:
+    ``table``, ``columns`` and ``encode`` (a batch as ``COPY`` CSV in ``columns`` order) make it
+    store another table keyed ``(id, model, model_version)``: the shadow predictions
+    (``streams.sinks.shadow``).
+    """
+
+    def __init__(self, dsn: str, schema: str = "public", on_connect: Callable[[], object] | None = None, *,
+                 table: str = "inferences", columns: Sequence[str] = COLUMNS,
+                 encode: Callable[[Sequence[Prediction]], bytes] = copy_csv) -> None:
         self._dsn = dsn
         self._schema = schema
         self._on_connect = on_connect
         self._conn: psycopg2.extensions.connection | None = None
-        columns = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
-        staging, table = sql.Identifier(STAGING_TABLE), sql.Identifier(schema, "inferences")
+        self._encode = encode
+        self._application = "phrasestream-sink" if table == "inferences" else f"phrasestream-sink-{table}"
+        staging_name = STAGING_TABLE if table == "inferences" else f"{STAGING_TABLE}_{table}"
+        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        staging, target = sql.Identifier(staging_name), sql.Identifier(schema, table)
         # The staging table takes its column types from the real table, so it follows the migrations.
         self._create_staging = sql.SQL(
             "CREATE TEMPORARY TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA"
-        ).format(staging, columns, table)
-        self._copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(staging, columns)
+        ).format(staging, names, target)
+        self._copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(staging, names)
         self._insert = sql.SQL(
             "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT (id, model, model_version) DO NOTHING"
-        ).format(table, columns, columns, staging)
+        ).format(target, names, names, staging)
 
     def _connection(self) -> psycopg2.extensions.connection:
         if self._conn is None or self._conn.closed:
             if self._on_connect is not None:  # apply migrations once, at the first connection
                 self._on_connect()
                 self._on_connect = None
-            conn = psycopg2.connect(self._dsn, connect_timeout=5, application_name="phrasestream-sink")
+            conn = psycopg2.connect(self._dsn, connect_timeout=5, application_name=self._application)
             try:
                 conn.set_client_encoding("UTF8")  # copy_csv sends UTF-8
                 with conn, conn.cursor() as cur:
@@ -112,7 +122,7 @@ class PostgresSink:
     def prepare(self, batch: Sequence[Prediction]) -> Sequence[Prediction]:
         """Return the batch with its ``COPY`` data (the runner calls this while it waits for the previous write)."""
         try:
-            return CopyBatch(batch, copy_csv(batch))
+            return CopyBatch(batch, self._encode(batch))
         except ValueError:  # a row that cannot be encoded: write() raises it, as a row error
             return batch
 
@@ -121,7 +131,7 @@ class PostgresSink:
         if not batch:
             return 0
         # before the connection: a row that cannot be encoded is a row error
-        data = batch.data if isinstance(batch, CopyBatch) else copy_csv(batch)
+        data = batch.data if isinstance(batch, CopyBatch) else self._encode(batch)
         conn = self._connection()
         try:
             with conn, conn.cursor() as cur:
