@@ -60,6 +60,11 @@ class Example:
     partition: int
     offset: int
     label_set_version: int | None = None
+    source: str | None = None
+    """Provenance of a review answer (``"review"``; None for examples users produce), its routing
+    reason(s) and the random slice's sampling weight: the shadow report keeps the slice apart."""
+    reason: str | None = None
+    sampling_weight: float | None = None
 
     @property
     def order(self) -> tuple[int, int, int]:
@@ -138,7 +143,8 @@ def select(records: Iterable[KafkaRecord], region: str, model: str, window: Wind
             out.note_invalid(record, "text empty once cleaned")
             continue
         out.examples.append(Example(msg.text, cleaned, msg.label.strip(), record.timestamp_ms,
-                                    record.partition, record.offset, msg.label_set_version))
+                                    record.partition, record.offset, msg.label_set_version, msg.source, msg.reason,
+                                    msg.sampling_weight))
     return out
 
 
