@@ -11,7 +11,9 @@ two agents, each a loop around its batch step (``streams.worker``):
 2. ``embed_and_classify`` takes cleaned phrases in batches, embeds the cache misses in one
    call to the shared embedder (in a worker thread, so the event loop keeps heart-beating),
    runs every requested head on the one embedding, and publishes one prediction per
-   (phrase, model) to ``predictions.out`` (:class:`~streams.worker.Server`).
+   (phrase, model) to ``predictions.out`` (:class:`~streams.worker.Server`); beside them, the
+   answers each head's review rule routes to ``phrases.review``, shadow heads' answers to
+   ``predictions.shadow``, and evidence for phrases that ask for it (``streams.routing``).
 
 Both agents take what their stream holds at once, up to ``PHRASESTREAM_STREAM_BATCH_MAX``
 (``faust_compat.take_batches``): one phrase alone is served without waiting, and batches grow
@@ -54,6 +56,7 @@ from streams.kafka.outbox import Outbox
 from streams.metrics import WorkerMetrics, serve_metrics
 from streams.pipeline import Embedder
 from streams.rollups import RollupPublisher, Rollups, rollups_for
+from streams.routing import Expert
 from streams.state.cache import EmbeddingCache, MappingBackend
 from streams.state.memos import AnswerMemo
 from streams.worker import STALL_CHECK_SECONDS, Cleaner, Server, Worker, check_stalls, log_totals
@@ -163,7 +166,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> Wiring:
     server = Server(app=app, committer=committer, settings=settings, guard=OffsetGuard("embed_and_classify", cleaned_topic),
                     outbox=Outbox(settings, "serve"), metrics=metrics, offload=asyncio.to_thread,
                     embedder=embedder, heads=heads, cache=cache, cache_backend=cache_backend, memo=memo,
-                    observe=rollups.observe, cleaned_topic=cleaned_topic)
+                    observe=rollups.observe, cleaned_topic=cleaned_topic, expert=Expert(heads))
 
 
     @app.agent(topic_in)

@@ -150,4 +150,5 @@ def decode_phrase(
         clean_text=clean_text,
         received_at=received_at or utcnow(),
         ts=phrase.ts,
+        explain=phrase.explain is True,
     )

@@ -1,4 +1,8 @@
-"""The heads every batch is served with: the live version of each (region, model), from the registry topic."""
+"""The heads every batch is served with: the live version of each (region, model), from the registry topic.
+
+Beside them, from the same pointers: each head's review rule (``streams.routing.rule_for``) and
+its shadow head, when the pointer names one (``promote --shadow``; ``streams.shadows``).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from models.registry.bundles import BundleError
 from models.registry.lifecycle import head_folder
 from models.registry.pointers import Follower, read_all
 from schemas.messages import RegistryPointer
+from schemas.review import ReviewRule, ShadowSpec
 from schemas.settings import Settings
+from streams.routing import rule_for
 
 log = logging.getLogger("phrasestream.worker")
 
@@ -66,6 +72,11 @@ class HeadSet:
     again in a thread of its own, with tenacity's growing pause (2 s, doubling, at most
     ``registry_retry_seconds``), until it loads, a newer pointer replaces it, or the set
     stops; logged when it starts waiting and when it loads.
+
+    ``shadows`` ((region, model) -> (head, spec)) holds the shadow head of each pointer that
+    names one, loaded by the same fetch and checks (a shadow that fails is refused with one log
+    line, and the live head serves on); it goes when the pointer names none, or names the live
+    version. ``rules`` holds each head's review rule. Both are replaced whole, like ``heads``.
     """
 
     def __init__(self, settings: Settings, embedder_version: str, embedder_precision: str | None = None,
@@ -80,6 +91,9 @@ class HeadSet:
         self.heads: dict[str, dict[str, Head]] = {}
         self.pointers: dict[Key, RegistryPointer] = {}
         self.refused: dict[tuple[str, str, int], str] = {}
+        self.shadows: dict[Key, tuple[Head, ShadowSpec]] = {}
+        self.rules: dict[Key, ReviewRule] = {}
+        self._shadow_refused: set[tuple[str, str, str, str]] = set()
         self._waiting: dict[Key, RegistryPointer] = {}  # pointers whose bundle waits for the database
         self._follower: Follower | None = None
 
@@ -133,7 +147,8 @@ class HeadSet:
                 self._waiting[key] = waiting  # the follower replays what start() offered: it waits already
                 return False
             if current is not None and current.version == pointer.version:
-                self.pointers = {**self.pointers, key: pointer}
+                self.pointers = {**self.pointers, key: pointer}  # a shadow or a rule changed, maybe
+                self._follow_extras(pointer)
                 return False
             try:
                 return self._load(pointer)
@@ -175,7 +190,51 @@ class HeadSet:
         log.info("now serving head %s (%s%s%s)", ref, pointer.action,
                  f", was {previous.version}" if previous else "",
                  f": {pointer.reason}" if pointer.reason else "")
+        self._follow_extras(pointer)
         return True
+
+    def _follow_extras(self, pointer: RegistryPointer) -> None:
+        """Set the head's review rule and load, keep or drop its shadow, as ``pointer`` says. Hold ``_changing``."""
+        key = (pointer.region, pointer.model)
+        live = self.heads.get(pointer.region, {}).get(pointer.model)
+        rule = rule_for(pointer, live)
+        if self.rules.get(key) != rule:
+            self.rules = {**self.rules, key: rule}
+        spec = pointer.shadow
+        held = self.shadows.get(key)
+        if spec is None or spec.version == pointer.version:
+            if held is not None:
+                self.shadows = {k: v for k, v in self.shadows.items() if k != key}
+                log.info("shadow head %s/%s:%s ended (%s)", *key, held[1].version,
+                         "now live" if spec is not None else "the pointer names no shadow")
+            return
+        if held is not None and held[1].version == spec.version:
+            if held[1] != spec:  # another share of the phrases
+                self.shadows = {**self.shadows, key: (held[0], spec)}
+            return
+        shadow = self._load_shadow(pointer, spec)
+        if shadow is not None:
+            self.shadows = {**self.shadows, key: (shadow, spec)}
+            log.info("shadow head %s runs beside %s on %g%% of the phrases", shadow.ref, pointer.version, spec.percent)
+        elif held is not None:  # the pointer names another shadow: the old one ends either way
+            self.shadows = {k: v for k, v in self.shadows.items() if k != key}
+
+    def _load_shadow(self, pointer: RegistryPointer, spec: ShadowSpec) -> Head | None:
+        """Fetch, verify and load a shadow version (None, with one log line, when it cannot be)."""
+        ref = HeadRef(pointer.region, pointer.model, spec.version)
+        mark = (pointer.region, pointer.model, spec.version, spec.bundle_sha256)
+        if mark in self._shadow_refused:
+            return None
+        try:
+            head = self._load_head(self._fetch(self._settings, ref, spec.bundle_sha256), self._embedder_version)
+            if head.ref != ref:
+                raise HeadError(f"the files of {ref} hold head {head.ref}")
+        except (BundleError, HeadError, OSError, ValueError, psycopg2.Error) as exc:
+            self._shadow_refused.add(mark)
+            log.error("refused shadow head %s (%s #%d): %s; the live head %s serves without it", ref,
+                      pointer.action, pointer.seq, _first_line(exc), pointer.version)
+            return None
+        return head
 
     def _pause(self, seconds: float) -> None:
         """Sleep ``seconds``, or less when the set stops."""

@@ -145,6 +145,21 @@ class WorkerMetrics:
         self.head_seconds = Histogram("phrasestream_head_seconds",
                                       "Time of one head on the rows of a batch that asked for it.",
                                       ["region", "model"], buckets=SECONDS_BUCKETS, registry=r)
+        self.review_routed = Counter("phrasestream_review_routed_total",
+                                     "Answers routed to the review topic, per head and reason (an answer with "
+                                     "two reasons counts under each).", ["region", "model", "reason"], registry=r)
+        self.review_dropped = Counter("phrasestream_review_dropped_total",
+                                      "Answers the review rule picked but its hourly budget dropped, per head and "
+                                      "kind (doubtful, random).", ["region", "model", "kind"], registry=r)
+        self.shadow_predictions = Counter("phrasestream_shadow_predictions_total",
+                                          "Shadow heads' answers published to the shadow topic, per head and "
+                                          "shadow version.", ["region", "model", "version"], registry=r)
+        self.shadow_failures = Counter("phrasestream_shadow_failures_total",
+                                       "Batches on which a shadow head failed (the live answers were served).",
+                                       ["region", "model", "version"], registry=r)
+        self.evidence_rows = Counter("phrasestream_evidence_rows_total",
+                                     "Answers whose evidence was computed (explain phrases and routed answers).",
+                                     registry=r)
         self.latency = BatchHistogram("phrasestream_latency_seconds",
                                       "End-to-end latency of each prediction: from the input's ts "
                                       "(or from its receipt when it has none) to the broker's acknowledgement.",
@@ -193,6 +208,22 @@ class WorkerMetrics:
         for run in served.head_runs:  # one prediction per row of each head run
             self.head_seconds.labels(run.region, run.model).observe(run.seconds)
             self.predictions.labels(run.region, run.model).inc(run.rows)
+        extra = getattr(served, "extra", None)
+        if extra is not None:
+            self.expert_counts(extra)
+
+    def expert_counts(self, extra: Any) -> None:
+        """Count a batch's review items, budget drops and shadow answers (a ``streams.routing.ExpertOut``)."""
+        for (region, model, reason), n in extra.routed.items():
+            self.review_routed.labels(region, model, reason).inc(n)
+        for (region, model, kind), n in extra.dropped.items():
+            self.review_dropped.labels(region, model, kind).inc(n)
+        for (region, model, version), n in extra.shadow_counts.items():
+            self.shadow_predictions.labels(region, model, version).inc(n)
+        for (region, model, version), n in extra.shadow_failures.items():
+            self.shadow_failures.labels(region, model, version).inc(n)
+        if extra.evidence_rows:
+            self.evidence_rows.inc(extra.evidence_rows)
 
     def published(self, predictions: Sequence[Any], now: float | None = None) -> None:
         """Observe the end-to-end latency of predictions the broker has acknowledged.

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, Protocol, overload
 import numpy as np
 
 from schemas.messages import CleanedFormatError, CleanedPhrase, ErrorKind, Prediction, prediction_bytes, utcnow
+from streams.routing import BatchExpert, Expert, ExpertOut
 from streams.state.cache import EmbeddingCache
 from streams.state.memos import AnswerMemo
 
@@ -192,12 +193,16 @@ def classify(
     top_k: int,
     memo: AnswerMemo | None = None,
     runs: list[HeadRun] | None = None,
+    expert: BatchExpert | None = None,
 ) -> tuple[Published, list[tuple[CleanedPhrase, str]]]:
     """Run each phrase's heads on its vector; return predictions and (phrase, reason) failures.
 
     Each head runs once per batch, on the rows of the phrases that asked for it (through
     ``memo`` when given). A phrase whose head is no longer active is returned as a failure,
-    not dropped. ``runs``, when given, gets a :class:`HeadRun` for each head run.
+    not dropped. ``runs``, when given, gets a :class:`HeadRun` for each head run. ``expert``,
+    when given, runs after each head: shadow, review routing, and the ``evidence`` of the rows
+    that asked for it (``streams.routing``); with a margin rule a head is asked for two labels
+    at least, and each prediction still carries ``top_k``.
     """
     rows_by_head: dict[tuple[str, str], list[int]] = defaultdict(list)
     failures: list[tuple[CleanedPhrase, str]] = []
@@ -213,22 +218,28 @@ def classify(
     for (region, model), rows in rows_by_head.items():
         head = heads[region][model]
         texts = [phrases[r].clean_text for r in rows]
+        k = max(top_k, 2) if expert is not None and expert.needs_two(region, model) else top_k
         start = time.perf_counter()
         if memo is None:
-            answers = head.predict(embedded.vectors[rows], top_k, texts=texts)
+            answers = head.predict(embedded.vectors[rows], k, texts=texts)
         else:
-            answers = memo.answer(head, embedded.vectors[rows], texts, top_k)
+            answers = memo.answer(head, embedded.vectors[rows], texts, k)
+        seconds = time.perf_counter() - start
         if runs is not None:
-            runs.append(HeadRun(region, model, len(rows), time.perf_counter() - start))
+            runs.append(HeadRun(region, model, len(rows), seconds))
         now = utcnow()
         version = head.ref.version
-        for row, answer in zip(rows, answers):
+        evidence = None if expert is None else expert.after_head(
+            head, region, model, rows, phrases, embedded.vectors, answers, seconds, top_k, embedded.cache_hits,
+            embedder_version, now, memo)
+        for j, (row, answer) in enumerate(zip(rows, answers)):
             phrase = phrases[row]
             value = prediction_bytes(
                 phrase.id, region, model, version, answer.label, round(float(answer.probability), 6),
-                [(label, round(float(p), 6)) for label, p in answer.top_k], phrase.clean_text, embedder_version,
-                embedded.cache_hits[row], round((now - phrase.received_at).total_seconds() * 1000.0, 3),
-                phrase.received_at, now, phrase.ts,
+                [(label, round(float(p), 6)) for label, p in answer.top_k[:top_k]], phrase.clean_text,
+                embedder_version, embedded.cache_hits[row],
+                round((now - phrase.received_at).total_seconds() * 1000.0, 3), phrase.received_at, now, phrase.ts,
+                None if evidence is None else evidence[j],
             )
             predictions.add(Sent(phrase.id, region, model, version, phrase.clean_text, phrase.received_at, now,
                                  phrase.ts), value)
@@ -255,6 +266,8 @@ class Served:
     """The time of each embedder call (none when every text was cached), for the metrics."""
     head_runs: list[HeadRun] = field(default_factory=list)
     """Each head run (its rows and time), for the metrics."""
+    extra: ExpertOut = field(default_factory=ExpertOut)
+    """Review items and shadow predictions (``streams.routing``), with their counts."""
 
     @property
     def payloads(self) -> list[tuple[bytes, bytes]]:
@@ -267,11 +280,13 @@ class Served:
         self.failures += other.failures
         self.embed_seconds += other.embed_seconds
         self.head_runs += other.head_runs
+        self.extra.add(other.extra)
 
 
 def _compute(phrases: Sequence[CleanedPhrase], vectors: np.ndarray, hits: list[bool], embedder: Embedder,
              heads: Mapping[str, Mapping[str, Head]], top_k: int, memo: AnswerMemo | None,
-             observe: Observer | None = None, cache: EmbeddingCache | None = None) -> tuple[list[int], Served]:
+             observe: Observer | None = None, cache: EmbeddingCache | None = None,
+             expert: Expert | None = None) -> tuple[list[int], Served]:
     """Embed the misses and run the heads: the blocking part of a batch, for a worker thread.
 
     With a ``cache``, the misses' vectors are rounded as its entries hold them
@@ -289,10 +304,13 @@ def _compute(phrases: Sequence[CleanedPhrase], vectors: np.ndarray, hits: list[b
         vectors[rows] = cache.rounded(vectors[rows])
     embed_seconds = [time.perf_counter() - start] if rows else []
     runs: list[HeadRun] = []
-    predictions, gone = classify(phrases, Embedded(vectors, hits), heads, embedder.version, top_k, memo, runs)
+    batch = None if expert is None else expert.batch()
+    predictions, gone = classify(phrases, Embedded(vectors, hits), heads, embedder.version, top_k, memo, runs, batch)
     served = Served(predictions=predictions,
                     failures=[Failure(p.to_bytes(), ErrorKind.UNKNOWN_MODEL, reason, p.id) for p, reason in gone],
                     embed_seconds=embed_seconds, head_runs=runs)
+    if batch is not None:
+        served.extra = batch.out
     if observe is not None:
         try:
             observe(phrases, vectors, predictions.sent)
@@ -310,6 +328,7 @@ async def serve_batch(
     offload: Offload | None = None,
     memo: AnswerMemo | None = None,
     observe: Observer | None = None,
+    expert: Expert | None = None,
 ) -> Served:
     """Embed and classify a batch of cleaned-phrase messages; never raise for a bad one.
 
@@ -319,7 +338,8 @@ async def serve_batch(
 
     A message that does not parse is a failure on its own. When the batch fails as a
     whole, each phrase is tried alone, so one bad phrase cannot take its batch with it.
-    ``observe`` (see :data:`Observer`) is told of every prediction once.
+    ``observe`` (see :data:`Observer`) is told of every prediction once; ``expert`` (see
+    ``streams.routing.Expert``) adds review items and shadow predictions to what it gives.
     """
     served = Served()
     phrases: list[CleanedPhrase] = []
@@ -334,9 +354,10 @@ async def serve_batch(
         texts = [p.clean_text for p in phrases]
         vectors, hits, keys = _lookup_or_miss(texts, cache, embedder.feature_dim)
         if offload is None:
-            rows, done = _compute(phrases, vectors, hits, embedder, heads, top_k, memo, observe, cache)
+            rows, done = _compute(phrases, vectors, hits, embedder, heads, top_k, memo, observe, cache, expert)
         else:
-            rows, done = await offload(_compute, phrases, vectors, hits, embedder, heads, top_k, memo, observe, cache)
+            rows, done = await offload(_compute, phrases, vectors, hits, embedder, heads, top_k, memo, observe, cache,
+                                       expert)
         _store_or_skip(keys, vectors, rows, cache)
     except Exception as exc:  # a bug or a bad phrase: isolate it, keep the rest
         if len(phrases) == 1:
@@ -345,7 +366,8 @@ async def serve_batch(
             return served
         log.warning("a batch of %d failed (%r); trying its phrases one by one", len(phrases), exc)
         for phrase in phrases:
-            served.add(await serve_batch([phrase.to_bytes()], embedder, cache, heads, top_k, offload, memo, observe))
+            served.add(await serve_batch([phrase.to_bytes()], embedder, cache, heads, top_k, offload, memo, observe,
+                                         expert))
         return served
     served.add(done)
     return served

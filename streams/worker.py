@@ -11,6 +11,9 @@ after: a commit never covers an output the broker does not have. Their own work:
   internal topic, keyed by its cache key, or a dead letter. It never raises for input.
 - :class:`Server` (``embed_and_classify``): the cleaned phrases are embedded and classified
   (``streams.pipeline.serve_batch``); one prediction per (phrase, model), failures dead-lettered.
+  The answers the review rule routes go to ``phrases.review`` and the shadow heads' answers to
+  ``predictions.shadow`` (``streams.routing``), through the same outbox: a batch is acked once
+  the broker has those too.
 
 ``streams.app`` builds them and hands them to the agents, which are loops around :meth:`Step.run`.
 """
@@ -38,6 +41,7 @@ from streams.kafka.faust_compat import EventLike, drop_spinner
 from streams.kafka.outbox import Outbox
 from streams.metrics import WorkerMetrics
 from streams.pipeline import Embedder, Observer, Offload, serve_batch
+from streams.routing import Expert
 from streams.state.cache import EmbeddingCache, MappingBackend, cache_key
 from streams.state.memos import AnswerMemo
 
@@ -174,6 +178,8 @@ class Server(Step):
     memo: AnswerMemo
     observe: Observer | None
     cleaned_topic: str
+    expert: Expert | None = None
+    """Review routing, shadow heads and evidence (``streams.routing``); None: none of them."""
     adopted: frozenset[Any] = field(default_factory=frozenset)
     """The assignment whose cache entries the cache tracks."""
 
@@ -189,12 +195,16 @@ class Server(Step):
         values = [event.value for event in events]
         self.adopt_assignment()
         served = await serve_batch(values, self.embedder, self.cache, self.heads.heads, self.settings.top_k,
-                                   self.offload, self.memo, observe=self.observe)
+                                   self.offload, self.memo, observe=self.observe, expert=self.expert)
         for failure in served.failures:
             self.dead_letter(DeadLetter.of(failure.kind, failure.reason, failure.raw, self.cleaned_topic,
                                            id=failure.id))
         for key, value in served.payloads:
             self.outbox.put(self.settings.topic_out, key, value)
+        for key, value in served.extra.reviews:
+            self.outbox.put(self.settings.topic_review, key, value)
+        for key, value in served.extra.shadows:
+            self.outbox.put(self.settings.topic_shadow, key, value)
         self.metrics.batch_served(len(values), served)
         return served.predictions
 
