@@ -190,6 +190,8 @@ def make_stack(base_settings: Settings, tmp_path: Path, seed_registry: bool) -> 
         "PHRASESTREAM_TOPIC_REGISTRY": f"test-{suffix}.models.registry",
         "PHRASESTREAM_TOPIC_ALERTS": f"test-{suffix}.drift.alerts",
         "PHRASESTREAM_TOPIC_ROLLUPS": f"test-{suffix}.serving.rollups",
+        "PHRASESTREAM_TOPIC_REVIEW": f"test-{suffix}.phrases.review",
+        "PHRASESTREAM_TOPIC_SHADOW": f"test-{suffix}.predictions.shadow",
         "PHRASESTREAM_APP_ID": f"test-{suffix}",
         "PHRASESTREAM_SINK_GROUP": f"test-{suffix}-sink",
         "PHRASESTREAM_PG_SCHEMA": f"test_{suffix}",
