@@ -22,7 +22,8 @@ explains and its weight in the average.
 :func:`evidence` is the compact, JSON-ready form the stream attaches to a prediction (``"explain":
 true``) and the review items carry: it needs the readout the worker computed anyway, the cleaned
 texts, and the neighbour index stored with the head; it never runs the embedder. The full
-explanation with leave-one-word-out (which does) is :mod:`models.heads.explain_text`.
+explanation, :func:`explain`, takes the embedder too: it adds every term, the index built on
+first use for an older head, and leave-one-word-out on the readout (:mod:`models.heads.occlusion`).
 """
 
 from __future__ import annotations
@@ -191,3 +192,82 @@ def evidence(head: Head, features: np.ndarray, texts: Sequence[str], labels: Seq
             ev["note"] = "; ".join(notes)
         out.append(ev)
     return out
+
+
+BASELINE = ("contributions are to the logit of the head's linear member, before its temperature and the "
+            "softmax; <BIAS> is that member's intercept for the label (the logit of a phrase with no known "
+            "term and a zero readout), <READOUT> the sentence embedding's part (readout · W[:, label]); "
+            "bias + readout + the terms = the logit")
+
+
+def explain(head: Head, embedder: Any, text: str, label: str | None = None, *,
+            occlude: bool = True) -> dict[str, Any]:
+    """Explain the head's answer for one raw phrase: the whole explanation as one JSON-ready dict.
+
+    ``embedder`` is a ``models.embedder.Embedder`` of the head's version and precision (the
+    caller checks, e.g. with ``load_head(..., embedder_version=..., embedder_precision=...)``).
+    The phrase is cleaned as the worker cleans it. The predicted label is explained, and
+    ``label`` too when given (``ValueError`` if it is not one of the head's labels, or if the
+    phrase is empty once cleaned). For each: every term's contribution (largest first), the
+    bias and the readout part, the logit and the runner-up's, the three nearest training
+    examples of the label and of its runner-up (the index is built from the training snapshot
+    on first use for a head that stored none), and leave-one-word-out on the readout
+    (``occlude``; a secondary signal, see :mod:`models.heads.occlusion`).
+    """
+    from models.heads.occlusion import CAVEAT, leave_one_word_out
+    from schemas.cleaning import clean
+
+    cleaned = clean(text)
+    if not cleaned:
+        raise ValueError("the phrase is empty once cleaned")
+    if label is not None and label not in head.labels:
+        raise ValueError(f"{label!r} is not a label of {head.ref}; its labels: {', '.join(head.labels)}")
+    feats = np.asarray(embedder.features_batch([cleaned]), dtype=np.float32)
+    texts = [cleaned]
+    probs = head.predict_proba(feats, texts if head.needs_texts else None)[0]
+    pred_idx, conf = head.decide(probs[None, :])
+    predicted = head.labels[int(pred_idx[0])]
+    order = np.argsort(-probs, kind="stable")
+    wanted = [predicted] + ([label] if label is not None and label != predicted else [])
+    index = index_for(head, embedder)
+    sentence = feats[0, sentence_columns(head.readout)]
+    occ = leave_one_word_out(head, embedder, cleaned, wanted, full_features=feats[0]) if occlude else None
+    sections: list[dict[str, Any]] = []
+    for i, name in enumerate(wanted):
+        c = head.labels.index(name)
+        r = int(order[0] if order[0] != c else order[1]) if len(order) > 1 else c
+        [d] = decompose(head, feats, texts, [c])
+        [dr] = decompose(head, feats, texts, [r])
+        sec: dict[str, Any] = {"label": name, "why": "predicted" if i == 0 else "asked",
+                               "probability": _r(probs[c]), "runner_up": head.labels[r],
+                               "runner_up_probability": _r(probs[r])}
+        if d is None:
+            sec["terms"] = None
+            sec["note"] = "this head has no linear member: no term contributions"
+        else:
+            sec.update(member={"name": d.member, "weight": _r(d.member_weight), "temperature": _r(d.temperature)},
+                       logit=_r(d.logit), bias=_r(d.bias), readout=_r(d.readout),
+                       terms=[[t, _r(v)] for t, v in d.terms], terms_sum=_r(sum(v for _, v in d.terms)),
+                       runner_up_logit=_r(dr.logit) if dr else None,
+                       logit_difference=_r(d.logit - dr.logit) if dr else None)
+        if index is not None:
+            sec["neighbors"] = index.nearest(sentence, name, NEIGHBORS)
+            sec["neighbors_runner_up"] = index.nearest(sentence, head.labels[r], NEIGHBORS)
+        else:
+            sec["neighbors"] = sec["neighbors_runner_up"] = None
+        if occ is not None:
+            sec["leave_one_word_out"] = occ["by_label"].get(name) or None
+        sections.append(sec)
+    return {
+        "head": str(head.ref), "embedder_version": head.embedder_version,
+        "embedder_precision": head.embedder_precision, "text": text, "clean_text": cleaned,
+        "prediction": {"label": predicted, "probability": _r(conf[0]),
+                       "top_k": [[head.labels[j], _r(probs[j])] for j in order[:3]]},
+        "baseline": BASELINE,
+        "index": ({"status": "none", "rows": 0} if index is None
+                  else {"status": "stored at training" if index.built == "training" else "built on first use "
+                        "from the training snapshot (not stored)", "rows": len(index)}),
+        "leave_one_word_out": None if occ is None else {"caveat": CAVEAT, "passes": occ["passes"],
+                                                        "skipped": occ["skipped"]},
+        "explained": sections,
+    }

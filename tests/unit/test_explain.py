@@ -161,3 +161,44 @@ def test_a_head_without_an_index_says_so_or_builds_it_on_first_use(trained, tmp_
     [ev] = evidence(old_head, feats, texts)
     stored = evidence(head, feats, texts)[0]
     assert [n[:2] for n in ev["neighbors"]] == [n[:2] for n in stored["neighbors"]]
+
+
+def test_explain_takes_a_raw_phrase_and_explains_the_prediction_and_a_given_label(trained):  # type: ignore[no-untyped-def]
+    from models.heads.explain import explain
+    from models.heads.occlusion import CAVEAT
+
+    head, embedder = trained
+    out = explain(head, embedder, "  Hello, HI my friend!", label="thanks")
+    json.dumps(out)
+    assert out["clean_text"] == clean("  Hello, HI my friend!")
+    assert out["prediction"]["label"] == "greet"
+    assert [s["label"] for s in out["explained"]] == ["greet", "thanks"]
+    assert [s["why"] for s in out["explained"]] == ["predicted", "asked"]
+    assert out["index"]["status"] == "stored at training"
+    for sec in out["explained"]:
+        assert sec["bias"] + sec["readout"] + sum(v for _, v in sec["terms"]) == pytest.approx(sec["logit"], abs=1e-3)
+        assert sec["logit_difference"] == pytest.approx(sec["logit"] - sec["runner_up_logit"], abs=1e-3)
+        assert all(n[1] == sec["label"] for n in sec["neighbors"])
+        assert all(n[1] == sec["runner_up"] for n in sec["neighbors_runner_up"])
+        words = [w for w, _, _ in sec["leave_one_word_out"]]
+        assert words == out["clean_text"].split()
+    assert out["leave_one_word_out"]["caveat"] == CAVEAT
+    assert out["leave_one_word_out"]["passes"] == len(out["clean_text"].split())
+    with pytest.raises(ValueError, match="not a label"):
+        explain(head, embedder, "hello", label="nope")
+    with pytest.raises(ValueError, match="empty"):
+        explain(head, embedder, "<br>")
+
+
+def test_leave_one_word_out_holds_the_tfidf_part_and_deletes_from_the_readout_only(trained):  # type: ignore[no-untyped-def]
+    from models.heads.occlusion import leave_one_word_out, variants
+
+    head, embedder = trained
+    assert variants("a b c") == [("a", "b c"), ("b", "a c"), ("c", "a b")]
+    out = leave_one_word_out(head, embedder, "hello my friend", ["greet"])
+    assert out["passes"] == 4 and out["skipped"] is None
+    feats = embedder.features_batch(["hello my friend", "my friend"])
+    probs = head.predict_proba(feats, ["hello my friend"] * 2)
+    c = head.labels.index("greet")
+    assert out["by_label"]["greet"][0][:2] == ["hello", round(float(probs[1, c] - probs[0, c]), 4)]
+    assert leave_one_word_out(head, embedder, "hello", ["greet"])["skipped"]
