@@ -31,7 +31,7 @@ class TextHead:
     """A head whose answer is read off the text: ``doubt`` gives a margin of 0.05, ``oos`` the oos
     label; anything else a clear answer. Records the top_k it was asked for."""
 
-    ref: HeadRef = HeadRef("global", "intent", "v1")
+    ref: HeadRef = field(default_factory=lambda: HeadRef("global", "intent", "v1"))
     asked: list[int] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
 
