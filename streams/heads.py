@@ -200,6 +200,9 @@ class HeadSet:
         rule = rule_for(pointer, live)
         if self.rules.get(key) != rule:
             self.rules = {**self.rules, key: rule}
+            log.info("review rule of %s/%s: margin < %g, oos %s, shadow disagreement %s, random slice %g "
+                     "(at most %d doubtful and %d random items an hour)", *key, rule.margin, rule.oos,
+                     rule.shadow_disagreement, rule.random_rate, rule.budget_per_hour, rule.random_budget_per_hour)
         spec = pointer.shadow
         held = self.shadows.get(key)
         if spec is None or spec.version == pointer.version:

@@ -16,12 +16,18 @@ otherwise idle machine (no worker runs while the embedder or the passthrough is 
    the latency percentiles at half of that rate (``latency_p99_ms`` and friends: end to end,
    from the input's ``ts`` to the moment this process reads the prediction from
    ``predictions.out``), then the same at 100 cached phrases a second (``latency_p99_ms_100``).
-4. A worker with ``CACHE_MAX_ENTRIES=0`` gets ``zipf_nocache_phrases_s``.
-5. A worker whose cache changelog was filled to the default bound before it started gives
+   Its workers route answers by each head's review rule (the default one unless the head or
+   ``review-rule`` says otherwise) to a scratch review topic.
+4. The expert loop (``features``): one worker, the same cached phrases with explanations on,
+   with a review rule, with a shadow head at 100%, against a baseline with none:
+   ``hit_path_<baseline|explain|review|shadow>_msgs_s`` and ``latency_p99_ms_100_<...>``.
+   Alone: ``python -m streams.tools.bench.features``.
+5. A worker with ``CACHE_MAX_ENTRIES=0`` gets ``zipf_nocache_phrases_s``.
+6. A worker whose cache changelog was filled to the default bound before it started gives
    ``worker_rss_mb``.
-6. The cache sweep (1k, 10k, 50k, 200k entries) on the Zipf traffic: a table and a PNG under
+7. The cache sweep (1k, 10k, 50k, 200k entries) on the Zipf traffic: a table and a PNG under
    ``<home>/bench/``.
-7. ``sink_rows_s``: the PostgreSQL sink alone (``streams.tools.sink_bench``).
+8. ``sink_rows_s``: the PostgreSQL sink alone (``streams.tools.sink_bench``).
 
 Throughput is phrases answered divided by the time from the first message produced to the
 last prediction read; a phrase counts when every head of its region answered it. The ratios:
@@ -33,7 +39,7 @@ when ``--st-python`` names a throwaway virtualenv's Python that has sentence-tra
 
 The modules: ``scratch`` (the run's topics, app id and worker processes), ``measure`` (one
 stage each: the passthrough, a burst through a worker, a filled cache changelog, memory),
-``faust_ceiling`` (the bare Faust agent) and
+``faust_ceiling`` (the bare Faust agent), ``features`` (the expert loop's stage) and
 ``run`` (the stages in order, the sweep's table and plot, the command).
 """
 

@@ -14,6 +14,7 @@ from ops.logs import progress as show_progress
 from ops.measure import percentile
 from schemas.settings import Settings
 from streams.tools.bench.faust_ceiling import faust_passthrough
+from streams.tools.bench.features import FEATURE_COUNT, feature_costs
 from streams.tools.bench.measure import fill_cache_changelog, passthrough, rss_mb, through_worker
 from streams.tools.bench.scratch import Scratch
 
@@ -121,6 +122,9 @@ def run_bench(settings: Settings, *, count: int = 20_000, progress: bool = True,
         for q in (50, 99):
             out[f"latency_p{q}_ms_{LIGHT_RATE}"] = percentile(slow.latencies_ms, q)
         scratch.stop(proc)
+
+        say("the expert loop: explanations, review routing and a shadow head, each against a baseline")
+        out.update(feature_costs(settings, scratch, unique.messages[:FEATURE_COUNT], heads_per_phrase, say))
 
         say("worker without a cache: Zipf traffic")
         proc, ws, _ = scratch.start_worker("nocache", PHRASESTREAM_CACHE_MAX_ENTRIES="0")

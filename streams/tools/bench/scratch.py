@@ -34,6 +34,9 @@ class Scratch:
             "PHRASESTREAM_TOPIC_DLQ": f"bench-{self.tag}-{app}.phrases.dlq",
             # the bench's traffic stays out of the drift data (the real sink stores serving.rollups)
             "PHRASESTREAM_TOPIC_ROLLUPS": f"bench-{self.tag}-{app}.serving.rollups",
+            # and out of the review queue and the shadow answers (the default rule routes some)
+            "PHRASESTREAM_TOPIC_REVIEW": f"bench-{self.tag}-{app}.phrases.review",
+            "PHRASESTREAM_TOPIC_SHADOW": f"bench-{self.tag}-{app}.predictions.shadow",
             "PHRASESTREAM_APP_ID": f"bench-{self.tag}-{app}",
             "PHRASESTREAM_HOME": str(Path(self.base.home).resolve()),
             **extra,
@@ -53,7 +56,8 @@ class Scratch:
         env = self.env(app, **extra)
         settings = self.settings(env)
         for name, parts in ((settings.topic_in, settings.partitions_in), (settings.topic_out, settings.partitions_out),
-                            (settings.topic_dlq, 1), (settings.topic_rollups, 1)):
+                            (settings.topic_dlq, 1), (settings.topic_rollups, 1), (settings.topic_review, 1),
+                            (settings.topic_shadow, settings.partitions_out)):
             create_topic(settings, name, parts, {"cleanup.policy": "delete", "retention.ms": str(3_600_000)})
             self.topics.add(name)
         logs = Path(self.base.home).resolve() / "bench" / "logs"
