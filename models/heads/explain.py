@@ -13,7 +13,8 @@ are the ones to multiply. That sum is exact, as eli5 shows a linear model:
   term and a zero readout, before the temperature and the softmax;
 - each term's contribution is ``x_B[t] * W_B[t, c]``, named ``word:<n-gram>`` or
   ``char:<n-gram>`` (the block's name, then the vectorizer's vocabulary entry);
-- the readout part is ``dense @ W[:, c]``, one number: the sentence embedding's share.
+- the readout part is ``dense @ W[:, c]``, one number: the share of the encoder's readout (the
+  sentence embedding and the pools of the lower layers the head reads).
 
 ``bias + readout + sum(contributions)`` is that member's logit for ``c`` (to float rounding).
 Other members (the hidden-layer network) are not decomposed; the evidence names the member it
@@ -196,8 +197,8 @@ def evidence(head: Head, features: np.ndarray, texts: Sequence[str], labels: Seq
 
 BASELINE = ("contributions are to the logit of the head's linear member, before its temperature and the "
             "softmax; <BIAS> is that member's intercept for the label (the logit of a phrase with no known "
-            "term and a zero readout), <READOUT> the sentence embedding's part (readout · W[:, label]); "
-            "bias + readout + the terms = the logit")
+            "term and a zero readout), <READOUT> the encoder readout's part (its pools of layers 2-6, "
+            "standardised: readout · W[:, label]); bias + readout + the terms = the logit")
 
 
 def explain(head: Head, embedder: Any, text: str, label: str | None = None, *,

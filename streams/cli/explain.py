@@ -77,6 +77,22 @@ def _folder(settings: Settings, region: str, model: str, version: str | None) ->
         raise _Broken(f"{ref}: {exc}") from None
 
 
+class _Cached:
+    """The embedder behind the training feature cache (``retrain.train.features``), for building an
+    older head's neighbour index from its training snapshot: those texts were embedded when it was
+    trained, so the index is built from disk in seconds instead of embedding every row again."""
+
+    def __init__(self, embedder: Any, models_root: Path) -> None:
+        self.embedder = embedder
+        self.models_root = models_root
+        self.readout = embedder.readout
+
+    def features_batch(self, texts: Any) -> Any:
+        from retrain.train.features import cached_features  # the CLI is the one door to retrain/
+
+        return cached_features(self.embedder, list(texts), self.models_root, progress=len(texts) > 256)[0]
+
+
 def explain_command(settings: Settings, args: argparse.Namespace) -> int:
     """Explain one phrase with one head; print the explanation; return the exit code."""
     from models.heads import HeadError, load_head
@@ -99,6 +115,7 @@ def explain_command(settings: Settings, args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from models.embedder import EmbedderError, load_embedder
     from models.heads.explain import explain
+    from models.heads.neighbors import has_stored_index, index_for
 
     try:
         embedder = load_embedder(settings, precision=head.embedder_precision, warm=False)
@@ -108,6 +125,8 @@ def explain_command(settings: Settings, args: argparse.Namespace) -> int:
         return fail(f"{head.ref} was trained on embedder version {head.embedder_version!r}, but this machine's "
                     f"embedder is {embedder.version!r}: explain it where its embedder runs", USAGE)
     try:
+        if not has_stored_index(head):
+            index_for(head, _Cached(embedder, settings.models_root))
         result = explain(head, embedder, args.text, args.label)
     except ValueError as exc:
         return fail(exc, USAGE)
@@ -125,6 +144,12 @@ def explain_command(settings: Settings, args: argparse.Namespace) -> int:
 # the text an engineer reads
 
 TERMS_SHOWN = 10
+
+
+def _shown(term: str) -> str:
+    """A term as printed: a space inside an n-gram is shown as ``␣`` (``char:␣bala`` starts a word)."""
+    block, _, gram = term.partition(":")
+    return f"{block}:{gram.replace(' ', '␣')}" if block == "char" else term
 
 
 def _examples(title: str, rows: list[list[Any]] | None) -> list[str]:
@@ -147,12 +172,12 @@ def _section(sec: dict[str, Any], occlusion: dict[str, Any] | None) -> list[str]
                    f"temperature {m['temperature']:.3g}); contributions to its logit for {sec['label']}:")
         terms = sec["terms"]
         for term, value in terms[:TERMS_SHOWN]:
-            out.append(f"    {value:+8.4f}  {term}")
+            out.append(f"    {value:+8.4f}  {_shown(term)}")
         if len(terms) > TERMS_SHOWN:
             rest = sum(v for _, v in terms[TERMS_SHOWN:])
             out.append(f"    {rest:+8.4f}  ({len(terms) - TERMS_SHOWN} more terms)")
         out.append(f"    {sec['bias']:+8.4f}  <BIAS>")
-        out.append(f"    {sec['readout']:+8.4f}  <READOUT> (the embedding's part)")
+        out.append(f"    {sec['readout']:+8.4f}  <READOUT> (the encoder readout's part)")
         out.append(f"    {'-' * 8}")
         out.append(f"    {sec['logit']:+8.4f}  logit of {sec['label']}")
         if sec.get("runner_up_logit") is not None:
