@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+import psycopg2
 from aiohttp import web
 
 from streams.review import pages
@@ -84,6 +85,9 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     except AnswerError as exc:
         return _refuse(request, exc.status, exc.message, reviewer)
+    except psycopg2.OperationalError as exc:
+        log.warning("PostgreSQL is unreachable: %s", exc)
+        return _refuse(request, 503, "the database does not answer; nothing was stored: try again soon", reviewer)
 
 
 async def _run(request: web.Request, fn: Any, *args: Any) -> Any:

@@ -69,12 +69,15 @@ class ReviewService:
         """Return the labels of the item's head version under the newest label set.
 
         When the head's files cannot be read, the labels the item's top-k names stand in (the
-        guide says why), so a reviewer can still confirm or correct among them.
+        guide says why), so a reviewer can still confirm or correct among them. A label the head
+        was never trained on is offered once the head's ``label_definitions.json`` defines it:
+        that is how experts bring in a new label (the next ``retrain`` learns it from their answers).
         """
         ref = HeadRef(item["region"], item["model"], item["model_version"])
         guide = self.guides.get(ref)
         sets = read_label_sets(self.settings, item["region"], item["model"], conn=conn)
         trained = list(guide.labels) or [item["label"], *(str(t[0]) for t in item.get("top_k") or [])]
+        trained += [label for label in guide.definitions if label not in trained]
         return HeadLabels(sets.names(trained), sets, guide)
 
     def item_view(self, item_id: str, reviewer: str) -> tuple[dict[str, Any], HeadLabels] | None:
@@ -192,4 +195,4 @@ class ReviewService:
 
     def _open_all(self, conn: Any) -> list[dict[str, Any]]:
         """Items no reviewer has finished, per head (a reviewer's own queue may be shorter)."""
-        return store.count_open(conn, self.schema, "\x00nobody")
+        return store.count_open(conn, self.schema, "")  # no reviewer is named ""
