@@ -133,7 +133,8 @@ def _r(x: float) -> float:
 
 
 def evidence(head: Head, features: np.ndarray, texts: Sequence[str], labels: Sequence[str] | None = None,
-             *, top_terms: int = TOP_TERMS, neighbors: int = NEIGHBORS) -> list[dict[str, Any]]:
+             *, against: Sequence[str | None] | None = None, top_terms: int = TOP_TERMS,
+             neighbors: int = NEIGHBORS) -> list[dict[str, Any]]:
     """Return one compact JSON-ready dict per row: why row ``i`` got ``labels[i]`` (default: its prediction).
 
     Each dict: ``label``, ``runner_up`` (the most probable other label), ``probability`` of both,
@@ -143,6 +144,9 @@ def evidence(head: Head, features: np.ndarray, texts: Sequence[str], labels: Seq
     ``neighbors_runner_up`` (``[[text, label, cosine], ...]``). Without a linear member,
     ``terms`` is None; without a stored neighbour index, ``neighbors`` is None; a ``note`` says
     why. No embedder is run: this is what the stream attaches.
+
+    ``against`` replaces the runner-up of row ``i`` by ``against[i]`` when it is another label
+    of the head (the error-analysis page compares a wrong prediction with the true label).
     """
     texts = list(texts)
     features = np.asarray(features, dtype=np.float32)
@@ -161,8 +165,14 @@ def evidence(head: Head, features: np.ndarray, texts: Sequence[str], labels: Seq
         if unknown:
             raise ValueError(f"label(s) {sorted(set(unknown))} are not labels of head {head.ref}")
         idx = [head.labels.index(x) for x in labels]
+    if against is not None and len(against) != len(idx):
+        raise ValueError(f"{len(against)} labels to compare with for {len(idx)} rows")
     runner = []
     for i, c in enumerate(idx):
+        other = against[i] if against is not None else None
+        if other is not None and other in head.labels and other != head.labels[c]:
+            runner.append(head.labels.index(other))
+            continue
         order = np.argsort(-probs[i], kind="stable")
         runner.append(int(order[0] if order[0] != c else order[1]) if len(order) > 1 else c)
     parts = decompose(head, features, texts, idx)

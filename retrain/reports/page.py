@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_fscore_support
 
 from retrain.drift.reference import CONFIDENCE_EDGES
+from retrain.reports.evidence import evidence_html
 from retrain.reports.rows import OOS_THRESHOLDS, EvalRows, oos_detection
 
 TOP_PAIRS = 25
@@ -111,7 +112,10 @@ def confused_section(rows: EvalRows, classes: list[str], t: np.ndarray, p: np.nd
     return (
         '<section id="confused"><h2>Most confused pairs</h2>'
         f"<p>The {len(pairs)} most frequent (true &rarr; predicted) mistakes out of {n_wrong} wrong predictions, "
-        f"with up to {EXAMPLES_PER_PAIR} example phrases each (the predicted label's probability in brackets).</p>"
+        f"with up to {EXAMPLES_PER_PAIR} example phrases each (the predicted label's probability in brackets). "
+        "<em>evidence</em> under a phrase says why: the terms that pushed the wrong label (contributions to "
+        "the head's linear logit, beside its bias and the readout's part) and the nearest training examples "
+        "of the wrong and of the true label (cosine of sentence embeddings).</p>"
         '<table class="pairs"><thead><tr><th>true</th><th></th><th>predicted</th><th>count</th>'
         "<th>of true</th><th>examples</th></tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table></section>"
@@ -123,6 +127,9 @@ def _example(rows: EvalRows, r: int) -> str:
     if rows.top_k is not None and rows.top_k[r]:
         alts = ", ".join(f"{escape(label)} {prob:.2f}" for label, prob in rows.top_k[r])
         text += f'<div class="topk">top: {alts}</div>'
+    ev = rows.evidence[r] if rows.evidence is not None else None
+    if ev:
+        text += evidence_html(ev, rows.y_true[r])
     return text
 
 
@@ -283,6 +290,7 @@ table.sortable th{cursor:pointer;user-select:none;white-space:nowrap}
 table.sortable th.sorted-asc::after{content:" \\25B2"}table.sortable th.sorted-desc::after{content:" \\25BC"}
 ul.examples{margin:0;padding-left:18px}ul.examples li{margin:2px 0}
 .conf,.topk{color:#777;font-size:12px}.arrow{color:#999}
+details.evidence{font-size:12px;color:#444}details.evidence summary{cursor:pointer;color:#2a7ab0}
 tr.chosen td{font-weight:700;background:#fff6d5}
 #class-filter{margin:4px 0 8px;padding:4px 8px;width:240px}
 img{max-width:100%;background:#fff;border:1px solid #eee}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ class EvalRows:
 
     One entry per row in every field; ``confidence`` is the probability of the predicted
     label, ``top_k`` (optional) the k most probable ``(label, probability)`` pairs per row,
-    shown beside the example phrases.
+    shown beside the example phrases, and ``evidence`` (optional) why the head gave it.
     """
 
     texts: list[str]
@@ -30,6 +31,8 @@ class EvalRows:
     y_pred: list[str]
     confidence: np.ndarray
     top_k: list[list[tuple[str, float]]] | None = None
+    evidence: list[dict[str, Any] | None] | None = None
+    """Why the head gave each row's label (``models.heads.explain.evidence``; None for a row without)."""
 
     def __post_init__(self) -> None:
         self.confidence = np.asarray(self.confidence, dtype=np.float64).ravel()
@@ -37,6 +40,8 @@ class EvalRows:
         lengths = {"y_true": len(self.y_true), "y_pred": len(self.y_pred), "confidence": len(self.confidence)}
         if self.top_k is not None:
             lengths["top_k"] = len(self.top_k)
+        if self.evidence is not None:
+            lengths["evidence"] = len(self.evidence)
         wrong = {k: v for k, v in lengths.items() if v != n}
         if wrong:
             msg = f"EvalRows needs one entry per text ({n} texts); got {wrong}"

@@ -120,6 +120,32 @@ def _pick_version(registry: Registry, region: str, model: str, version: str | No
     return registry.active_ref(region, model) or versions[-1]
 
 
+def _evidence(settings: Any, path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any] | None] | None:
+    """The evidence of the wrong evaluation rows (``retrain.reports.evidence``), or None with a warning."""
+    from models.heads import load_head
+    from models.heads.neighbors import has_stored_index, index_for
+    from retrain.reports.evidence import CachedReadout, eval_features, wrong_row_evidence
+
+    wrong = [i for i, r in enumerate(rows) if r["label"] != r["pred"]]
+    if not wrong:
+        return None
+    try:
+        head = load_head(path)
+        if not has_stored_index(head):
+            index_for(head, CachedReadout(head, settings.models_root, settings))
+        texts = [rows[i]["clean_text"] for i in wrong]
+        feats = eval_features(head, texts, settings.models_root, settings)
+        found = wrong_row_evidence(head, texts, [rows[i]["label"] for i in wrong], [rows[i]["pred"] for i in wrong],
+                                   feats)
+    except (HeadError, LookupError, ValueError, OSError, RuntimeError) as exc:  # the page is worth writing without
+        print(f"warning: the page shows no evidence: {exc}", file=sys.stderr, flush=True)
+        return None
+    out: list[dict[str, Any] | None] = [None] * len(rows)
+    for i, e in zip(wrong, found):
+        out[i] = e
+    return out
+
+
 def report_command(settings: Any, *, region: str, model: str, version: str | None, out: str) -> int:
     """Write the error-analysis page of one head; print where; return the exit code."""
     from retrain.reports.error_analysis import EvalRows, write_report
@@ -143,6 +169,7 @@ def report_command(settings: Any, *, region: str, model: str, version: str | Non
     ev = EvalRows(texts=[r["text"] for r in rows], y_true=[r["label"] for r in rows],
                   y_pred=[r["pred"] for r in rows], confidence=np.array([r["confidence"] for r in rows]),
                   top_k=[[tuple(p) for p in r["top_k"]] for r in rows])
+    ev.evidence = _evidence(settings, path, rows)
     oos = meta.get("config", {}).get("oos", {}).get("label", "oos")
     scores = [r.get("oos_score") for r in rows]
     has_scores = oos in classes and all(s is not None for s in scores)

@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,3 +147,22 @@ def test_bad_input_exits_2_with_one_error_line(trained, args, message):  # type:
     errors = _errors(res)
     assert len(errors) == 1 and message in errors[0], res.stderr[-3000:]
     assert res.stdout == ""
+
+
+def test_report_shows_the_evidence_of_the_confused_examples(trained, tmp_path):  # type: ignore[no-untyped-def]
+    from retrain.train.artifacts import read_jsonl_gz
+
+    _, env, version = trained
+    folder = HeadRef("acme", "support", version).path(Path(env["PHRASESTREAM_MODELS_DIR"]))
+    wrong = [r for r in read_jsonl_gz(folder / "eval_predictions.jsonl.gz") if r["label"] != r["pred"]]
+    res = _cli(env, "report", "--region", "acme", "--model", "support", "--version", version,
+               "--out", str(tmp_path / "report"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "warning" not in res.stderr
+    html = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    shown = html.count('<details class="evidence">')
+    print(f"{len(wrong)} wrong evaluation rows, {shown} shown with their evidence")
+    pairs = Counter((r["label"], r["pred"]) for r in wrong)
+    assert shown == sum(min(n, 3) for _, n in pairs.most_common(25))  # up to 3 examples of each listed pair
+    if wrong:
+        assert "(the true label)" in html and "&lt;BIAS&gt;" in html

@@ -202,3 +202,31 @@ def test_leave_one_word_out_holds_the_tfidf_part_and_deletes_from_the_readout_on
     c = head.labels.index("greet")
     assert out["by_label"]["greet"][0][:2] == ["hello", round(float(probs[1, c] - probs[0, c]), 4)]
     assert leave_one_word_out(head, embedder, "hello", ["greet"])["skipped"]
+
+
+def test_evidence_can_compare_with_a_chosen_label(trained):  # type: ignore[no-untyped-def]
+    head, embedder = trained
+    texts = [clean("hello hi my friend")] * 2
+    feats = embedder.features_batch(texts)
+    first, second = evidence(head, feats, texts, against=["thanks", "not-a-label"])
+    assert first["label"] == "greet" and first["runner_up"] == "thanks"
+    assert {n[1] for n in first["neighbors_runner_up"]} == {"thanks"}
+    assert second["runner_up"] == evidence(head, feats[:1], texts[:1])[0]["runner_up"]
+
+
+def test_the_error_analysis_page_shows_the_evidence_of_its_confused_examples(trained, tmp_path):  # type: ignore[no-untyped-def]
+    from retrain.reports.error_analysis import EvalRows, write_report
+    from retrain.reports.evidence import wrong_row_evidence
+
+    head, embedder = trained
+    texts = [clean("hello hi my friend"), clean("goodbye later <friend>")]
+    feats = embedder.features_batch(texts)
+    y_true, y_pred = ["thanks", "bye"], ["greet", "bye"]
+    found = wrong_row_evidence(head, texts, y_true, y_pred, feats)
+    assert found[1] is None and found[0] is not None
+    assert found[0]["label"] == "greet" and found[0]["runner_up"] == "thanks"
+    rows = EvalRows(texts, y_true, y_pred, np.array([0.8, 0.9]), evidence=found)
+    html = write_report(tmp_path, title="t", classes=list(head.labels), rows=rows).read_text()
+    assert html.count('<details class="evidence">') == 1
+    assert "nearest training examples of thanks (the true label)" in html
+    assert "&lt;BIAS&gt;" in html and "word:hello" in html
