@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # 6 min 35 s with 3, 7 min 37 s with 2). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 3
 
-.PHONY: install setup up train run test unit lint demo bench stop status clean clean-all
+.PHONY: install setup up train run test unit lint demo bench review stop status clean clean-all
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,10 @@ demo: install
 # Every speed figure in one run on this machine; the last line is one JSON object (a few minutes).
 bench: install
 	$(BIN)/phrasestream bench --json
+
+# The review page for domain experts (docs/review.md): http://127.0.0.1:8080/, once `make up` ran.
+review: install
+	$(BIN)/phrasestream review
 
 status: install
 	$(BIN)/phrasestream status
