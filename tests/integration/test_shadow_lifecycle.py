@@ -37,9 +37,10 @@ def home(bare_stack, tmp_path: Path, monkeypatch):  # type: ignore[no-untyped-de
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    """Run ``phrasestream args``; return its code, stdout and its ``error:`` lines (the log shares stderr)."""
     code = cli.main(list(args))
     out = capsys.readouterr()
-    return code, out.out, out.err
+    return code, out.out, "".join(line + "\n" for line in out.err.splitlines() if line.startswith("error: "))
 
 
 def pointer() -> RegistryPointer:
