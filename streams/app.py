@@ -58,7 +58,7 @@ from streams.pipeline import Embedder
 from streams.rollups import RollupPublisher, Rollups, rollups_for
 from streams.routing import Expert
 from streams.state.cache import EmbeddingCache, MappingBackend
-from streams.state.memos import AnswerMemo
+from streams.state.memos import AnswerMemo, EvidenceMemo
 from streams.worker import STALL_CHECK_SECONDS, Cleaner, Server, Worker, check_stalls, log_totals
 
 log = logging.getLogger("phrasestream.worker")
@@ -166,7 +166,8 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> Wiring:
     server = Server(app=app, committer=committer, settings=settings, guard=OffsetGuard("embed_and_classify", cleaned_topic),
                     outbox=Outbox(settings, "serve"), metrics=metrics, offload=asyncio.to_thread,
                     embedder=embedder, heads=heads, cache=cache, cache_backend=cache_backend, memo=memo,
-                    observe=rollups.observe, cleaned_topic=cleaned_topic, expert=Expert(heads))
+                    observe=rollups.observe, cleaned_topic=cleaned_topic,
+                    expert=Expert(heads, memo=EvidenceMemo(settings.answer_memo_entries // 10)))
 
 
     @app.agent(topic_in)

@@ -158,7 +158,7 @@ class WorkerMetrics:
                                        "Batches on which a shadow head failed (the live answers were served).",
                                        ["region", "model", "version"], registry=r)
         self.evidence_rows = Counter("phrasestream_evidence_rows_total",
-                                     "Answers whose evidence was computed (explain phrases and routed answers).",
+                                     "Answers given evidence (explain phrases and routed answers; computed, or remembered by the evidence memo).",
                                      registry=r)
         self.latency = BatchHistogram("phrasestream_latency_seconds",
                                       "End-to-end latency of each prediction: from the input's ts "

@@ -43,6 +43,7 @@ import numpy as np
 from schemas.messages import CleanedPhrase, RegistryPointer
 from schemas.review import ReviewItem, ReviewReason, ReviewRule, ShadowSpec, item_id
 from streams.shadows import ShadowRun, run_shadow, unit_hash
+from streams.state.memos import EvidenceMemo
 
 log = logging.getLogger("phrasestream.worker")
 
@@ -190,6 +191,7 @@ class BatchExpert:
     shadows: Mapping[Key, tuple[Any, ShadowSpec]]
     budgets: Budgets
     evidence: Evidence | None = None
+    memo: EvidenceMemo | None = None
     out: ExpertOut = field(default_factory=ExpertOut)
     _failed: set[str] = field(default_factory=set)
 
@@ -265,7 +267,11 @@ class BatchExpert:
 
                 self.evidence = evidence
             picked = [rows[j] for j in wanted]
-            found = self.evidence(head, vectors[picked], [phrases[r].clean_text for r in picked])
+            texts = [phrases[r].clean_text for r in picked]
+            if self.memo is None:
+                found = self.evidence(head, vectors[picked], texts)
+            else:
+                found = self.memo.evidence(head, vectors[picked], texts, self.evidence)
         except Exception:  # noqa: BLE001 - logged by _once; evidence is an addition: answers go out without it
             self._once(f"evidence {head.ref}", "evidence for head %s failed on a batch; served without it", head.ref)
             return {}
@@ -307,7 +313,9 @@ class Expert:
     source: Any
     budgets: Budgets = field(default_factory=Budgets)
     evidence: Evidence | None = None
+    memo: EvidenceMemo | None = None
+    """Evidence computed before, per head version and text (None: computed every time)."""
 
     def batch(self) -> BatchExpert:
         """Return the expert loop's work for one batch."""
-        return BatchExpert(self.source.rules, self.source.shadows, self.budgets, self.evidence)
+        return BatchExpert(self.source.rules, self.source.shadows, self.budgets, self.evidence, self.memo)

@@ -23,7 +23,7 @@ from streams.metrics import WorkerMetrics
 from streams.pipeline import serve_batch
 from streams.routing import OFF_RULE, Expert
 from streams.shadows import in_shadow
-from streams.state.memos import AnswerMemo
+from streams.state.memos import AnswerMemo, EvidenceMemo
 
 LIVE, CANDIDATE = HeadRef("global", "intent", "v1"), HeadRef("global", "intent", "v2")
 
@@ -44,7 +44,7 @@ class BrokenHead(FakeHead):
 
 
 def serve(n: int, source: Source, explain: set[int] = frozenset(), memo: AnswerMemo | None = None,
-          calls: list | None = None):  # type: ignore[no-untyped-def]
+          calls: list | None = None, evidence_memo: EvidenceMemo | None = None):  # type: ignore[no-untyped-def]
     def evidence(head, features, texts):  # type: ignore[no-untyped-def]
         if calls is not None:
             calls.append(list(texts))
@@ -54,7 +54,7 @@ def serve(n: int, source: Source, explain: set[int] = frozenset(), memo: AnswerM
     values = [CleanedPhrase(f"p{i}", "global", ["intent"], f"text {i}", now, explain=i in explain).to_bytes()
               for i in range(n)]
     return asyncio.run(serve_batch(values, ReadoutEmbedder(), None, {"global": {"intent": FakeHead(LIVE)}}, 3,
-                                   memo=memo, expert=Expert(source, evidence=evidence)))
+                                   memo=memo, expert=Expert(source, evidence=evidence, memo=evidence_memo)))
 
 
 def test_the_shadow_runs_on_the_phrases_its_percent_picks_the_same_ones_every_time() -> None:
@@ -107,6 +107,16 @@ def test_an_explain_phrase_answered_from_the_memo_still_gets_its_evidence() -> N
     served = serve(3, Source(), explain={2}, memo=memo)
     assert memo.hits >= 3
     assert [p.evidence for p in served.predictions] == [None, None, {"why": "text 2"}]
+
+
+def test_evidence_explained_before_is_remembered_per_head_version_and_text() -> None:
+    calls: list = []
+    remembered = EvidenceMemo(100)
+    serve(4, Source(), explain={0, 1}, calls=calls, evidence_memo=remembered)
+    served = serve(4, Source(), explain={1, 2}, calls=calls, evidence_memo=remembered)
+    assert calls == [["text 0", "text 1"], ["text 2"]]  # text 1 was explained before
+    assert [p.evidence for p in served.predictions] == [None, {"why": "text 1"}, {"why": "text 2"}, None]
+    assert remembered.hits == 1
 
 
 def test_without_explain_rule_or_shadow_nothing_is_added() -> None:
