@@ -98,13 +98,26 @@ def queue_page(reviewer: str, items: list[dict[str, Any]], queues: list[dict[str
                 f"<div class=card>{table}</div>{bulk}", reviewer)
 
 
+SHOWN_ABOVE = {"label", "runner_up", "probability", "runner_up_probability"}
+TITLES = {"terms": "Words that pushed the score (their contribution)",
+          "neighbors": "Nearest training examples of the suggestion (text, label, similarity)",
+          "neighbors_runner_up": "Nearest training examples of the runner-up (text, label, similarity)",
+          "note": "Note"}
+
+
 def _evidence(evidence: dict[str, Any] | None) -> str:
-    """Render the item's evidence generically: lists of pairs as tables, the rest as text."""
+    """Render the item's evidence generically: lists as tables, the known keys with a title, numbers tucked away.
+
+    The label, the runner-up and their probabilities are shown above (as words and a bar), so
+    they are left out here; scalar numbers (logits, bias) go under "details" for engineers.
+    """
     if not evidence:
         return "<p class=muted>No evidence was recorded for this phrase.</p>"
-    out = []
+    out, details = [], []
     for key, value in evidence.items():
-        title = escape(str(key).replace("_", " "))
+        if key in SHOWN_ABOVE:
+            continue
+        title = escape(TITLES.get(key, str(key).replace("_", " ")))
         if isinstance(value, list) and value and all(isinstance(v, (list, tuple)) for v in value):
             cells = "".join("<tr>" + "".join(f"<td>{escape(_fmt(c))}</td>" for c in v) + "</tr>" for v in value[:10])
             out.append(f"<h4>{title}</h4><table>{cells}</table>")
@@ -116,8 +129,12 @@ def _evidence(evidence: dict[str, Any] | None) -> str:
             out.append(f"<h4>{title}</h4><table><tr>{head}</tr>{cells}</table>")
         elif isinstance(value, dict):
             out.append(f"<h4>{title}</h4>{_evidence(value)}")
-        else:
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            details.append(f"{title} {escape(_fmt(value))}")
+        elif value is not None:
             out.append(f"<p><b>{title}</b>: {escape(_fmt(value))}</p>")
+    if details:
+        out.append(f"<details><summary class=muted>details</summary>{'; '.join(details)}</details>")
     return "".join(out)
 
 
@@ -133,12 +150,14 @@ def item_page(reviewer: str, item: dict[str, Any], guide: Guide, labels: list[st
               runner_up: str | None, label_set: int, csrf: str, back: str, mine: dict[str, Any] | None) -> str:
     """One item: the phrase, suggestion and runner-up, confidence, evidence, guidelines, and the answer form."""
     top = [suggestion] + ([runner_up] if runner_up else [])
+    top += [t for t in (str(x[0]) for x in item.get("top_k") or []) if t in labels and t not in top]
     top += [t for t in labels if t not in top][: max(0, 9 - len(top))] if len(labels) <= 9 else []
-    ordered = top + [t for t in labels if t not in top]
+    ordered = top + sorted(t for t in labels if t not in top)
+    keyed = min(len(top), 9)  # digits pick among the model's top labels, not the alphabet
     chosen = mine["label"] if mine and mine.get("label") in labels else suggestion
     radios = "".join(
         f"<label><input type=radio name=label value='{escape(t)}'{' checked' if t == chosen else ''}"
-        f"{f' data-key={n + 1}' if n < 9 else ''}> {f'<span class=kbd>{n + 1}</span> ' if n < 9 else ''}"
+        f"{f' data-key={n + 1}' if n < keyed else ''}> {f'<span class=kbd>{n + 1}</span> ' if n < keyed else ''}"
         f"{escape(t)}</label>" for n, t in enumerate(ordered))
     prob = float(item["probability"])
     guideline = "".join(
