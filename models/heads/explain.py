@@ -90,11 +90,13 @@ def linear_member(head: Head) -> Member | None:
 
 
 def decompose(head: Head, features: np.ndarray, texts: Sequence[str] | None, label_idx: Sequence[int],
-              text_rows: dict[str, Any] | None = None) -> list[Decomposition | None]:
+              text_rows: dict[str, Any] | None = None, top: int | None = None) -> list[Decomposition | None]:
     """Decompose the linear member's logit of class ``label_idx[i]`` for each row ``i``.
 
     ``features`` are the readouts ``[n, feature_dim]``; ``texts`` the cleaned texts (when the
-    head uses TF-IDF). Returns ``None`` for every row when the head has no linear member.
+    head uses TF-IDF); ``text_rows`` their TF-IDF rows when already computed. ``terms`` holds
+    every active term, or the ``top`` largest by absolute value (the parts then sum to the logit
+    only with all terms). Returns ``None`` for every row when the head has no linear member.
     """
     member = linear_member(head)
     if member is None:
@@ -111,16 +113,21 @@ def decompose(head: Head, features: np.ndarray, texts: Sequence[str] | None, lab
     out: list[Decomposition | None] = []
     for i, c in enumerate(label_idx):
         c = int(c)
+        blocks, cols_all, contribs = [], [], []
+        for b, name in enumerate(member.text_features):
+            m = text_rows[name]  # CSR: row i's columns and tf-idf values, sliced without a copy
+            lo, hi = int(m.indptr[i]), int(m.indptr[i + 1])
+            cols = m.indices[lo:hi]
+            contribs.append(m.data[lo:hi].astype(np.float64) * a[f"W_{name}"][cols, c])
+            cols_all.append(cols)
+            blocks.append(np.full(hi - lo, b))
         terms: list[tuple[str, float]] = []
-        for name in member.text_features:
-            row = text_rows[name].getrow(i) if hasattr(text_rows[name], "getrow") else None
-            if row is None:
-                continue
-            names = term_names(head.text[name])
-            w = a[f"W_{name}"]
-            for t, x in zip(row.indices, row.data):
-                terms.append((f"{name}:{names[int(t)]}", float(x) * float(w[int(t), c])))
-        terms.sort(key=lambda tc: -abs(tc[1]))
+        if contribs:
+            contrib, col, block = np.concatenate(contribs), np.concatenate(cols_all), np.concatenate(blocks)
+            order = np.argsort(-np.abs(contrib), kind="stable")[:top]  # names only for the terms kept
+            for j in order:
+                name = member.text_features[int(block[j])]
+                terms.append((f"{name}:{term_names(head.text[name])[int(col[j])]}", float(contrib[j])))
         out.append(Decomposition(
             member=member.name, member_weight=member.weight / total_weight, temperature=member.temperature,
             label=head.labels[c], logit=float(logits[i, c]), bias=float(a["b"][c]),
@@ -175,10 +182,14 @@ def evidence(head: Head, features: np.ndarray, texts: Sequence[str], labels: Seq
             continue
         order = np.argsort(-probs[i], kind="stable")
         runner.append(int(order[0] if order[0] != c else order[1]) if len(order) > 1 else c)
-    parts = decompose(head, features, texts, idx)
-    runner_parts = decompose(head, features, texts, runner)
+    member = linear_member(head)
+    text_rows = ({n: head.text[n].transform(texts) for n in member.text_features} if member is not None else {})
+    parts = decompose(head, features, texts, idx, text_rows, top=top_terms)
+    runner_parts = decompose(head, features, texts, runner, text_rows, top=0)
     index = index_for(head)
     sentence = features[:, sentence_columns(head.readout)] if index is not None else None
+    near = (index.nearest_many(np.concatenate([sentence, sentence]), [head.labels[c] for c in idx + runner],
+                               neighbors) if index is not None and sentence is not None else [])
     out: list[dict[str, Any]] = []
     for i, (c, r) in enumerate(zip(idx, runner)):
         label, other = head.labels[c], head.labels[r]
@@ -197,8 +208,7 @@ def evidence(head: Head, features: np.ndarray, texts: Sequence[str], labels: Seq
             ev.update(neighbors=None, neighbors_runner_up=None)
             notes.append(NO_INDEX_NOTE)
         else:
-            ev["neighbors"] = index.nearest(sentence[i], label, neighbors)
-            ev["neighbors_runner_up"] = index.nearest(sentence[i], other, neighbors)
+            ev["neighbors"], ev["neighbors_runner_up"] = near[i], near[len(idx) + i]
         if notes:
             ev["note"] = "; ".join(notes)
         out.append(ev)

@@ -76,7 +76,6 @@ class NeighborIndex:
         for i, label in enumerate(self.labels):
             by_label.setdefault(label, []).append(i)
         self._rows = {label: np.asarray(rows, dtype=np.int64) for label, rows in by_label.items()}
-        self._block: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -129,16 +128,25 @@ class NeighborIndex:
 
         ``query`` is a sentence embedding (it is scaled to unit length here).
         """
-        rows = self._rows.get(label)
-        if rows is None or not len(rows) or k <= 0:
-            return []
-        block = self._block.get(label)
-        if block is None:  # each label's rows once in float32: a few hundred rows, not the whole index
-            block = self._block[label] = self.vectors[rows].astype(np.float32)
-        q = unit_rows(np.asarray(query, dtype=np.float32).reshape(1, -1))[0]
-        sims = block @ q
-        top = np.argsort(-sims, kind="stable")[:k]
-        return [[self.texts[rows[j]], label, round(float(sims[j]), 4)] for j in top]
+        return self.nearest_many(np.asarray(query).reshape(1, -1), [label], k)[0]
+
+    def nearest_many(self, queries: np.ndarray, labels: Sequence[str], k: int = 3) -> list[list[list[Any]]]:
+        """:meth:`nearest` for each row of ``queries`` with ``labels[i]``: each label's rows are
+        converted from float16 once per call, however many queries ask for it."""
+        q = unit_rows(np.asarray(queries, dtype=np.float32).reshape(len(labels), -1))
+        out: list[list[list[Any]]] = [[] for _ in labels]
+        wanted: dict[str, list[int]] = {}
+        for i, label in enumerate(labels):
+            wanted.setdefault(label, []).append(i)
+        for label, asking in wanted.items():
+            rows = self._rows.get(label)
+            if rows is None or not len(rows) or k <= 0:
+                continue
+            sims = q[asking] @ self.vectors[rows].astype(np.float32).T  # one label's rows: a few hundred
+            for i, row_sims in zip(asking, sims):
+                top = np.argsort(-row_sims, kind="stable")[:k]
+                out[i] = [[self.texts[rows[j]], label, round(float(row_sims[j]), 4)] for j in top]
+        return out
 
 
 _cache: weakref.WeakKeyDictionary[Head, NeighborIndex | None] = weakref.WeakKeyDictionary()

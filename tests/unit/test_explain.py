@@ -230,3 +230,17 @@ def test_the_error_analysis_page_shows_the_evidence_of_its_confused_examples(tra
     assert html.count('<details class="evidence">') == 1
     assert "nearest training examples of thanks (the true label)" in html
     assert "&lt;BIAS&gt;" in html and "word:hello" in html
+
+
+def test_the_command_renders_every_part_for_an_engineer(trained):  # type: ignore[no-untyped-def]
+    from models.heads.explain import explain
+    from streams.cli.explain import render
+
+    head, embedder = trained
+    text = "\n".join(render(explain(head, embedder, "hello hi my friend", label="bye")))
+    for part in ("predicted  greet", "== greet (predicted", "== bye (asked", "<BIAS>", "<READOUT>", "logit of greet",
+                 "word:hello", "nearest training examples of greet:", "(runner-up)", "leave-one-word-out", "caveat"):
+        assert part in text, part
+    from streams.cli.explain import _shown
+
+    assert _shown("char: he") == "char:␣he" and _shown("word:a b") == "word:a b"
