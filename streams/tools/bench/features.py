@@ -1,19 +1,25 @@
 """The bench's expert-loop stage: what explanations, review routing and a shadow head cost a worker.
 
 One scratch worker with a registry topic of its own (the live pointers copied, so the real
-heads are served and the shared registry is never touched) serves the same cached phrases
-four times, each time under new ids, with one feature on:
+heads are served and the shared registry is never touched) caches ``FEATURE_COUNT`` phrases,
+then serves them again, each time under new ids, with one feature on, in this order:
 
 - ``baseline``: every head's rule routes nothing (``streams.routing.OFF_RULE``), no shadow;
-- ``explain``: every phrase asks ``"explain": true``;
-- ``review``: ``global/intent`` routes with ``margin 0.2`` and a random slice of 2%;
-- ``shadow``: ``global/intent`` runs a shadow head on 100% of the phrases.
+- ``review``: ``global/intent`` routes with ``margin 0.2`` and a random slice of 2%, budgets
+  high enough that nothing is dropped (what routing costs while under budget; a budget caps it);
+- ``shadow``: ``global/intent`` runs a shadow head on 100% of the phrases (rule off);
+- ``explain``: every phrase asks ``"explain": true`` (rule off, no shadow), then
+  ``explain_again``: the same phrases explained again (the evidence memo's answers).
 
-Each gives the hit path (a burst of cached phrases: ``hit_path_<name>_msgs_s``) and the
-latency of light traffic (``LIGHT_RATE`` a second: ``latency_p50_ms_100_<name>`` and p99),
-read as the rest of the bench reads them (``measure.through_worker``). The rule and the shadow
-change by a new pointer on the worker's registry topic, as ``review-rule`` and ``promote
---shadow`` change them; the stage waits for the worker's log line that says it follows.
+Each gives the hit path (a burst of the first ``BURST_COUNT`` cached phrases:
+``hit_path_<name>_msgs_s``) and the latency of light traffic (the other ``LIGHT_COUNT``
+phrases at ``LIGHT_RATE`` a second: ``latency_p50_ms_100_<name>`` and p99), read as the rest of
+the bench reads them (``measure.through_worker``). The live heads' answers are in the answer
+memo for every run (the phrases were served before); what each feature computes is new to
+it: no shadow answer, and no evidence except the review run's routed rows, was computed for
+these texts before. The rule and the shadow change by a new pointer on the worker's registry
+topic, as ``review-rule`` and ``promote --shadow`` change them; the stage waits for the
+worker's log line that says it follows.
 
 The shadow is another version of ``global/intent`` trained for the same embedder and
 precision; when there is none, a copy of the live version under a scratch version name (the
@@ -43,11 +49,12 @@ from streams.tools.bench.scratch import Scratch
 log = logging.getLogger("phrasestream.bench")
 
 FEATURE_COUNT = 3_000
-"""Phrases per hit-path burst of this stage (the miss set, cached first)."""
+"""Phrases of this stage (the miss set, cached first): a burst of the first ``BURST_COUNT``, light traffic of the rest."""
+BURST_COUNT = 2_000
 LIGHT_RATE, LIGHT_COUNT = 100, 1_000
 """Light traffic of this stage: this many cached phrases at this rate (10 s)."""
-REVIEW_RULE = ReviewRule(margin=0.2, random_rate=0.02)
-"""The rule of the ``review`` run: a realistic share of answers routed."""
+REVIEW_RULE = ReviewRule(margin=0.2, random_rate=0.02, budget_per_hour=1_000_000, random_budget_per_hour=1_000_000)
+"""The rule of the ``review`` run: a realistic share of answers routed, none dropped by a budget."""
 WAIT_S = 120.0
 
 
@@ -151,33 +158,36 @@ def feature_costs(settings: Settings, scratch: Scratch, messages: list[tuple[str
         live = pointers[key]
         runs: list[tuple[str, Callable[[], None] | None, bool]] = [
             ("baseline", None, False),
-            ("explain", None, True),
             ("review", lambda: change(live.model_copy(update={"seq": live.seq + 1, "review": REVIEW_RULE}),
                                       "review rule of global/intent: margin < 0.2"), False),
             ("shadow", lambda: change(live.model_copy(update={"seq": live.seq + 2, "review": OFF_RULE,
                                                               "shadow": spec}),
                                       f"shadow head global/intent:{spec.version} runs beside"), False),
+            ("explain", lambda: change(live.model_copy(update={"seq": live.seq + 3, "review": OFF_RULE}),
+                                       f"shadow head global/intent:{spec.version} ended"), True),
+            ("explain_again", None, True),
         ]
+        burst, rest = messages[:BURST_COUNT], messages[BURST_COUNT:BURST_COUNT + LIGHT_COUNT]
         for name, setup, explain in runs:
             if setup is not None:
                 setup()
             say(f"expert loop: {name}")
             reviews, shadows = _topic_size(ws, ws.topic_review), _topic_size(ws, ws.topic_shadow)
-            hit = through_worker(ws, _renamed(messages, name, explain), heads_per_phrase)
+            hit = through_worker(ws, _renamed(burst, name, explain), heads_per_phrase)
             out[f"hit_path_{name}_msgs_s"] = round(hit.phrases_s, 1)
-            light = through_worker(ws, _renamed(messages[:LIGHT_COUNT], f"{name}-light", explain), heads_per_phrase,
-                                   rate=LIGHT_RATE)
-            for q in (50, 99):
-                out[f"latency_p{q}_ms_{LIGHT_RATE}_{name}"] = percentile(light.latencies_ms, q)
-            sent = len(messages) + min(LIGHT_COUNT, len(messages))
+            if rest and name != "explain_again":
+                light = through_worker(ws, _renamed(rest, f"{name}-light", explain), heads_per_phrase,
+                                       rate=LIGHT_RATE)
+                for q in (50, 99):
+                    out[f"latency_p{q}_ms_{LIGHT_RATE}_{name}"] = percentile(light.latencies_ms, q)
             out[f"features_{name}_review_items"] = _topic_size(ws, ws.topic_review) - reviews
             out[f"features_{name}_shadow_predictions"] = _topic_size(ws, ws.topic_shadow) - shadows
-            out[f"features_{name}_phrases"] = sent
+            out[f"features_{name}_phrases"] = len(burst) + (len(rest) if name != "explain_again" else 0)
         scratch.stop(proc)
     finally:
         remove()
     base = out["hit_path_baseline_msgs_s"]
-    for name in ("explain", "review", "shadow"):
+    for name in ("explain", "explain_again", "review", "shadow"):
         out[f"hit_path_{name}_ratio"] = round(out[f"hit_path_{name}_msgs_s"] / base, 3) if base else None
     return out
 
