@@ -46,6 +46,14 @@ def test_valid_phrase_is_cleaned() -> None:
     assert phrase.ts is None
 
 
+def test_explain_is_carried_to_the_cleaned_phrase_and_off_by_default() -> None:
+    asked = ok(raw(id="p1", text="reset my pin", region="global", explain=True))
+    assert asked.explain and CleanedPhrase.from_bytes(asked.to_bytes()).explain
+    assert not ok(raw(id="p2", text="reset my pin", region="global")).explain
+    assert not ok(raw(id="p3", text="reset my pin", region="global", explain=False)).explain
+    rejected(raw(id="p4", text="reset my pin", region="global", explain="yes"), ErrorKind.WRONG_TYPE)
+
+
 def test_received_at_defaults_to_now_utc() -> None:
     before = datetime.now(UTC)
     result = decode_phrase(raw(text="hi", region="eu"), KNOWN, SOURCE)
