@@ -69,3 +69,37 @@ def test_retrain_relabels_every_replayed_example_before_deduplication_and_a_chan
     kept = deduplicate(mapped).examples
     assert {(e.clean_text, e.label) for e in kept} == {("card lost", "other"), ("hello", "greeting"),
                                                        ("freeze", "new")}
+
+
+def _replay(examples):  # type: ignore[no-untyped-def]
+    from retrain.replay.reader import Replay
+    from retrain.replay.select import Selection
+
+    return Replay(window=None, topic="t", selection=Selection(examples=list(examples)), plans=[])  # type: ignore[arg-type]
+
+
+def test_retrain_applies_the_newest_map_and_reports_it(monkeypatch):
+    import models.labelsets as labelsets
+    from retrain.replay import command
+
+    monkeypatch.setattr(labelsets, "read_label_sets", lambda s, r, m: _sets({"old": "new"}))
+    replay = _replay([_ex("card lost", "old", 1), _ex("hi", "greeting", 2)])
+    applied = command._apply_label_map(None, "eu", "intent", replay)
+    assert applied == {"version": 1, "mapping": {"old": "new"}, "n_relabelled": 1}
+    assert [e.label for e in replay.selection.examples] == ["new", "greeting"]
+
+
+def test_retrain_warns_and_keeps_the_labels_when_the_label_sets_cannot_be_read(monkeypatch, capsys):
+    import psycopg2
+
+    import models.labelsets as labelsets
+    from retrain.replay import command
+
+    def unreachable(*_a):  # type: ignore[no-untyped-def]
+        raise psycopg2.OperationalError("connection refused")
+
+    monkeypatch.setattr(labelsets, "read_label_sets", unreachable)
+    replay = _replay([_ex("card lost", "old", 1)])
+    assert command._apply_label_map(None, "eu", "intent", replay)["version"] is None
+    assert replay.selection.examples[0].label == "old" and "labels are used as produced" in replay.warnings[0]
+    assert capsys.readouterr().err.startswith("warning: the label sets of eu/intent cannot be read")
