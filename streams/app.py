@@ -148,7 +148,7 @@ def build_app(settings: Settings, embedder: Embedder | None = None) -> Wiring:
     # keyed by the features' id (the version, and the precision unless fp32): precisions never share entries
     cache = EmbeddingCache(cache_backend, embedder.features_id, embedder.feature_dim, settings.cache_max_entries)
     metrics = WorkerMetrics()
-    metrics.watch(cache=cache, heads=lambda: heads.heads)
+    metrics.watch(cache=cache, heads=lambda: heads.heads, shadows=lambda: heads.shadows)
     memo = AnswerMemo(settings.answer_memo_entries)
     # The unknown-word-piece memo has the embedding cache's bound: see streams.state.memos.UnknownRates.
     rollups = rollups_for(embedder, settings.cache_max_entries)

@@ -166,8 +166,15 @@ class WorkerMetrics:
                                       LATENCY_BUCKETS)
         r.register(self.latency)
 
-    def watch(self, cache: Any | None = None, heads: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None) -> None:
-        """Read the cache's ``hits``/``misses``/``len`` and the live heads (``ref.version``) at scrape time."""
+    def watch(self, cache: Any | None = None, heads: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
+              shadows: Callable[[], Mapping[tuple[str, str], tuple[Any, Any]]] | None = None) -> None:
+        """Read the cache's ``hits``/``misses``/``len``, the live heads (``ref.version``) and the shadow
+        heads (``streams.heads.HeadSet.shadows``) at scrape time.
+
+        A shadow head shows as ``phrasestream_shadow_head`` (its version and percent), and its
+        ``phrasestream_shadow_predictions_total`` series exists from 0 on: a shadow that gets no
+        traffic is a flat line, not a missing one.
+        """
         if cache is not None:
             def cache_families() -> Iterable[Any]:
                 yield CounterMetricFamily("phrasestream_cache_hits", "Embedding cache lookups that hit.",
@@ -186,6 +193,15 @@ class WorkerMetrics:
                         family.add_metric([region, model], {"version": str(head.ref.version)})
                 yield family
             self.registry.register(CallbackCollector(head_families))
+        if shadows is not None:
+            def shadow_families() -> Iterable[Any]:
+                family = InfoMetricFamily("phrasestream_shadow_head", "The shadow head run beside each live head.",
+                                          labels=["region", "model"])
+                for (region, model), (_head, spec) in sorted(shadows().items()):
+                    family.add_metric([region, model], {"version": str(spec.version), "percent": f"{spec.percent:g}"})
+                    self.shadow_predictions.labels(region, model, str(spec.version))  # the series, from 0
+                yield family
+            self.registry.register(CallbackCollector(shadow_families))
 
     def phrases_read(self, count: int) -> None:
         """Count ``count`` messages read from the input topic."""

@@ -194,6 +194,15 @@ def test_the_head_set_holds_each_heads_rule_from_the_pointer_or_the_head() -> No
     assert heads.rules[("global", "intent")] == OFF_RULE
 
 
+def test_a_loaded_shadow_shows_in_the_metrics_before_its_first_answer() -> None:
+    metrics = WorkerMetrics(process=False)
+    metrics.watch(shadows=lambda: {("global", "intent"): (FakeHead(CANDIDATE), spec(percent=5.0))})
+    labels = {"region": "global", "model": "intent", "version": "v2"}
+    text = metrics.registry.get_sample_value
+    assert text("phrasestream_shadow_head_info", {**labels, "percent": "5"}) == 1.0
+    assert text("phrasestream_shadow_predictions_total", labels) == 0.0
+
+
 def test_shadow_bytes_parse_as_a_shadow_prediction() -> None:
     source = Source(shadows={("global", "intent"): (FakeHead(CANDIDATE), spec())})
     served = serve(1, source)
