@@ -68,3 +68,20 @@ def test_csrf_token_is_per_reviewer_and_per_process():
 ])
 def test_origin_or_referer_must_be_the_page_itself(origin, referer, ok):
     assert same_origin(origin, referer, "127.0.0.1:8080") is ok
+
+
+def test_the_command_refuses_a_bad_port_or_reviewers_list_with_exit_2_and_one_error_line(capsys, tmp_path):
+    from argparse import Namespace
+
+    from pydantic import SecretStr
+
+    from schemas.settings import Settings
+    from streams.review.server import review_command
+
+    assert review_command(Settings(home=tmp_path), Namespace(port=70000, host=None)) == 2
+    assert capsys.readouterr().err.startswith("error: --port must be 0 to 65535")
+    settings = Settings(home=tmp_path, review_users=SecretStr("ann:SECRET,ann:SECRET"))
+    assert review_command(settings, Namespace(port=None, host=None)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: reviewers: reviewer 'ann' is listed twice") and len(err.splitlines()) == 1
+    assert "SECRET" not in err
