@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # 6 min 35 s with 3, 7 min 37 s with 2). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 3
 
-.PHONY: install setup up train run test unit lint demo bench review stop status clean clean-all
+.PHONY: install setup up train run test unit lint demo bench review loop stop status clean clean-all
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,11 @@ lint: install
 
 demo: install
 	$(BIN)/phrasestream demo --count $(COUNT) --json
+
+# The expert loop end to end on the running services (docs/expert-loop.md): train with intents left
+# out, route, review over HTTP, retrain, shadow, promote; prints one `LOOP_FIGURES {...}` line (~3 min).
+loop: setup
+	$(BIN)/python -m pytest -q -s tests/integration/test_expert_loop.py $(PYTEST_ARGS)
 
 # Every speed figure in one run on this machine; the last line is one JSON object (a few minutes).
 bench: install
