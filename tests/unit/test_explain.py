@@ -244,3 +244,28 @@ def test_the_command_renders_every_part_for_an_engineer(trained):  # type: ignor
     from streams.cli.explain import _shown
 
     assert _shown("char: he") == "char:␣he" and _shown("word:a b") == "word:a b"
+
+
+def test_a_head_without_a_linear_member_says_so_and_a_linear_one_without_text_has_no_terms(tmp_path):  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from models.heads import BLOCK_DIM, Head, HeadRef, LabelEncoder
+
+    rng = np.random.default_rng(0)
+
+    def head(members: list[dict], arrays: dict) -> Head:
+        config = {"readout": ["mean6"], "blocks": ["mean6"], "members": members, "oos_threshold": None}
+        return Head(HeadRef("t", "m", "v1"), LabelEncoder(("a", "b", "c")), config,
+                    {k: rng.normal(size=s).astype(np.float32) for k, s in arrays.items()}, {}, Path(tmp_path))
+
+    mlp = head([{"name": "m0", "kind": "mlp", "text_features": []}],
+               {"m0.W1": (BLOCK_DIM, 4), "m0.b1": (4,), "m0.W2": (4, 3), "m0.b2": (3,)})
+    feats = rng.normal(size=(2, BLOCK_DIM)).astype(np.float32)
+    for ev in evidence(mlp, feats, ["x", "y"]):
+        assert ev["terms"] is None and ev["neighbors"] is None
+        assert "no linear member" in ev["note"] and NO_INDEX_NOTE in ev["note"]
+    lin = head([{"name": "m0", "kind": "linear", "text_features": []}], {"m0.W": (BLOCK_DIM, 3), "m0.b": (3,)})
+    [ev] = evidence(lin, feats[:1], ["x"])
+    assert ev["terms"] == []
+    logit = float((feats[0] @ lin.members[0].arrays["W"] + lin.members[0].arrays["b"])[lin.labels.index(ev["label"])])
+    assert ev["bias"] + ev["readout"] == pytest.approx(logit, abs=1e-3)
