@@ -243,6 +243,7 @@ def make_app(settings: Any, users: dict[str, str], csrf: Csrf | None = None, ing
 
     async def close_pool(app: web.Application) -> None:
         app[POOL].shutdown(wait=True)
+        app[SERVICE].close()
 
     app.on_cleanup.append(close_pool)
     return app

@@ -198,7 +198,8 @@ def _now() -> Any:
 
 
 def test_every_bad_input_is_a_4xx_and_nothing_is_produced_or_stored(review: Page) -> None:
-    it, taken = review.item("please block my card"), review.item("block the card now")
+    it = review.item("please block my card")
+    taken = next(t for t in (review.item("block the card now") for _ in range(100)) if not is_double(t.item_id, 0.5))
     review.produce_items(it, taken)
     review.wait_items("cat", {it.item_id, taken.item_id})
     assert review.answer("dan", taken.item_id, outcome="label", label=taken.label)[0] == 200
