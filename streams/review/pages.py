@@ -30,6 +30,8 @@ border:0}.err{background:#fee;border-color:#c66}"""
 SCRIPT = """document.addEventListener('keydown',function(e){var s=document.getElementById('search');
 if(document.activeElement&&document.activeElement.tagName==='INPUT'&&document.activeElement.type==='text'){
 return;}if(e.key==='/'&&s){s.focus();e.preventDefault();return;}
+var a=document.activeElement;if(e.key==='Enter'&&(!a||a===document.body)){var c=document.querySelector(
+'button.confirm[name=outcome]');if(c){c.click();e.preventDefault();}return;}
 if(/^[1-9]$/.test(e.key)){var r=document.querySelector('input[data-key="'+e.key+'"]');if(r){r.checked=true;}}});
 var s=document.getElementById('search');if(s){s.addEventListener('input',function(){var q=s.value.toLowerCase();
 document.querySelectorAll('.labels label').forEach(function(l){l.style.display=
@@ -156,7 +158,7 @@ def item_page(reviewer: str, item: dict[str, Any], guide: Guide, labels: list[st
     keyed = min(len(top), 9)  # digits pick among the model's top labels, not the alphabet
     chosen = mine["label"] if mine and mine.get("label") in labels else suggestion
     radios = "".join(
-        f"<label><input type=radio name=label value='{escape(t)}'{' checked' if t == chosen else ''}"
+        f"<label><input type=radio name=label value='{escape(t)}'{' checked autofocus' if t == chosen else ''}"
         f"{f' data-key={n + 1}' if n < keyed else ''}> {f'<span class=kbd>{n + 1}</span> ' if n < keyed else ''}"
         f"{escape(t)}</label>" for n, t in enumerate(ordered))
     prob = float(item["probability"])
@@ -175,7 +177,7 @@ def item_page(reviewer: str, item: dict[str, Any], guide: Guide, labels: list[st
         + (f"; runner-up: <b>{escape(runner_up)}</b>" if runner_up else "") + f"</p>{double}{prior}</div>"
         f"<form method=post action='/items/{escape(item['item_id'])}/answer' class=card>"
         f"<input type=hidden name=csrf value='{csrf}'><input type=hidden name=label_set value='{label_set}'>"
-        f"<input type=hidden name=next value='/queue?{escape(back)}'>"
+        f"<input type=hidden name=next value='/next?{escape(back)}'>"
         f"<button class=confirm name=outcome value=label>Save this label <span class=kbd>Enter</span></button>"
         f"<button name=outcome value=skip>Skip</button><button name=outcome value=unsure>Unsure</button>"
         f"<button name=outcome value=out_of_scope>Not in scope</button>"

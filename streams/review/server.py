@@ -9,6 +9,7 @@ Routes (every one needs HTTP basic auth; every POST a CSRF token, field ``csrf``
 
     GET  /                      -> /queue
     GET  /queue                 the open items of the reviewer; ?region=&model=&reason=&label=&order=margin|oldest
+    GET  /next                  -> the first open item of the filter (same query), or the queue
     GET  /items/<item_id>       one item and its answer form
     POST /items/<item_id>/answer   outcome=label|skip|unsure|out_of_scope, label=..., [label_set=N], [next=/queue?...]
     POST /bulk-confirm          region=, model=, reason=, label=, [seen_until=ISO time]: confirm every suggestion
@@ -135,6 +136,16 @@ async def queue(request: web.Request) -> web.StreamResponse:
     return web.Response(text=html, content_type="text/html")
 
 
+async def next_item(request: web.Request) -> web.StreamResponse:
+    """Redirect to the first open item of the filter (the one the queue would list first), or to the queue."""
+    filters = _filters(request.query)
+    view = await _run(request, _service(request).queue_view, request["reviewer"], filters, 1)
+    query = urlencode(filters.query())
+    if view["items"]:
+        raise web.HTTPSeeOther(f"/items/{view['items'][0]['item_id']}?{query}")
+    raise web.HTTPSeeOther(f"/queue?{query}")
+
+
 async def api_items(request: web.Request) -> web.StreamResponse:
     filters = _filters(request.query)
     try:
@@ -233,6 +244,7 @@ def make_app(settings: Any, users: dict[str, str], csrf: Csrf | None = None, ing
     app[INGEST] = ingest
     app.router.add_get("/", index)
     app.router.add_get("/queue", queue)
+    app.router.add_get("/next", next_item)
     app.router.add_get("/items/{item_id}", item)
     app.router.add_post("/items/{item_id}/answer", answer)
     app.router.add_post("/bulk-confirm", bulk_confirm)

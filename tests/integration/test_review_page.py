@@ -69,6 +69,22 @@ class Page:
         except ValueError:
             return status, body
 
+    def browser_post(self, path: str, user: str, form: dict[str, str]) -> tuple[int, str]:
+        """POST a form as a browser does (no JSON asked, redirects not followed); return the status and Location."""
+        import http.client
+
+        parts = urllib.parse.urlsplit(self.url)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+        token = base64.b64encode(f"{user}:{USERS[user]}".encode()).decode()
+        try:
+            conn.request("POST", path, urllib.parse.urlencode(form), {
+                "Authorization": f"Basic {token}", "Content-Type": "application/x-www-form-urlencoded",
+                "Origin": self.url})
+            resp = conn.getresponse()
+            return resp.status, resp.getheader("Location") or ""
+        finally:
+            conn.close()
+
     def csrf(self, user: str) -> str:
         status, body = self.call("GET", "/api/csrf", user)
         assert status == 200 and body["reviewer"] == user
@@ -279,6 +295,14 @@ def test_the_queue_and_item_pages_are_plain_html_with_guidelines_and_words_for_c
     assert "Guidelines" in html and "Why the model said so" in html
     status, html = review.call("GET", "/progress", "ann", json_=False)
     assert status == 200 and "Live accuracy" in html
+    query = urllib.parse.urlencode({"region": "eu", "model": "intent"})
+    status, location = review.browser_post(f"/items/{it.item_id}/answer", "ann", {
+        "csrf": review.csrf("ann"), "outcome": "label", "label": it.label, "next": f"/next?{query}"})
+    assert (status, location) == (303, f"/next?{query}")
+    assert review.answers(it.item_id) == [("ann", "label", it.label)]
+    status, location = review.browser_post(f"/items/{it.item_id}/answer", "ann", {
+        "csrf": review.csrf("ann"), "outcome": "skip", "next": "//evil.example/x"})
+    assert (status, location) == (303, "/queue")  # only a path of this site is followed
 
 
 def test_label_map_renames_are_offered_and_stamped_on_answers(review: Page) -> None:

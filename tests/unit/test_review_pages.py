@@ -34,7 +34,7 @@ def test_the_item_page_escapes_the_phrase_preselects_the_suggestion_and_numbers_
     guide = Guide(HeadRef("eu", "intent", "v1"), ("lost", "stolen", "other"), examples={"lost": ["i lost my card"]})
     html = item_page("ann", _item(), guide, ["lost", "other", "stolen"], "lost", "stolen", 0, "tok", "", None)
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
-    assert "value='lost' checked data-key=1" in html and "value='stolen' data-key=2" in html
+    assert "value='lost' checked autofocus data-key=1" in html and "value='stolen' data-key=2" in html
     assert "i lost my card" in html and "Lost." in html and "runner-up: <b>stolen</b>" in html
     assert "i lost it" in html and "card" in html  # the evidence, rendered generically
     for outcome in ("skip", "unsure", "out_of_scope"):
