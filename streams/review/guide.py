@@ -8,7 +8,9 @@ The definition comes from ``<models_root>/heads/<region>/<model>/label_definitio
 (``{"label": "one line"}``, shared by every version of the head) when that file exists and
 names the label; otherwise it is derived from the label's name (``card_declined`` ->
 "Card declined."), which is only as good as the name: write the file for labels whose
-names do not say enough.
+names do not say enough. A label the file defines that the head never learnt is offered to
+reviewers too: that is how experts bring in a new label (the next ``retrain`` learns it).
+The file is read anew when it changes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import gzip
 import json
 import logging
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +77,24 @@ def load_guide(settings: Any, ref: HeadRef) -> Guide:
                     examples[label].append(str(row.get("text", "")))
     except (OSError, ValueError) as exc:
         log.warning("no training examples for %s: %s", ref, exc)
-    definitions: dict[str, str] = {}
-    path = Path(settings.models_root) / "heads" / ref.region / ref.model / DEFINITIONS_FILE
-    if path.is_file():
-        try:
-            definitions = {str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
-        except (OSError, ValueError, AttributeError) as exc:
-            log.warning("%s is not a JSON object of label -> definition: %s", path, exc)
-    return Guide(ref, labels, definitions, dict(examples))
+    return Guide(ref, labels, read_definitions(settings, ref.region, ref.model), dict(examples))
+
+
+def definitions_path(settings: Any, region: str, model: str) -> Path:
+    """Return where the written definitions of a head's labels live (shared by all its versions)."""
+    return Path(settings.models_root) / "heads" / region / model / DEFINITIONS_FILE
+
+
+def read_definitions(settings: Any, region: str, model: str) -> dict[str, str]:
+    """Read a head's ``label_definitions.json`` ({} when there is none or it is not a JSON object of strings)."""
+    path = definitions_path(settings, region, model)
+    if not path.is_file():
+        return {}
+    try:
+        return {str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("%s is not a JSON object of label -> definition: %s", path, exc)
+        return {}
 
 
 class Guides:
@@ -91,8 +103,10 @@ class Guides:
     def __init__(self, settings: Any) -> None:
         self.settings = settings
         self._cache: OrderedDict[str, Guide] = OrderedDict()
+        self._defined: dict[Path, tuple[int, dict[str, str]]] = {}
 
     def get(self, ref: HeadRef) -> Guide:
+        """Return ``ref``'s guide; its definitions are read anew whenever their file changed."""
         key = str(ref)
         guide = self._cache.get(key)
         if guide is None:
@@ -103,4 +117,16 @@ class Guides:
                     self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(key)
-        return guide
+        return replace(guide, definitions=self._definitions(ref.region, ref.model))
+
+    def _definitions(self, region: str, model: str) -> dict[str, str]:
+        path = definitions_path(self.settings, region, model)
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            return {}
+        cached = self._defined.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, read_definitions(self.settings, region, model))
+            self._defined[path] = cached
+        return cached[1]

@@ -8,7 +8,9 @@ waits for signals: the server's ready line, an item in the queue, a topic read t
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -262,6 +265,27 @@ def test_bulk_confirm_confirms_the_suggestion_of_every_item_of_the_filter(review
     assert sorted((m["item_id"], m["label"], m["reviewer"]) for m in produced) == sorted(
         (i, "alpha", "eve") for i in ids)
     assert review.items("eve", region="bulk", model=items[0].model) == []
+
+
+def test_a_label_the_head_never_learnt_is_offered_once_its_definition_is_written(review: Page) -> None:
+    model = f"n{uuid.uuid4().hex[:6]}"
+    it = review.item("a phrase of a new intent", label="alpha", region="bulk", model=model, version="v1")
+    it = it.model_copy(update={"item_id": item_id("bulk", model, "v1", it.id), "top_k": [("alpha", 0.4)]})
+    review.produce_items(it)
+    review.wait_items("fay", {it.item_id}, region="bulk", model=model)
+    assert review.answer("fay", it.item_id, outcome="label", label="brand_new")[0] == 400
+    path = Path(review.settings.models_root) / "heads" / "bulk" / model / "label_definitions.json"
+    path.parent.mkdir(parents=True)  # in the suite's models folder, under a head name of this test only
+    try:
+        path.write_text(json.dumps({"brand_new": "A new intent the experts bring in."}))
+        status, body = review.call("GET", f"/items/{it.item_id}", "fay")
+        assert status == 200 and "brand_new" in body["labels"] and "alpha" in body["labels"]
+        status, body = review.answer("fay", it.item_id, outcome="label", label="brand_new")
+        assert status == 200 and body["produced"], body
+    finally:
+        shutil.rmtree(path.parent)
+        with contextlib.suppress(OSError):
+            path.parent.parent.rmdir()  # the region folder, when no other test's head is in it
 
 
 def test_a_double_item_goes_to_two_reviewers_and_a_single_one_to_one(review: Page) -> None:

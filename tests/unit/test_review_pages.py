@@ -53,3 +53,24 @@ def test_an_item_answered_by_another_reviewer_is_stale_unless_it_is_double():
     assert stale_reason(answered, "ann") and stale_reason(answered, "ben") is None
     assert stale_reason(_item(answers=[{"reviewer": "ben"}], double_review=True), "ann") is None
     assert stale_reason(_item(answers=[{"reviewer": "ben"}, {"reviewer": "cat"}], double_review=True), "ann")
+
+
+def test_written_definitions_are_read_anew_when_their_file_changes(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from schemas.settings import Settings
+    from streams.review import guide as guide_mod
+
+    settings = Settings(models_dir=tmp_path)
+    ref = HeadRef("eu", "intent", "v1")
+    monkeypatch.setattr(guide_mod, "load_guide", lambda s, r: Guide(r, ("a",)))
+    guides = guide_mod.Guides(settings)
+    assert guides.get(ref).definitions == {}
+    path = guide_mod.definitions_path(settings, "eu", "intent")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"new_label": "A label the head never learnt."}))
+    assert guides.get(ref).definition("new_label") == "A label the head never learnt."
+    path.write_text(json.dumps({"other": "Changed."}))
+    os.utime(path, ns=(path.stat().st_mtime_ns + 10**9, path.stat().st_mtime_ns + 10**9))
+    assert guides.get(ref).definitions == {"other": "Changed."}
