@@ -169,9 +169,10 @@ async def item(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise AnswerError(404, f"no review item {item_id!r}")
     row, head = found
-    if _wants_json(request):
-        return web.json_response(_jsonable({**row, "labels": head.labels, "label_set": head.sets.current}))
     mine = next((a for a in row["answers"] if a["reviewer"] == request["reviewer"]), None)
+    if _wants_json(request):  # only the caller's own answer: a double item's reviewers answer blind
+        return web.json_response(_jsonable({**row, "answers": [mine] if mine else [], "labels": head.labels,
+                                            "label_set": head.sets.current}))
     back = urlencode({k: v for k, v in request.query.items() if k in ("region", "model", "reason", "label", "order")})
     token = request.app[CSRF].token(request["reviewer"])
     html = pages.item_page(request["reviewer"], row, head.guide, head.labels, head.suggestion(row),
