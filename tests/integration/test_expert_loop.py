@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,6 +92,7 @@ def define_labels(settings: Any, labels: tuple[str, ...]) -> None:
 
 
 def stored_shadow_rows(settings: Any, version: str) -> int:
+    """How many rows of ``version`` the sink stored in ``shadow_inferences``."""
     query = sql.SQL("SELECT count(*) FROM {}.shadow_inferences WHERE model_version = %s").format(
         sql.Identifier(settings.pg_schema))
     with psycopg2.connect(settings.dsn) as conn, conn.cursor() as cur:
@@ -99,8 +101,7 @@ def stored_shadow_rows(settings: Any, version: str) -> int:
 
 
 def wait_shadow_rows(settings: Any, version: str, count: int) -> int:
-    import time
-
+    """Wait until the sink stored ``count`` shadow rows of ``version``; return how many it stored."""
     start = time.monotonic()
     while (n := stored_shadow_rows(settings, version)) < count and time.monotonic() - start < BOUND_S:
         time.sleep(POLL_S)
@@ -125,10 +126,21 @@ def reviewed_answers(settings: Any, count: int) -> list[dict]:
 
 
 def test_the_expert_loop_review_retrain_shadow_promote_raises_held_out_f1(loop) -> None:  # type: ignore[no-untyped-def]
-    st, env, settings = loop, loop.env, loop.settings
+    figures: dict[str, Any] = {}
+    try:
+        run_loop(loop, figures)
+    except BaseException:
+        print("LOOP_FIGURES_PARTIAL " + json.dumps(figures, sort_keys=True), flush=True)  # how far it got
+        raise
+    print("LOOP_FIGURES " + json.dumps(figures, sort_keys=True), flush=True)
+
+
+def run_loop(st: Any, figures: dict[str, Any]) -> None:
+    """The loop's eight steps (the module doc); every figure goes into ``figures`` as it is measured."""
+    env, settings = st.env, st.settings
     data: LoopData = loop_data()
     truth = data.truth
-    figures: dict[str, Any] = {"intents": len(data.intents), "left_out": list(LEFT_OUT), "base_examples": len(data.base)}
+    figures.update(intents=len(data.intents), left_out=list(LEFT_OUT), base_examples=len(data.base))
     config = Path(st.logs) / "train.json"
     config.write_text(json.dumps(TRAIN_CONFIG), encoding="utf-8")
 
@@ -180,18 +192,23 @@ def test_the_expert_loop_review_retrain_shadow_promote_raises_held_out_f1(loop) 
     first_item = min(queue)
     status, message = reviewer.refused(first_item, {"outcome": "label", "label": "no_such_intent"})
     assert status == 400 and "unknown label" in message
-    answered, skipped = 0, 0
+    labelled: dict[str, dict] = {}
+    skipped = 0
     for n, item in enumerate(sorted(items, key=lambda m: m["item_id"])):
         if n % ANSWER_EVERY == ANSWER_EVERY - 1:
             reviewer.skip(item["item_id"])
             skipped += 1
         else:
             reviewer.answer(item["item_id"], truth[item["id"]])
-            answered += 1
+            labelled[item["item_id"]] = item
+    answered = len(labelled)
     round1 = reviewed_answers(settings, answered)
     assert len(round1) == answered, "one example per label answer; skips and refusals produce nothing"
-    assert all(a["reviewer"] == "ana" and a["head_version"] == live_version and a["reason"] for a in round1)
-    assert {a["text"] for a in round1} <= {m["clean_text"] for m in items} | {t for _, t, _ in data.traffic}
+    for a in round1:
+        item = labelled[a["item_id"]]
+        assert (a["text"], a["label"]) == (item["clean_text"], truth[item["id"]]), a
+        assert a["reviewer"] == REVIEWER and a["head_version"] == live_version, a
+        assert a["reason"] == ",".join(item["reasons"]) and a.get("sampling_weight") == item.get("sampling_weight"), a
     panel = next(h for h in reviewer.progress()["heads"] if (h["region"], h["model"]) == (REGION, MODEL))
     assert panel["outcomes"] == {"label": answered, "skip": skipped}, panel
     figures.update(answered_round1=answered, skipped_round1=skipped,
@@ -224,17 +241,21 @@ def test_the_expert_loop_review_retrain_shadow_promote_raises_held_out_f1(loop) 
     assert wait_shadow_rows(settings, candidate, len(shadow_ids)) >= len(shadow_ids), "the sink stored them"
     st.wait_worker_caught_up()
     items2 = review_items(settings, set(shadow_ids))
+    reasons2 = Counter(r for m in items2 for r in m["reasons"])
+    assert reasons2["shadow"] > 0, reasons2
+    assert all(m["shadow_version"] == candidate and m["shadow_label"] != m["label"]
+               for m in items2 if "shadow" in m["reasons"])
     reviewer.wait_queue(REGION, MODEL, {m["item_id"] for m in items2})
     for item in items2:
         reviewer.answer(item["item_id"], truth[item["id"]])
-    reviewed_answers(settings, answered + len(items2))
-    reasons2 = Counter(r for m in items2 for r in m["reasons"])
+    assert len(reviewed_answers(settings, answered + len(items2))) == answered + len(items2)
     figures.update(shadow_traffic=len(shadow_ids), routed_round2=len(items2), reasons_round2=dict(reasons2),
                    answered_round2=len(items2),
                    shadow_disagreements=sum(m["label"] != m["live_label"] for m in shadowed.values()))
 
     # 6. the shadow report: the candidate beats the live head on the reviewed phrases
     report = last_json(cli(env, "shadow-report", "--region", REGION, "--model", MODEL, "--since", "1h", "--json"))
+    assert report["shadow_version"] == candidate and report["live_versions"] == [live_version], report
     figures["shadow_report"] = report_figures(report)
     reviewed = figures["shadow_report"]["all"]
     live_score, shadow_score = reviewed["live"], reviewed["shadow"]
@@ -255,7 +276,6 @@ def test_the_expert_loop_review_retrain_shadow_promote_raises_held_out_f1(loop) 
     f1_after = weighted_f1({i: truth[i] for i in (p for p, _, _ in data.held_out)}, after, key=lambda i: f"after-{i}")
     figures.update(held_out=len(data.held_out), held_out_weighted_f1_before=f1_before,
                    held_out_weighted_f1_after=f1_after)
-    print("LOOP_FIGURES " + json.dumps(figures, sort_keys=True), flush=True)
     assert f1_after > f1_before, figures
 
 
