@@ -263,7 +263,11 @@ def make_app(settings: Any, users: dict[str, str], csrf: Csrf | None = None, ing
 
 
 def review_command(settings: Any, args: Any) -> int:
-    """Run the review page until SIGINT or SIGTERM; return the exit code (2: bad reviewers list or port)."""
+    """Run the review page until SIGINT or SIGTERM; return the exit code.
+
+    0 stopped by a signal; 1 PostgreSQL or Kafka did not answer (Kafka within
+    ``PHRASESTREAM_BROKER_WAIT_SECONDS``); 2 a bad port, reviewers list or Kafka login.
+    """
     from ops.postgres.migrations import apply_migrations
     from streams.review.ingest import ReviewIngest
     from streams.review.security import ReviewersError, load_reviewers
@@ -284,6 +288,16 @@ def review_command(settings: Any, args: Any) -> int:
         apply_migrations(settings)
     except Exception as exc:  # noqa: BLE001 - psycopg2 or ServiceError: the message says which
         print(f"error: PostgreSQL: {exc}", file=sys.stderr)
+        return 1
+    from ops.kafka.clients import BrokerUnreachable, KafkaAuthError, wait_for_broker
+
+    try:
+        wait_for_broker(settings, say=lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
+    except KafkaAuthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokerUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     ingest = ReviewIngest(settings)
     ingest.start()
