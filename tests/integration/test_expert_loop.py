@@ -168,6 +168,7 @@ def run_loop(st: Any, figures: dict[str, Any]) -> None:
     assert reasons["margin"] > 0 and reasons["random"] > 0, reasons
     assert all(m["sampling_weight"] == pytest.approx(1 / RANDOM_RATE) for m in items if m["random_slice"])
     assert all(m["margin"] < MARGIN for m in items if "margin" in m["reasons"])
+    assert all(m.get("evidence") for m in items), "every routed item carries the evidence for the reviewer"
     n_left = sum(truth[i] in LEFT_OUT for i in traffic_ids)
     doubtful = [m for m in items if set(m["reasons"]) - {"random"}]
     left_doubtful = sum(truth[m["id"]] in LEFT_OUT for m in doubtful)
