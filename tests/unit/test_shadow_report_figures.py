@@ -134,3 +134,46 @@ def test_the_page_shows_the_figures_and_escapes_labels():
     html = render_html(summary())
     assert "85.0%" in html and "data:image/png;base64," in html and "random slice" in html
     assert "<b>" not in html.replace("<body>", "") and "&lt;b&gt;" in html and "<script>" not in html
+
+
+class ShadowTable:
+    """shadow_inferences, keyed (id, model, model_version) like ON CONFLICT ... DO NOTHING."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, str], ShadowPrediction] = {}
+
+    def prepare(self, batch: list) -> list:
+        return batch
+
+    def write(self, batch: list[ShadowPrediction]) -> int:
+        new = 0
+        for p in batch:
+            key = (p.id, p.model, p.model_version)
+            if key not in self.rows:
+                self.rows[key], new = p, new + 1
+        return new
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_shadow_runner_stores_a_redelivery_once_and_dead_letters_a_plain_prediction():
+    from fakes import FakeConsumer, FakeLetterBox, kafka_message
+
+    from schemas.messages import ErrorKind
+    from schemas.settings import Settings
+    from streams.sinks.run import shadow_runner
+
+    one = shadow("1").to_bytes()
+    plain = shadow("2").model_dump_json(exclude={"live_version"}).encode()  # a live prediction on the wrong topic
+    batch = [kafka_message(v, offset, topic="s.topic") for offset, v in enumerate([one, one, plain])]
+    consumer, letters, table = FakeConsumer([batch]), FakeLetterBox(), ShadowTable()
+    runner = shadow_runner(Settings(sink_group="g", topic_shadow="s.topic"), sink=table, consumer=consumer,
+                           producer=letters)  # type: ignore[arg-type]
+    assert (runner.topic, runner.group) == ("s.topic", "g-shadow")
+    assert runner.step() == 3
+    assert list(table.rows) == [("1", "m", "v2")]
+    assert (runner.stats.stored, runner.stats.duplicates) == (1, 1)
+    [letter] = letters.letters
+    assert letter.error_kind is ErrorKind.WRONG_TYPE and "not a valid shadow prediction" in letter.reason
+    assert consumer.commits == 1
