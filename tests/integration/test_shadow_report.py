@@ -130,6 +130,21 @@ def test_a_shadow_without_traffic_is_named(capsys, env):  # type: ignore[no-unty
     assert err.startswith("error: the shadow received no traffic: 5 live predictions of eu/m")
 
 
+def test_shadow_answers_without_a_stored_live_answer_exit_2(capsys, env):  # type: ignore[no-untyped-def]
+    from ops.postgres.migrations import apply_migrations
+    from streams.sinks.shadow import shadow_sink
+
+    settings = env.settings
+    sink = shadow_sink(settings.dsn, settings.pg_schema, on_connect=lambda: apply_migrations(settings))
+    try:
+        assert sink.write([shadow(i, datetime.now(UTC)) for i in range(3)]) == 3
+    finally:
+        sink.close()
+    code, _, err = run(capsys, "shadow-report", *HEAD, "--since", "1h")
+    assert code == 2
+    assert err.startswith("error: 3 shadow predictions of eu/m:v2") and "none pairs with a stored live" in err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--since", "3m"], "bad history length"),
     (["--since", "0h"], "bad history length"),
