@@ -321,11 +321,14 @@ def topic_examples(n: int, start_ms: int, wrong: bool = False) -> list[Example]:
 @pytest.fixture
 def stubbed(monkeypatch, tmp_path: Path):  # type: ignore[no-untyped-def]
     """The command with a fake embedder, a replay from a list, and a lifecycle of one dict."""
+    import models.labelsets
     from models.registry import lifecycle
 
     live: dict[tuple[str, str], object] = {}
     promoted: list[dict] = []
     settings = Settings(models_dir=tmp_path / "models")
+    # a unit test talks to no database: no label set was ever made for the head
+    monkeypatch.setattr(models.labelsets, "read_label_sets", lambda s, r, m: models.labelsets.LabelSets(r, m))
     monkeypatch.setattr(lifecycle, "live_ref", lambda s, r, m: live.get((r, m)))
     monkeypatch.setattr(lifecycle, "head_folder", lambda s, ref: ref.path(s.models_root))
 
