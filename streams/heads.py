@@ -74,9 +74,10 @@ class HeadSet:
     stops; logged when it starts waiting and when it loads.
 
     ``shadows`` ((region, model) -> (head, spec)) holds the shadow head of each pointer that
-    names one, loaded by the same fetch and checks (a shadow that fails is refused with one log
-    line, and the live head serves on); it goes when the pointer names none, or names the live
-    version. ``rules`` holds each head's review rule. Both are replaced whole, like ``heads``.
+    names one, loaded by the same fetch and checks (a shadow that fails them is refused with one
+    log line, and the live head serves on; one whose bundle waits for the database is fetched
+    again in a thread of its own until it answers); it goes when the pointer names none, or
+    names the live version. ``rules`` holds each head's review rule. Both are replaced whole, like ``heads``.
     """
 
     def __init__(self, settings: Settings, embedder_version: str, embedder_precision: str | None = None,
@@ -223,7 +224,23 @@ class HeadSet:
             self.shadows = {k: v for k, v in self.shadows.items() if k != key}
 
     def _load_shadow(self, pointer: RegistryPointer, spec: ShadowSpec) -> Head | None:
-        """Fetch, verify and load a shadow version (None, with one log line, when it cannot be)."""
+        """Fetch, verify and load a shadow version (None, with one log line, when it cannot be).
+
+        When the database does not answer, the shadow is not refused: a thread of its own fetches
+        it again (:meth:`_shadow_when_back`), as for a live version.
+        """
+        try:
+            return self._try_shadow(pointer, spec)
+        except psycopg2.Error as exc:
+            log.warning("cannot fetch shadow head %s/%s:%s yet: PostgreSQL: %s; the live head %s serves without it, "
+                        "trying again every %.0f s at most", pointer.region, pointer.model, spec.version,
+                        _first_line(exc), pointer.version, self._settings.registry_retry_seconds)
+            threading.Thread(target=self._shadow_when_back, args=(pointer, spec), daemon=True,
+                             name=f"shadow-fetch-{pointer.region}-{pointer.model}").start()
+            return None
+
+    def _try_shadow(self, pointer: RegistryPointer, spec: ShadowSpec) -> Head | None:
+        """Load a shadow version; None (refused, logged once) if it fails its checks; raise ``psycopg2.Error``."""
         ref = HeadRef(pointer.region, pointer.model, spec.version)
         mark = (pointer.region, pointer.model, spec.version, spec.bundle_sha256)
         if mark in self._shadow_refused:
@@ -232,12 +249,34 @@ class HeadSet:
             head = self._load_head(self._fetch(self._settings, ref, spec.bundle_sha256), self._embedder_version)
             if head.ref != ref:
                 raise HeadError(f"the files of {ref} hold head {head.ref}")
-        except (BundleError, HeadError, OSError, ValueError, psycopg2.Error) as exc:
+        except (BundleError, HeadError, OSError, ValueError) as exc:
             self._shadow_refused.add(mark)
             log.error("refused shadow head %s (%s #%d): %s; the live head %s serves without it", ref,
                       pointer.action, pointer.seq, _first_line(exc), pointer.version)
             return None
         return head
+
+    def _shadow_when_back(self, pointer: RegistryPointer, spec: ShadowSpec) -> None:
+        """Fetch a shadow again, with a growing pause, until it loads, is refused, is no longer asked for, or the set stops."""
+        key = (pointer.region, pointer.model)
+        pause = FIRST_PAUSE_S
+        while not self._stopping.wait(pause):
+            with self._changing:
+                current = self.pointers.get(key)
+                held = self.shadows.get(key)
+                if current is None or current.shadow != spec or (held is not None and held[1] == spec):
+                    return  # another pointer took over (it loads its own shadow)
+                try:
+                    head = self._try_shadow(current, spec)
+                except psycopg2.Error:
+                    pause = min(pause * 2, self._settings.registry_retry_seconds)
+                    continue
+                if head is not None:
+                    self.shadows = {**self.shadows, key: (head, spec)}
+                    log.info("shadow head %s runs beside %s on %g%% of the phrases (fetched once the database "
+                             "answered)", head.ref, current.version, spec.percent)
+                self._changing.notify_all()
+                return
 
     def _pause(self, seconds: float) -> None:
         """Sleep ``seconds``, or less when the set stops."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,6 +185,53 @@ def test_a_shadow_that_fails_its_checks_is_refused_once_and_the_live_head_serves
         heads.offer(pointer("v1", 3, spec(percent=20.0)))
     assert heads.shadows == {} and heads.heads["global"]["intent"].ref == LIVE
     assert sum("refused shadow head global/intent:v2" in r.getMessage() for r in caplog.records) == 1
+
+
+BOUND_S = 60.0  # a hang guard, never a measure
+
+
+class DatabaseAway(Files):
+    """Files whose shadow version comes from the database, which answers only once ``up`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.tried_twice, self.loaded = threading.Event(), threading.Event(), threading.Event()
+        self.tries = 0
+
+    def fetch(self, settings: Settings, ref: HeadRef, want_sha256: str | None) -> Path:
+        if ref.version == "v2" and not self.up.is_set():
+            import psycopg2
+
+            self.tries += 1
+            if self.tries >= 2:
+                self.tried_twice.set()
+            raise psycopg2.OperationalError("connection refused")
+        return super().fetch(settings, ref, want_sha256)
+
+    def load(self, folder: Path, embedder_version: str) -> Loaded:
+        loaded = super().load(folder, embedder_version)
+        if loaded.ref == CANDIDATE:
+            self.loaded.set()
+        return loaded
+
+
+def test_a_shadow_whose_bundle_waits_for_the_database_is_fetched_once_it_answers(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import streams.heads
+
+    monkeypatch.setattr(streams.heads, "FIRST_PAUSE_S", 0.01)
+    files = DatabaseAway()
+    heads = HeadSet(Settings(_env_file=None, registry_retry_seconds=0.05), "emb-v1", fetch=files.fetch,
+                    load=files.load)
+    heads.offer(pointer("v1", 1))
+    heads.offer(pointer("v1", 2, spec()))
+    assert heads.shadows == {}  # not refused: waiting
+    assert files.tried_twice.wait(BOUND_S), "tried again while the database is away"
+    files.up.set()
+    assert files.loaded.wait(BOUND_S)
+    with heads._changing:  # the thread installs the shadow under the lock, after loading it
+        assert heads._changing.wait_for(lambda: ("global", "intent") in heads.shadows, BOUND_S)
+    assert heads.shadows[("global", "intent")][0].ref == CANDIDATE
+    heads.stop()
 
 
 def test_the_head_set_holds_each_heads_rule_from_the_pointer_or_the_head() -> None:
