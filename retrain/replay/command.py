@@ -39,6 +39,7 @@ from retrain.replay.select import (
     deduplicate,
     relabel,
     time_split,
+    trains_only,
 )
 from retrain.replay.windows import Window, WindowError, between_window, compare_windows, from_ms, iso, since_window
 
@@ -133,7 +134,8 @@ def retrain_command(settings: Any, *, region: str, model: str, since: str | None
         return _fail(str(exc))
     say(f"read {len(replay.selection.examples)} example(s); dropped {deduped.n_dropped} duplicate(s) "
         f"({deduped.n_same_label} same label, {deduped.n_relabelled} relabelled later); "
-        f"{len(train)} to train, the newest {len(test)} to test (from {iso(from_ms(test[0].timestamp_ms))})")
+        f"{len(train)} to train ({sum(map(trains_only, train))} of them doubtful review answers, which always "
+        f"train), the newest {len(test)} to test (from {iso(from_ms(test[0].timestamp_ms))})")
 
     if embedder is None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -8,7 +8,8 @@
 2. :func:`deduplicate` keeps one example per cleaned text: the newest (record timestamp, then
    partition and offset as the tie-break). The same text with the same label counts once; a
    text relabelled later takes its newest label.
-3. :func:`time_split` puts the newest ``fraction`` of the examples in the test slice, and
+3. :func:`time_split` puts the newest ``fraction`` of the examples in the test slice (doubtful
+   review answers always train: :func:`trains_only`), and
    :func:`check_enough` says whether the window can train and test a candidate at all.
 
 Plain functions on lists: the Kafka read is ``retrain.replay.reader``.
@@ -203,19 +204,36 @@ def deduplicate(examples: Iterable[Example]) -> Deduped:
     return Deduped(sorted(newest.values(), key=lambda e: e.order), same, relabelled)
 
 
-def time_split(examples: Sequence[Example], fraction: float) -> tuple[list[Example], list[Example]]:
-    """Return ``(train, test)``: the newest ``round(fraction * n)`` examples (at least 1) are the test.
+def trains_only(example: Example) -> bool:
+    """Say whether ``example`` is a review answer routed for doubt (not in the random slice).
 
+    Such answers were picked because the live head found them hard: they are what a candidate
+    should learn from, and a test slice made of them would judge it on the phrases it was just
+    taught to fear, not on traffic. They always train; the random slice's answers are a fair
+    sample of traffic and may test (the shadow report scores candidates on both, apart).
+    """
+    return example.source == "review" and "random" not in (example.reason or "").split(",")
+
+
+def time_split(examples: Sequence[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    """Return ``(train, test)``: the newest ``round(fraction * n)`` examples (at least 1) that may test
+    are the test; ``n`` counts those examples only.
+
+    Doubtful review answers (:func:`trains_only`) always train, whenever they came, so that a
+    review round right before ``retrain`` teaches the candidate instead of filling its test slice.
     Ordered by (record timestamp, partition, offset); both parts keep that order. ``fraction``
     must be strictly between 0 and 1.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"the test fraction must be between 0 and 1 (exclusive), got {fraction}")
     ordered = sorted(examples, key=lambda e: e.order)
-    if not ordered:
-        return [], []
-    n_test = min(len(ordered), max(1, round(fraction * len(ordered))))
-    return ordered[: len(ordered) - n_test], ordered[len(ordered) - n_test :]
+    testable = [e for e in ordered if not trains_only(e)]
+    if not testable:
+        return ordered, []
+    n_test = min(len(testable), max(1, round(fraction * len(testable))))
+    test = testable[len(testable) - n_test:]
+    tested = {id(e) for e in test}
+    return [e for e in ordered if id(e) not in tested], test
 
 
 def check_enough(n_examples: int, train: Sequence[Example], test: Sequence[Example], window: Window) -> None:
