@@ -215,9 +215,12 @@ def change(settings: Any, ref: HeadRef, *, action: RegistryAction, reason: str |
     from psycopg2.extras import Json
 
     from ops.postgres.db import pg_connect
+    from ops.postgres.migrations import apply_migrations
 
     store = store or BundleStore(settings)
     try:
+        # a deployment upgraded without `phrasestream up` gets the tables and columns this writes first
+        apply_migrations(settings)
         _check_known(settings, ref, store)
         sha, size, meta = _bundle_facts(settings, ref, store, upload)
         if meta.get("ref") != str(ref):

@@ -189,3 +189,20 @@ def test_models_json_lists_versions_only_stored_in_the_database(capsys, home: Pa
     shutil.rmtree(ref.path(root))
     rows = json.loads(run(capsys, "models", "--json")[1].strip().splitlines()[-1])
     assert [(r["version"], r["live"], r["stored"]) for r in rows] == [("v20261101", True, "database")]
+
+
+def test_a_promotion_migrates_a_schema_that_was_never_brought_up_to_date(capsys, home: Path, monkeypatch):  # type: ignore[no-untyped-def]
+    # a deployment upgraded without `phrasestream up`: the history's newer columns come before the write
+    import uuid
+
+    schema = f"test_unmigrated_{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("PHRASESTREAM_PG_SCHEMA", schema)
+    settings = bare_stack_settings()
+    try:
+        built(home / "models", "eu", "support", "v20261101", 0.90)
+        assert run(capsys, "promote", "--region", "eu", "--model", "support", "--version", "v20261101")[0] == 0
+        assert [(h["version"], h["action"], h["shadow"]) for h in history_rows(settings)] == [
+            ("v20261101", "promote", None)]
+    finally:
+        with psycopg2.connect(settings.dsn) as conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
