@@ -5,7 +5,8 @@ first time) takes up to 500 messages at a time, stores the valid ones (a redeliv
 kept once: ``item_id`` is the primary key) and commits the offsets only once the rows are
 stored, so a crash between the two reads them again and stores nothing twice. A message that
 is not a :class:`schemas.review.ReviewItem` (or whose ``item_id`` is not the one its fields
-give) is counted and logged with its place, never a crash. When PostgreSQL does not answer,
+give) is counted, logged with its place and dead-lettered (``phrases.dlq``, kind ``wrong_type``,
+with its reason and bytes) before the offsets are committed; never a crash. When PostgreSQL does not answer,
 the batch is kept and stored again with backoff; nothing is committed meanwhile.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from schemas.messages import DeadLetter, ErrorKind
 from schemas.review import ReviewItem, item_id
 
 log = logging.getLogger("phrasestream.review")
@@ -103,8 +105,10 @@ class ReviewIngest(threading.Thread):
     _pending = False
 
     def _take(self, messages: list[Any]) -> None:
-        """Decode ``messages`` and store the valid ones; retry the store until it works or the thread stops."""
+        """Decode ``messages``, store the valid ones and dead-letter the rest (with their reason and bytes);
+        retry both until they work or the thread stops."""
         items: dict[str, ReviewItem] = {}
+        letters: list[DeadLetter] = []
         for msg in messages:
             if msg.error() is not None:
                 log.warning("review topic read error: %s", msg.error())
@@ -115,10 +119,13 @@ class ReviewIngest(threading.Thread):
                 self.counts.invalid += 1
                 where = f"partition {msg.partition()} offset {msg.offset()}: {decoded}"
                 self.counts.invalid_where.append(where)
-                log.warning("skipped an unreadable review item at %s", where)
+                log.warning("dead-lettered an unreadable review item at %s", where)
+                letters.append(DeadLetter.of(ErrorKind.WRONG_TYPE, f"not a review item: {decoded}", msg.value(),
+                                             msg.topic(), msg.partition(), msg.offset()))
                 continue
             items[decoded.item_id] = decoded
-        self._pending = bool(items)
+        lettered = self._dead_letter(letters)
+        self._pending = bool(items) or not lettered
         delay = 0.5
         while items and not self._stop_event.is_set():
             try:
@@ -134,6 +141,24 @@ class ReviewIngest(threading.Thread):
             self.counts.duplicates += len(items) - new
             self._pending = False
             return
+
+    def _dead_letter(self, letters: list[DeadLetter]) -> bool:
+        """Produce ``letters`` to the dead-letter topic, acknowledged; retry until the broker takes them
+        (return True) or the thread stops (False: the batch is not committed)."""
+        from ops.kafka.topics import produce_acked
+
+        delay = 0.5
+        while letters:
+            if self._stop_event.is_set():
+                return False
+            errors = produce_acked(self.settings, self.settings.topic_dlq, [(None, d.to_bytes()) for d in letters])
+            if not errors:
+                return True
+            log.warning("cannot dead-letter %d review item(s) (%s); trying again in %.1f s", len(letters), errors[0],
+                        delay)
+            self._stop_event.wait(delay)
+            delay = min(delay * 2, 10.0)
+        return True
 
     def _store(self, items: list[ReviewItem]) -> int:
         from ops.postgres.db import pg_connect

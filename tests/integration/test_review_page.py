@@ -37,6 +37,7 @@ from ops.kafka.offsets import read_watermarks
 from ops.kafka.topics import create_topic
 from retrain.replay.select import KafkaRecord, deduplicate, select
 from retrain.replay.windows import since_window
+from schemas.messages import DeadLetter, ErrorKind
 from schemas.review import ReviewItem, item_id
 from streams.review.store import is_double
 
@@ -184,6 +185,10 @@ def test_items_on_the_review_topic_reach_the_queue_once_and_a_bad_message_is_cou
     assert [i["item_id"] for i in found].count(one.item_id) == 1
     status, progress = review.call("GET", "/api/progress", "ann")
     assert status == 200 and progress["ingest"]["invalid"] >= 1
+    letters = [DeadLetter.model_validate(d) for d in review.stack.read(review.settings.topic_dlq, 1)]
+    assert [(d.error_kind, d.original(), d.source_topic) for d in letters] == [
+        (ErrorKind.WRONG_TYPE, b"not json", review.settings.topic_review)]
+    assert letters[0].reason.startswith("not a review item")
 
 
 def test_an_answer_produces_one_labeled_phrase_with_its_provenance_and_a_changed_one_wins(review: Page) -> None:
